@@ -1,0 +1,5 @@
+"""`python -m kubeplat`."""
+
+from kubeplat.cli import main
+
+main()

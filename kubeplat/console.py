@@ -1,0 +1,107 @@
+"""Output: status and progress on stderr, data on stdout.
+
+On a terminal, rich colours and tables; without one, or with NO_COLOR, plain lines that a CI
+log or a pipe can read. `-o json` output goes through `data_json` and nothing else touches stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from functools import cache
+from typing import Any, TextIO
+
+_STYLES = {"ok": "green", "warn": "yellow", "error": "bold red", "dim": "dim", "info": "cyan"}
+
+
+_debug = False
+
+
+def enable_debug() -> None:
+    """--debug: show tracebacks and every line of Terraform's output."""
+    global _debug
+    _debug = True
+
+
+def debug_enabled() -> bool:
+    """Whether --debug was given."""
+    return _debug
+
+
+def debug(message: str) -> None:
+    """A line shown only with --debug, on stderr."""
+    if _debug:
+        print(message, file=sys.stderr, flush=True)
+
+
+def fancy(stream: TextIO) -> bool:
+    """True when `stream` is a terminal and NO_COLOR is not set."""
+    return "NO_COLOR" not in os.environ and stream.isatty()
+
+
+@cache
+def _rich(stderr: bool) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def status(message: str, style: str = "info") -> None:
+    """A progress or status line, on stderr."""
+    if fancy(sys.stderr):
+        from rich.markup import escape
+
+        _rich(True).print(f"[{_STYLES.get(style, style)}]{escape(message)}[/]")
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning, on stderr."""
+    status(f"Warning: {message}", "warn")
+
+
+def error(message: str, hint: str = "") -> None:
+    """The one `Error: …` line and its hint, on stderr."""
+    status(f"Error: {message}", "error")
+    if hint:
+        status(f"Hint: {hint}", "dim")
+
+
+def data(text: str) -> None:
+    """A line of the command's result, on stdout."""
+    print(text, flush=True)
+
+
+def data_json(document: Any) -> None:
+    """The command's result as one JSON document on stdout."""
+    json.dump(document, sys.stdout, indent=2, sort_keys=True, default=str)
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    title: str = "",
+    row_styles: Sequence[str] | None = None,
+) -> None:
+    """A table of results on stdout: rich on a terminal, aligned plain text otherwise."""
+    if fancy(sys.stdout):
+        from rich.table import Table
+
+        grid = Table(title=title or None)
+        for header in headers:
+            grid.add_column(header)
+        for index, row in enumerate(rows):
+            style = _STYLES.get(row_styles[index], "") if row_styles else ""
+            grid.add_row(*row, style=style or None)
+        _rich(False).print(grid)
+        return
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    for line in lines:
+        print(line.rstrip(), flush=True)

@@ -1,0 +1,85 @@
+"""Run a child program, stream its output line by line, and forward interrupts to it.
+
+Terraform must see Ctrl-C (and a CI runner's SIGTERM) as an interrupt so it can save state and
+release its lock: the child runs in its own session, kubeplat forwards SIGINT to it and waits
+for it to finish instead of dying first. Afterwards `Interrupted` is raised (exit 130).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from kubeplat.errors import KubeplatError
+
+
+class Interrupted(KubeplatError):
+    """The user (or CI) interrupted kubeplat; the child was allowed to stop cleanly."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a finished child left: its exit code and its whole output."""
+
+    returncode: int
+    output: str
+
+
+def run(
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+    interrupt_hint: str = "",
+) -> Result:
+    """Run `args`, calling `on_line` with each line of output (stdout and stderr merged)."""
+    try:
+        child = subprocess.Popen(
+            list(args),
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise KubeplatError(
+            f"cannot run {args[0]}: {exc.strerror}", "check it is installed"
+        ) from None
+
+    interrupted: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        interrupted.append(signum)
+        # Always SIGINT: Terraform treats it as "stop gracefully"; a second one forces it.
+        child.send_signal(signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    lines: list[str] = []
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            lines.append(line)
+            if on_line:
+                on_line(line.rstrip("\n"))
+        child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if interrupted:
+        raise Interrupted(
+            f"interrupted; {Path(args[0]).name} stopped cleanly (exit {child.returncode})",
+            interrupt_hint,
+        )
+    return Result(child.returncode, "".join(lines))

@@ -1,0 +1,183 @@
+"""Terraform: find and check the binary, stage the module, build every argument list.
+
+All Terraform command lines are built by `Terraform.command` so the global flags
+(`-chdir`, `-no-color`, `-input=false`) are added in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from kubeplat import console, process
+from kubeplat.errors import TerraformFailed, ToolMissing
+from kubeplat.resources import module_dir
+
+MIN_VERSION = (1, 5, 0)
+INSTALL_HINT = (
+    "install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install) "
+    "and put it on PATH, or set KUBEPLAT_TERRAFORM to its path"
+)
+
+
+def available() -> bool:
+    """Whether a Terraform binary is configured or on PATH (its version is checked on use)."""
+    return bool(os.environ.get("KUBEPLAT_TERRAFORM") or shutil.which("terraform"))
+
+
+@cache
+def binary() -> str:
+    """Path of a Terraform binary recent enough, or `ToolMissing` with an install hint."""
+    path = os.environ.get("KUBEPLAT_TERRAFORM") or shutil.which("terraform")
+    if not path:
+        raise ToolMissing("terraform not found", INSTALL_HINT)
+    found = version(path)
+    if found < MIN_VERSION:
+        have = ".".join(map(str, found))
+        raise ToolMissing(f"terraform {have} is too old (kubeplat needs >= 1.5)", INSTALL_HINT)
+    return path
+
+
+def version(path: str) -> tuple[int, int, int]:
+    """The version of the Terraform binary at `path`."""
+    result = process.run([path, "version", "-json"])
+    try:
+        # Warnings about the CLI configuration may come before the JSON document.
+        text = json.loads(result.output[result.output.find("{") :])["terraform_version"]
+    except (ValueError, KeyError):
+        match = re.search(r"v(\d+\.\d+\.\d+)", result.output)
+        if not match:
+            raise ToolMissing(f"{path} does not look like Terraform", INSTALL_HINT) from None
+        text = match.group(1)
+    major, minor, patch = (int(p) for p in re.findall(r"\d+", text)[:3])
+    return major, minor, patch
+
+
+def stage_module(dest: Path) -> Path:
+    """Copy the root module to `dest`, rewriting only files whose bytes changed.
+
+    Terraform writes its lock file next to the module; staging keeps the installed package
+    read-only and lets each environment keep its own lock file.
+    """
+    source = module_dir()
+    dest.mkdir(parents=True, exist_ok=True)
+    wanted = {p.name for p in source.glob("*.tf")}
+    for path in source.glob("*.tf"):
+        target = dest / path.name
+        content = path.read_bytes()
+        if not target.exists() or target.read_bytes() != content:
+            target.write_bytes(content)
+    for stale in dest.glob("*.tf"):
+        if stale.name not in wanted:
+            stale.unlink()
+    return dest
+
+
+@dataclass
+class Terraform:
+    """One environment's Terraform working copy: staged module plus `TF_DATA_DIR`."""
+
+    workdir: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def module(self) -> Path:
+        return self.workdir / "module"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "terraform"
+
+    def command(self, subcommand: str, *args: str) -> list[str]:
+        """The full argument list for one Terraform subcommand."""
+        flags = ["-no-color"]
+        if subcommand in ("init", "plan", "apply", "destroy", "import", "refresh"):
+            flags.append("-input=false")
+        return [binary(), f"-chdir={self.module}", subcommand, *flags, *args]
+
+    def environ(self) -> dict[str, str]:
+        """The child's environment: ours, the caller's additions, and `TF_DATA_DIR`."""
+        return {
+            **os.environ,
+            **self.env,
+            "TF_DATA_DIR": str(self.data_dir),
+            "TF_IN_AUTOMATION": "1",
+        }
+
+    def run(
+        self,
+        subcommand: str,
+        *args: str,
+        on_line: Callable[[str], None] | None = None,
+        check: bool = True,
+    ) -> process.Result:
+        """Run one subcommand; raise `TerraformFailed` with its last error when it fails."""
+        if on_line is None and console.debug_enabled():
+            on_line = console.debug
+        result = process.run(
+            self.command(subcommand, *args),
+            env=self.environ(),
+            on_line=on_line,
+            interrupt_hint="run the same command again to resume; the state lock was released",
+        )
+        if check and result.returncode != 0:
+            raise TerraformFailed(
+                f"terraform {subcommand} failed: {last_error(result.output)}",
+                "run again with --debug to see Terraform's whole output",
+            )
+        return result
+
+    def init(self, backend: Mapping[str, str] | None = None) -> None:
+        """`terraform init`, without a backend or with a partial S3 backend configuration."""
+        stage_module(self.module)
+        args: list[str] = ["-reconfigure"]
+        if backend is None:
+            args.append("-backend=false")
+        else:
+            args += [f"-backend-config={k}={v}" for k, v in sorted(backend.items())]
+        self.run("init", *args)
+
+    def validate(self) -> list[dict[str, Any]]:
+        """`terraform validate -json`; the error diagnostics (empty when valid)."""
+        result = self.run("validate", "-json", check=False)
+        try:
+            report = json.loads(result.output[result.output.find("{") :])
+        except ValueError:
+            raise TerraformFailed(
+                f"terraform validate failed: {last_error(result.output)}", ""
+            ) from None
+        return [d for d in report.get("diagnostics", []) if d.get("severity") == "error"]
+
+
+def last_error(output: str) -> str:
+    """The first error of a failed Terraform run's output, as one line."""
+    lines = [line.strip(" │╷╵") for line in output.splitlines()]
+    for index, line in enumerate(lines):
+        if line.startswith("Error:"):
+            parts = [line[len("Error:") :].strip()]
+            for follow in lines[index + 1 :]:
+                if not follow.strip():
+                    if len(parts) > 1:
+                        break
+                    continue
+                parts.append(follow.strip())
+            return " ".join(parts)[:400]
+    tail = [line for line in lines if line.strip()]
+    return tail[-1] if tail else "no output"
+
+
+def describe(diagnostics: Sequence[Mapping[str, Any]]) -> str:
+    """One line per diagnostic of `terraform validate -json`."""
+    out = []
+    for diag in diagnostics:
+        rng = diag.get("range") or {}
+        where = f"{rng.get('filename')}:{rng.get('start', {}).get('line')}: " if rng else ""
+        out.append(f"{where}{diag.get('summary')}: {diag.get('detail', '')}".strip())
+    return "\n".join(out)

@@ -1,0 +1,249 @@
+# The environment file's variables. This file is the one source of the variable set: kubeplat
+# reads it to know every name, type and default, and checks environments/*.tfvars against it.
+# The seed wrote numbers as strings ("10"); Terraform converts them to number, and so does kubeplat.
+
+variable "aws_account" {
+  type        = string
+  description = "AWS account id (12 digits) or account alias the environment lives in; kubeplat refuses to run against any other. Example: \"123456789012\"."
+
+  validation {
+    condition     = can(regex("^[0-9]{12}$", var.aws_account)) || (can(regex("^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$", var.aws_account)) && can(regex("[a-z]", var.aws_account)))
+    error_message = "aws_account must be a 12-digit account id or an account alias, e.g. \"123456789012\"."
+  }
+}
+
+variable "aws_region" {
+  type        = string
+  description = "AWS region to build in. Example: \"eu-west-1\"."
+
+  validation {
+    condition     = can(regex("^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]$", var.aws_region))
+    error_message = "aws_region must look like \"eu-west-1\"."
+  }
+}
+
+variable "aws_profile" {
+  type        = string
+  default     = ""
+  description = "Profile of the AWS credentials file to use; empty uses the standard credential chain. Example: \"platform-dev\"."
+}
+
+variable "compute_asg_grace_period" {
+  type        = number
+  default     = 300
+  description = "Seconds the compute autoscaling group waits after an instance starts before checking its health. Example: 300."
+
+  validation {
+    condition     = var.compute_asg_grace_period >= 0 && floor(var.compute_asg_grace_period) == var.compute_asg_grace_period
+    error_message = "compute_asg_grace_period must be a whole number of seconds, 0 or more."
+  }
+}
+
+variable "compute_asg_max" {
+  type        = number
+  default     = 5
+  description = "Most compute (kubelet) instances. Example: 5."
+
+  validation {
+    condition     = var.compute_asg_max >= 0 && floor(var.compute_asg_max) == var.compute_asg_max
+    error_message = "compute_asg_max must be a whole number, 0 or more."
+  }
+}
+
+variable "compute_asg_min" {
+  type        = number
+  default     = 1
+  description = "Fewest compute (kubelet) instances; the group starts at this size. Example: 1."
+
+  validation {
+    condition     = var.compute_asg_min >= 0 && floor(var.compute_asg_min) == var.compute_asg_min
+    error_message = "compute_asg_min must be a whole number, 0 or more."
+  }
+}
+
+variable "compute_flavor" {
+  type        = string
+  default     = "t3.small"
+  description = "EC2 instance type of the compute layer. Example: \"t3.small\"."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*[0-9][a-z0-9-]*\\.[a-z0-9]+$", var.compute_flavor))
+    error_message = "compute_flavor must be an EC2 instance type such as \"t3.small\"."
+  }
+}
+
+variable "coreos_image" {
+  type        = string
+  description = "AMI id every node boots (any cloud-init distribution; the name is kept from the seed). Example: \"ami-0abcdef1234567890\"."
+
+  validation {
+    condition     = can(regex("^ami-([0-9a-f]{8}|[0-9a-f]{17})$", var.coreos_image))
+    error_message = "coreos_image must be an AMI id such as \"ami-0abcdef1234567890\"."
+  }
+}
+
+variable "dns_zone_name" {
+  type        = string
+  description = "DNS zone the cluster's names go under (kube.<environment>.<zone>). Example: \"dsp.io\"."
+
+  validation {
+    condition     = can(regex("^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\\.)+[a-z]{2,63}$", var.dns_zone_name))
+    error_message = "dns_zone_name must be a DNS name such as \"example.com\"."
+  }
+}
+
+variable "environment" {
+  type        = string
+  description = "Name of the environment; must match the file name (dev.tfvars holds \"dev\"). Example: \"dev\"."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,19}$", var.environment))
+    error_message = "environment must be 1-20 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "etcd_flavor" {
+  type        = string
+  default     = "t3.small"
+  description = "EC2 instance type of the secure layer (etcd and, when stacked, the control plane). Example: \"t3.small\"."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]*[0-9][a-z0-9-]*\\.[a-z0-9]+$", var.etcd_flavor))
+    error_message = "etcd_flavor must be an EC2 instance type such as \"t3.small\"."
+  }
+}
+
+variable "kms_master_id" {
+  type        = string
+  description = "KMS key that encrypts the buckets and node configuration: key id, key ARN, alias or alias ARN. Example: \"alias/kubeplat-dev\"."
+
+  validation {
+    condition     = can(regex("^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[a-zA-Z0-9/_-]+|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key/[a-z0-9-]+|alias/[a-zA-Z0-9/_-]+))$", var.kms_master_id))
+    error_message = "kms_master_id must be a KMS key id, key ARN, alias/NAME or alias ARN."
+  }
+}
+
+variable "kubeapi_access_list" {
+  type        = string
+  description = "Comma-separated IPs or CIDRs allowed to reach the Kubernetes API; a bare IP means /32. Example: \"203.0.113.7,198.51.100.0/24\"."
+
+  validation {
+    condition     = alltrue([for s in split(",", var.kubeapi_access_list) : can(cidrhost(strcontains(trimspace(s), "/") ? trimspace(s) : "${trimspace(s)}/32", 0))])
+    error_message = "kubeapi_access_list must be comma-separated IPs or CIDRs, e.g. \"203.0.113.7,198.51.100.0/24\"."
+  }
+}
+
+variable "platform" {
+  type        = string
+  default     = "kube"
+  description = "Name of the platform, used in resource names next to the environment. Example: \"kube\"."
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,19}$", var.platform))
+    error_message = "platform must be 1-20 lowercase letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "secrets_bucket_name" {
+  type        = string
+  description = "S3 bucket holding the PKI, node configuration and manifests (created when missing). Example: \"dev-example-com-secrets-eu-west-1\"."
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.secrets_bucket_name))
+    error_message = "secrets_bucket_name must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots or hyphens."
+  }
+}
+
+variable "secure_asg_max" {
+  type        = number
+  default     = 3
+  description = "Most secure-layer (etcd) instances; keep it odd for etcd quorum. Example: 3."
+
+  validation {
+    condition     = var.secure_asg_max >= 1 && floor(var.secure_asg_max) == var.secure_asg_max
+    error_message = "secure_asg_max must be a whole number, 1 or more."
+  }
+}
+
+variable "secure_asg_min" {
+  type        = number
+  default     = 3
+  description = "Fewest secure-layer (etcd) instances; the group starts at this size. Example: 3."
+
+  validation {
+    condition     = var.secure_asg_min >= 1 && floor(var.secure_asg_min) == var.secure_asg_min
+    error_message = "secure_asg_min must be a whole number, 1 or more."
+  }
+}
+
+variable "ssh_access_list" {
+  type        = string
+  description = "Comma-separated IPs or CIDRs allowed to SSH to the nodes; a bare IP means /32. Example: \"203.0.113.7\"."
+
+  validation {
+    condition     = alltrue([for s in split(",", var.ssh_access_list) : can(cidrhost(strcontains(trimspace(s), "/") ? trimspace(s) : "${trimspace(s)}/32", 0))])
+    error_message = "ssh_access_list must be comma-separated IPs or CIDRs, e.g. \"203.0.113.7,198.51.100.0/24\"."
+  }
+}
+
+variable "terraform_bucket_name" {
+  type        = string
+  description = "S3 bucket holding Terraform's remote state (created when missing). Example: \"dev-example-terraform-eu-west-1\"."
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.terraform_bucket_name))
+    error_message = "terraform_bucket_name must be a valid S3 bucket name: 3-63 lowercase letters, digits, dots or hyphens."
+  }
+}
+
+# Extensions of the seed's set; each has a safe default.
+
+variable "sandbox" {
+  type        = bool
+  default     = false
+  description = "Run against kubeplat's local AWS emulator instead of AWS. Example: true."
+}
+
+variable "kubernetes_version" {
+  type        = string
+  default     = "1.33.5"
+  description = "Kubernetes version of the control plane and kubelets. Example: \"1.33.5\"."
+
+  validation {
+    condition     = can(regex("^1\\.[0-9]+\\.[0-9]+$", var.kubernetes_version))
+    error_message = "kubernetes_version must look like \"1.33.5\"."
+  }
+}
+
+variable "etcd_version" {
+  type        = string
+  default     = "3.5.21"
+  description = "etcd version of the secure layer (v3 API). Example: \"3.5.21\"."
+
+  validation {
+    condition     = can(regex("^3\\.[0-9]+\\.[0-9]+$", var.etcd_version))
+    error_message = "etcd_version must be an etcd v3 release such as \"3.5.21\"."
+  }
+}
+
+variable "topology" {
+  type        = string
+  default     = "stacked"
+  description = "Where the control plane runs: \"stacked\" on the etcd instances, or \"separate\" in its own autoscaling group. Example: \"stacked\"."
+
+  validation {
+    condition     = contains(["stacked", "separate"], var.topology)
+    error_message = "topology must be \"stacked\" or \"separate\"."
+  }
+}
+
+variable "customer" {
+  type        = string
+  default     = ""
+  description = "Customer the cluster belongs to, tagged on every resource; empty for none. Example: \"first-customer\"."
+
+  validation {
+    condition     = can(regex("^([a-z0-9][a-z0-9-]{0,62})?$", var.customer))
+    error_message = "customer must be empty or lowercase letters, digits and hyphens."
+  }
+}
