@@ -41,4 +41,3 @@ def validate(env: str, env_dir: str | None = None) -> ValidateReport:
 def init(name: str, env_dir: str | None = None) -> Path:
     """Write `environments/NAME.tfvars` from the sample."""
     return config.write_from_sample(name, config.env_dir(env_dir))
-
