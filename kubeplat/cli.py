@@ -87,6 +87,51 @@ def validate(state: State, env: str) -> None:
     console.status(f"{report.environment.path}: valid; {module}", "ok")
 
 
+@cli.command()
+@env_option
+@click.option(
+    "--rotate", metavar="NAME", help="Reissue one certificate; `ca` reissues every CA and all."
+)
+@click.option("--check", is_flag=True, help="Change nothing; fail when one expires within 30 days.")
+@click.pass_obj
+def certs(state: State, env: str, rotate: str | None, check: bool) -> None:
+    """Load or create the cluster's PKI and show every certificate's expiry."""
+    from kubeplat import ops
+
+    if rotate and check:
+        raise click.UsageError("--rotate and --check cannot be combined")
+    if rotate == "ca":
+        console.warn(
+            "rotating ca: every CA and every certificate is reissued; "
+            "nodes need the new set (kubeplat up) before the old CA stops being trusted"
+        )
+    elif rotate in ("etcd/ca", "front-proxy-ca"):
+        console.warn(f"rotating {rotate}: it and every certificate it signed are reissued")
+    try:
+        report = ops.certs(env, state.env_dir, rotate=rotate, check=check)
+    except ops.CertificatesExpiring as exc:
+        _certs_table(exc.rows)
+        raise
+    _certs_table(report.rows)
+    for name, reason in report.issued.items():
+        console.status(f"issued {name} ({reason})", "ok")
+    if not check and not report.issued:
+        console.status(f"nothing to issue; PKI in {report.directory}", "ok")
+
+
+def _certs_table(rows: list[Any]) -> None:
+    from kubeplat.cluster import RENEW_WITHIN_DAYS
+
+    console.table(
+        ["name", "subject", "issuer", "expires", "days left"],
+        [
+            [r.name, r.subject, r.issuer, f"{r.expires:%Y-%m-%d %H:%M} UTC", str(r.days_left)]
+            for r in rows
+        ],
+        row_styles=["warn" if r.days_left < RENEW_WITHIN_DAYS else "" for r in rows],
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
     from kubeplat.errors import ConfigError, KubeplatError

@@ -103,6 +103,8 @@ class Environment:
     etcd_version: str
     topology: str
     customer: str
+    key_algorithm: str
+    ssh_public_key: str
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -124,6 +126,13 @@ class Environment:
     def api_dns_name(self) -> str:
         """The API's stable name, `kube.<environment>.<dns_zone_name>`."""
         return f"kube.{self.environment}.{self.dns_zone_name}"
+
+    @property
+    def ssh_public_key_path(self) -> Path | None:
+        """The existing SSH public key to use, or None to generate one."""
+        if not self.ssh_public_key:
+            return None
+        return (self.path.parent / Path(self.ssh_public_key).expanduser()).resolve()
 
     @property
     def workdir(self) -> Path:
@@ -294,6 +303,7 @@ class _Checker:
             for name, message, hint, warning in check(values):
                 self.problem(name, message, hint, warning)
         self._check_environment_name(values)
+        self._check_ssh_public_key(values)
         return values
 
     def _convert(self, var: Variable, raw: Any) -> Any:
@@ -338,6 +348,32 @@ class _Checker:
             f'{var.name} = "…" (lists are written as one comma-separated string)',
         )
         return None
+
+    def _check_ssh_public_key(self, values: Mapping[str, Any]) -> None:
+        given = values.get("ssh_public_key")
+        if not isinstance(given, str) or not given:
+            return
+        path = (self.path.parent / Path(given).expanduser()).resolve()
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not text"
+            self.problem(
+                "ssh_public_key", f"cannot read {path}: {reason}", "give the .pub file's path"
+            )
+            return
+        if "PRIVATE KEY" in text:
+            self.problem(
+                "ssh_public_key",
+                f"{path} is a private key",
+                "give the public key (the .pub file); a private key never leaves your machine",
+            )
+        elif not re.match(r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", text):
+            self.problem(
+                "ssh_public_key",
+                f"{path} is not an OpenSSH public key",
+                "e.g. ~/.ssh/id_ed25519.pub",
+            )
 
     def _check_environment_name(self, values: Mapping[str, Any]) -> None:
         name = values.get("environment")
@@ -393,6 +429,14 @@ def _check_patterns(values: Mapping[str, Any]) -> Iterator[_Finding]:
         value = values.get(name)
         if isinstance(value, str) and not pattern.fullmatch(value):
             yield name, f"{value!r} {message}", hint, False
+    algorithm = values.get("key_algorithm")
+    if isinstance(algorithm, str) and algorithm not in ("ecdsa-p256", "rsa-2048"):
+        yield (
+            "key_algorithm",
+            f"{algorithm!r} is not supported",
+            'use "ecdsa-p256" or "rsa-2048"',
+            False,
+        )
     topology = values.get("topology")
     if isinstance(topology, str) and topology not in ("stacked", "separate"):
         yield "topology", f"{topology!r} is not a topology", 'use "stacked" or "separate"', False

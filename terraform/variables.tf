@@ -247,3 +247,20 @@ variable "customer" {
     error_message = "customer must be empty or lowercase letters, digits and hyphens."
   }
 }
+
+variable "key_algorithm" {
+  type        = string
+  default     = "ecdsa-p256"
+  description = "Key algorithm of the cluster's certificates: \"ecdsa-p256\" (fast; Kubernetes and etcd accept it) or \"rsa-2048\". Example: \"ecdsa-p256\"."
+
+  validation {
+    condition     = contains(["ecdsa-p256", "rsa-2048"], var.key_algorithm)
+    error_message = "key_algorithm must be \"ecdsa-p256\" or \"rsa-2048\"."
+  }
+}
+
+variable "ssh_public_key" {
+  type        = string
+  default     = ""
+  description = "Path (relative to the environment file) of an existing SSH public key to install on the nodes; empty generates an ed25519 key pair for the environment. Example: \"~/.ssh/id_rsa.pub\"."
+}

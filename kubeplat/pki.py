@@ -1,0 +1,549 @@
+"""The cluster's PKI, kubeadm's set and file names, as pure functions over PEM bytes.
+
+`ensure` takes what a store holds (a mapping of relative path → bytes, e.g. `ca.crt`,
+`etcd/server.key`) and returns the complete set: it creates only what is missing, reissues
+leaves within `RENEW_WITHIN_DAYS` of expiry, and never silently replaces a CA. Where the bytes
+come from and go to (a local cache, the secrets bucket) is the caller's business.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from kubeplat import cluster
+from kubeplat.errors import KubeplatError
+
+if TYPE_CHECKING:
+    from kubeplat.config import Environment
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+SERVER = ExtendedKeyUsageOID.SERVER_AUTH
+CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
+
+CAS = ("ca", "front-proxy-ca", "etcd/ca")
+SA_KEY, SA_PUB = "sa.key", "sa.pub"
+SSH_KEY, SSH_PUB = "ssh/id_ed25519", "ssh/id_ed25519.pub"
+BOOTSTRAP_TOKEN = "bootstrap-token"
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """A certificate signed by one of the CAs."""
+
+    name: str
+    ca: str
+    common_name: str
+    usages: tuple[x509.ObjectIdentifier, ...]
+    organization: str = ""
+    dns: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+
+
+class PKIError(KubeplatError):
+    """The stored PKI is damaged in a way kubeplat must not paper over."""
+
+
+def leaves(env: Environment) -> tuple[Leaf, ...]:
+    """Every leaf certificate of the environment, with usages and SANs."""
+    apiserver_dns = (
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        f"kubernetes.default.svc.{cluster.CLUSTER_DOMAIN}",
+        env.api_dns_name,
+        # The API network load balancer's own name is only known after Terraform runs.
+        f"*.elb.{env.aws_region}.amazonaws.com",
+        "localhost",
+    )
+    localhost = ("127.0.0.1",)
+    return (
+        Leaf(
+            "apiserver",
+            "ca",
+            "kube-apiserver",
+            (SERVER,),
+            dns=apiserver_dns,
+            ips=(cluster.API_SERVICE_IP, *localhost),
+        ),
+        Leaf(
+            "apiserver-kubelet-client",
+            "ca",
+            "kube-apiserver-kubelet-client",
+            (CLIENT,),
+            organization="system:masters",
+        ),
+        Leaf("admin", "ca", "kubernetes-admin", (CLIENT,), organization="system:masters"),
+        Leaf("controller-manager", "ca", "system:kube-controller-manager", (CLIENT,)),
+        Leaf("scheduler", "ca", "system:kube-scheduler", (CLIENT,)),
+        Leaf("front-proxy-client", "front-proxy-ca", "front-proxy-client", (CLIENT,)),
+        Leaf("apiserver-etcd-client", "etcd/ca", "kube-apiserver-etcd-client", (CLIENT,)),
+        Leaf("etcd/healthcheck-client", "etcd/ca", "kube-etcd-healthcheck-client", (CLIENT,)),
+        Leaf(
+            "etcd/server",
+            "etcd/ca",
+            "etcd-server",
+            (SERVER, CLIENT),
+            dns=etcd_names(env),
+            ips=localhost,
+        ),
+        Leaf(
+            "etcd/peer",
+            "etcd/ca",
+            "etcd-peer",
+            (SERVER, CLIENT),
+            dns=etcd_names(env),
+            ips=localhost,
+        ),
+    )
+
+
+def etcd_names(env: Environment) -> tuple[str, ...]:
+    """Names etcd members are reached by.
+
+    Members find each other through the EC2 API (instances of the secure group) and address
+    each other by their EC2 private DNS names, which a wildcard covers whatever instance the
+    group replaces a member with; clients use the `secure.` name.
+    """
+    internal = (
+        "ec2.internal" if env.aws_region == "us-east-1" else f"{env.aws_region}.compute.internal"
+    )
+    return (
+        f"*.{internal}",
+        f"secure.{env.environment}.{env.dns_zone_name}",
+        "localhost",
+    )
+
+
+CA_SUBJECTS = {"ca": "kubernetes", "front-proxy-ca": "front-proxy-ca", "etcd/ca": "etcd-ca"}
+
+
+@dataclass
+class Result:
+    """The outcome of `ensure`: the complete set and what was (re)issued, with why."""
+
+    files: dict[str, bytes]
+    issued: list[str] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def changed(self, before: Mapping[str, bytes]) -> dict[str, bytes]:
+        """The files whose bytes differ from `before`."""
+        return {k: v for k, v in self.files.items() if before.get(k) != v}
+
+
+def ensure(
+    env: Environment,
+    stored: Mapping[str, bytes],
+    *,
+    now: dt.datetime | None = None,
+    rotate: str | None = None,
+    ssh_public_key: bytes | None = None,
+) -> Result:
+    """Complete the PKI in `stored`: create what is missing, renew what is near expiry.
+
+    `rotate` reissues one leaf by name, one CA and everything it signed (`etcd/ca`,
+    `front-proxy-ca`), or with `ca` every CA and every certificate.
+    `ssh_public_key` is the environment's own public key, when it brings one.
+    """
+    now = now or dt.datetime.now(dt.UTC)
+    files = dict(stored)
+    result = Result(files)
+    all_leaves = {leaf.name: leaf for leaf in leaves(env)}
+    rotate_cas, forced = _rotation(rotate, all_leaves)
+
+    cas: dict[str, tuple[x509.Certificate, PrivateKey]] = {}
+    for name in CAS:
+        signed = [leaf.name for leaf in all_leaves.values() if leaf.ca == name]
+        loaded = None if name in rotate_cas else _load_ca(files, name, signed, now)
+        if loaded is None:
+            reason = "rotated" if name in rotate_cas else "missing"
+            cas[name] = _issue_ca(env, name, now, result, reason)
+            forced.update(
+                {
+                    leaf: f"{name} {'rotated' if reason == 'rotated' else 'is new'}"
+                    for leaf in signed
+                }
+            )
+        else:
+            cas[name] = loaded
+
+    for leaf in all_leaves.values():
+        reason = forced.get(leaf.name) or _leaf_state(files, leaf, cas, now)
+        if reason:
+            _issue_leaf(env, leaf, cas[leaf.ca], now, result, reason)
+
+    _ensure_service_account(env, files, result)
+    _ensure_ssh(files, result, ssh_public_key)
+    if BOOTSTRAP_TOKEN not in files:
+        files[BOOTSTRAP_TOKEN] = _bootstrap_token().encode()
+        result.issued.append(BOOTSTRAP_TOKEN)
+        result.reasons[BOOTSTRAP_TOKEN] = "missing"
+    return result
+
+
+def _rotation(
+    rotate: str | None, all_leaves: Mapping[str, Leaf]
+) -> tuple[set[str], dict[str, str]]:
+    """The CAs to reissue, and the leaves to reissue with why."""
+    if rotate is None:
+        return set(), {}
+    if rotate == "ca":
+        return set(CAS), {}
+    if rotate in CAS:
+        return {rotate}, {}
+    if rotate in all_leaves:
+        return set(), {rotate: "rotated"}
+    names = ", ".join(sorted({*CAS, *all_leaves}))
+    raise KubeplatError(f"no certificate named {rotate!r}", f"one of: {names}")
+
+
+def _load_ca(
+    files: Mapping[str, bytes], name: str, signed: Sequence[str], now: dt.datetime
+) -> tuple[x509.Certificate, PrivateKey] | None:
+    crt, key = files.get(f"{name}.crt"), files.get(f"{name}.key")
+    if crt is None and key is None:
+        orphans = [s for s in signed if f"{s}.crt" in files]
+        if orphans:
+            raise PKIError(
+                f"{name}.crt and {name}.key are missing but {', '.join(orphans)} exist, "
+                "signed by that CA",
+                f"restore {name}.crt and {name}.key, or start a new CA: kubeplat certs --rotate ca",
+            )
+        return None
+    if crt is None or key is None:
+        missing = f"{name}.crt" if crt is None else f"{name}.key"
+        raise PKIError(
+            f"{missing} is missing but its other half exists; kubeplat will not replace a CA "
+            "silently",
+            f"restore {missing}, or start a new CA (every node then needs new certificates): "
+            f"kubeplat certs --rotate {name}",
+        )
+    cert = _parse_cert(name, crt)
+    private = _parse_key(f"{name}.key", key)
+    if not _same_key(cert, private):
+        raise PKIError(f"{name}.key does not belong to {name}.crt", f"restore the pair: {name}")
+    if cert.not_valid_after_utc <= now:
+        raise PKIError(
+            f"the CA {name} expired on {cert.not_valid_after_utc:%Y-%m-%d}",
+            f"start a new CA: kubeplat certs --rotate {name}",
+        )
+    return cert, private
+
+
+def _leaf_state(
+    files: Mapping[str, bytes],
+    leaf: Leaf,
+    cas: Mapping[str, tuple[x509.Certificate, PrivateKey]],
+    now: dt.datetime,
+) -> str:
+    """Why a leaf needs issuing ("" when it does not); raise when it is damaged."""
+    crt, key = files.get(f"{leaf.name}.crt"), files.get(f"{leaf.name}.key")
+    if crt is None or key is None:
+        return "missing"
+    cert = _parse_cert(leaf.name, crt)
+    private = _parse_key(f"{leaf.name}.key", key)
+    if not _same_key(cert, private):
+        raise PKIError(
+            f"{leaf.name}.key does not belong to {leaf.name}.crt",
+            f"reissue it: kubeplat certs --rotate {leaf.name}",
+        )
+    if not _signed_by(cert, cas[leaf.ca][0]):
+        raise PKIError(
+            f"{leaf.name}.crt is not signed by {leaf.ca}.crt",
+            f"reissue it: kubeplat certs --rotate {leaf.name}",
+        )
+    if cert.not_valid_after_utc - now <= dt.timedelta(days=cluster.RENEW_WITHIN_DAYS):
+        return "expires soon"
+    return ""
+
+
+def _issue_ca(
+    env: Environment, name: str, now: dt.datetime, result: Result, reason: str
+) -> tuple[x509.Certificate, PrivateKey]:
+    key = new_key(env.key_algorithm)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_SUBJECTS[name])])
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        _builder(subject, subject, key, now, cluster.CA_DAYS)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(ca=True, rsa_key=isinstance(key, rsa.RSAPrivateKey)), critical=True
+        )
+        .add_extension(ski, critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    _store(result, name, cert, key, reason)
+    return cert, key
+
+
+def _issue_leaf(
+    env: Environment,
+    leaf: Leaf,
+    ca: tuple[x509.Certificate, PrivateKey],
+    now: dt.datetime,
+    result: Result,
+    reason: str,
+) -> None:
+    ca_cert, ca_key = ca
+    key = new_key(env.key_algorithm)
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, leaf.common_name)]
+    if leaf.organization:
+        attributes.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, leaf.organization))
+    days = min(
+        cluster.LEAF_DAYS, max(1, (ca_cert.not_valid_after_utc - now).days)
+    )  # never outlive the CA
+    builder = (
+        _builder(x509.Name(attributes), ca_cert.subject, key, now, days)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            _key_usage(ca=False, rsa_key=isinstance(key, rsa.RSAPrivateKey)), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage(list(leaf.usages)), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in leaf.dns]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in leaf.ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    _store(result, leaf.name, builder.sign(ca_key, hashes.SHA256()), key, reason)
+
+
+def _builder(
+    subject: x509.Name, issuer: x509.Name, key: PrivateKey, now: dt.datetime, days: int
+) -> x509.CertificateBuilder:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        # Backdated a little so a node whose clock lags a few minutes accepts it.
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+    )
+
+
+def _key_usage(*, ca: bool, rsa_key: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=rsa_key and not ca,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def _store(result: Result, name: str, cert: x509.Certificate, key: PrivateKey, reason: str) -> None:
+    result.files[f"{name}.crt"] = cert.public_bytes(serialization.Encoding.PEM)
+    result.files[f"{name}.key"] = private_pem(key)
+    result.issued.append(name)
+    result.reasons[name] = reason
+
+
+def new_key(algorithm: str) -> PrivateKey:
+    """A fresh private key: ECDSA P-256 or RSA 2048."""
+    if algorithm == "rsa-2048":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def private_pem(key: PrivateKey) -> bytes:
+    """PEM of a private key, PKCS#8 (what Kubernetes and etcd read)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _ensure_service_account(env: Environment, files: dict[str, bytes], result: Result) -> None:
+    key_pem = files.get(SA_KEY)
+    if key_pem is None:
+        if SA_PUB in files:
+            raise PKIError(
+                f"{SA_KEY} is missing but {SA_PUB} exists",
+                f"restore {SA_KEY}; a new key would invalidate every service account token",
+            )
+        key = new_key(env.key_algorithm)
+        files[SA_KEY] = private_pem(key)
+        result.issued.append("sa")
+        result.reasons["sa"] = "missing"
+    else:
+        key = _parse_key(SA_KEY, key_pem)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if files.get(SA_PUB) != public:
+        files[SA_PUB] = public  # derived from the key: recreating it changes nothing
+
+
+def _ensure_ssh(files: dict[str, bytes], result: Result, given: bytes | None) -> None:
+    if given is not None:
+        if files.get(SSH_PUB) != given.strip() + b"\n":
+            files[SSH_PUB] = given.strip() + b"\n"
+        files.pop(SSH_KEY, None)
+        return
+    if SSH_KEY in files:
+        try:
+            key = serialization.load_ssh_private_key(files[SSH_KEY], password=None)
+        except ValueError:
+            raise PKIError(
+                f"{SSH_KEY} is not an OpenSSH private key", f"restore it, or delete {SSH_KEY}"
+            ) from None
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        files[SSH_PUB] = public + b"\n"
+        return
+    new = ed25519.Ed25519PrivateKey.generate()
+    files[SSH_KEY] = new.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+    files[SSH_PUB] = (
+        new.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + b"\n"
+    )
+    result.issued.append("ssh")
+    result.reasons["ssh"] = "missing"
+
+
+def _bootstrap_token() -> str:
+    """A kubelet TLS bootstrap token: `[a-z0-9]{6}.[a-z0-9]{16}`."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+    def pick(count: int) -> str:
+        return "".join(secrets.choice(alphabet) for _ in range(count))
+
+    return f"{pick(6)}.{pick(16)}"
+
+
+def _parse_cert(name: str, data: bytes) -> x509.Certificate:
+    try:
+        return x509.load_pem_x509_certificate(data)
+    except ValueError:
+        raise PKIError(
+            f"{name}.crt is not a PEM certificate", f"reissue it: kubeplat certs --rotate {name}"
+        ) from None
+
+
+def _parse_key(filename: str, data: bytes) -> PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError):
+        raise PKIError(
+            f"{filename} is not a PEM private key",
+            f"restore it, or reissue it: kubeplat certs --rotate {filename.rsplit('.', 1)[0]}",
+        ) from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise PKIError(f"{filename} is neither ECDSA nor RSA", "reissue it")
+    return key
+
+
+def _same_key(cert: x509.Certificate, key: PrivateKey) -> bool:
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(
+        serialization.Encoding.DER, spki
+    ) == key.public_key().public_bytes(serialization.Encoding.DER, spki)
+
+
+def _signed_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    if cert.issuer != ca.subject:
+        return False
+    public = ca.public_key()
+    assert cert.signature_hash_algorithm is not None
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(
+                cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm)
+            )
+        elif isinstance(public, rsa.RSAPublicKey):
+            public.verify(
+                cert.signature,
+                cert.tbs_certificate_bytes,
+                padding.PKCS1v15(),
+                cert.signature_hash_algorithm,
+            )
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """One row of `kubeplat certs`."""
+
+    name: str
+    subject: str
+    issuer: str
+    expires: dt.datetime
+    days_left: int
+    fingerprint: str
+
+
+def describe(files: Mapping[str, bytes], now: dt.datetime | None = None) -> list[CertInfo]:
+    """Every certificate in `files`, CAs first, in kubeadm's order."""
+    now = now or dt.datetime.now(dt.UTC)
+    order = [*CAS, *(leaf for leaf in _LEAF_ORDER)]
+    rows = []
+    for name in order:
+        data = files.get(f"{name}.crt")
+        if data is None:
+            continue
+        cert = _parse_cert(name, data)
+        rows.append(
+            CertInfo(
+                name=name,
+                subject=cert.subject.rfc4514_string(),
+                issuer=cert.issuer.rfc4514_string(),
+                expires=cert.not_valid_after_utc,
+                days_left=(cert.not_valid_after_utc - now).days,
+                fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+            )
+        )
+    return rows
+
+
+_LEAF_ORDER = (
+    "apiserver",
+    "apiserver-kubelet-client",
+    "apiserver-etcd-client",
+    "front-proxy-client",
+    "etcd/server",
+    "etcd/peer",
+    "etcd/healthcheck-client",
+    "admin",
+    "controller-manager",
+    "scheduler",
+)
+
+PRIVATE_FILES = frozenset(
+    [f"{n}.key" for n in (*CAS, *_LEAF_ORDER)] + [SA_KEY, SSH_KEY, BOOTSTRAP_TOKEN]
+)
+
+
+def is_private(name: str) -> bool:
+    """Whether a PKI file is secret (keys, the bootstrap token): 0600, never in logs."""
+    return name in PRIVATE_FILES or name.endswith(".key")
