@@ -437,9 +437,30 @@ def _check_patterns(values: Mapping[str, Any]) -> Iterator[_Finding]:
             'use "ecdsa-p256" or "rsa-2048"',
             False,
         )
+    yield from _check_pinned(values)
     topology = values.get("topology")
     if isinstance(topology, str) and topology not in ("stacked", "separate"):
         yield "topology", f"{topology!r} is not a topology", 'use "stacked" or "separate"', False
+
+
+def _check_pinned(values: Mapping[str, Any]) -> Iterator[_Finding]:
+    from kubeplat import artifacts
+
+    pinned_tables = (
+        ("kubernetes_version", _KUBE_VERSION, artifacts.KUBERNETES),
+        ("etcd_version", _ETCD_VERSION, artifacts.ETCD),
+    )
+    for name, shape, table in pinned_tables:
+        value = values.get(name)
+        # A malformed version is reported by the shape check; only well-formed ones here.
+        if isinstance(value, str) and shape.fullmatch(value) and value not in table:
+            pinned = ", ".join(sorted(table))
+            yield (
+                name,
+                f"no pinned binary digests for {value!r}",
+                (f"use one of: {pinned} (nodes never run an unchecked binary)"),
+                False,
+            )
 
 
 def _check_buckets(values: Mapping[str, Any]) -> Iterator[_Finding]:

@@ -199,7 +199,9 @@ def test_half_a_ca_is_an_error_never_a_new_ca(env: config.Environment, lost: str
 def test_lost_ca_with_leaves_is_an_error(env: config.Environment) -> None:
     files = pki.ensure(env, {}).files
     del files["ca.crt"], files["ca.key"]
-    with pytest.raises(pki.PKIError, match=re.escape("ca.crt and ca.key are missing but apiserver")):
+    with pytest.raises(
+        pki.PKIError, match=re.escape("ca.crt and ca.key are missing but apiserver")
+    ):
         pki.ensure(env, files)
 
 

@@ -1,0 +1,104 @@
+"""Binaries nodes download, pinned by version and checked by sha256 before use.
+
+Digests as published upstream, copied from kubespray v2.29.0
+(roles/kubespray_defaults/vars/main/checksums.yml, commit 9991412b4597d6eaf37f86e5f20f9f903a731c08).
+A version without digests here cannot be rendered: kubeplat never installs an unchecked binary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One download: where from, and its sha256 per architecture (amd64, arm64)."""
+
+    name: str
+    version: str
+    url: str  # `{arch}` is replaced by amd64 or arm64
+    sha256: dict[str, str]
+
+
+KUBERNETES = {
+    "1.33.5": {
+        "kubelet": {
+            "amd64": "8f6106b970259486c5af5cbee404d4f23406d96d99dfb92a6965b299c2a4db0e",
+            "arm64": "c6ad0510c089d49244eede2638b4a4ff125258fd29a0649e7eef05c7f79c737f",
+        },
+        "kubectl": {
+            "amd64": "6a12d6c39e4a611a3687ee24d8c733961bb4bae1ae975f5204400c0a6930c6fc",
+            "arm64": "6db7c5d846c3b3ddfd39f3137a93fe96af3938860eefdbf2429805ee1656e381",
+        },
+    },
+}
+
+ETCD = {
+    "3.5.21": {
+        "amd64": "adddda4b06718e68671ffabff2f8cee48488ba61ad82900e639d108f2148501c",
+        "arm64": "95bf6918623a097c0385b96f139d90248614485e781ec9bee4768dbb6c79c53f",
+    },
+    "3.5.23": {
+        "amd64": "8b50d62d38cb2de005b42227dd14b33f6e01758970f248f9257789ecfaf634c9",
+        "arm64": "d95118595a9556a29775f99c1ef2ee16f6be113df76b7178643a2bfd6a6f37c3",
+    },
+}
+
+RUNTIME = (
+    Artifact(
+        "containerd",
+        "2.1.4",
+        "https://github.com/containerd/containerd/releases/download/v2.1.4/"
+        "containerd-2.1.4-linux-{arch}.tar.gz",
+        {
+            "amd64": "316d510a0428276d931023f72c09fdff1a6ba81d6cc36f31805fea6a3c88f515",
+            "arm64": "846d13bc2bf1c01ae2f20d13beb9b3a1e50b52c86e955b4ac7d658f5847f2b0e",
+        },
+    ),
+    Artifact(
+        "runc",
+        "1.3.2",
+        "https://github.com/opencontainers/runc/releases/download/v1.3.2/runc.{arch}",
+        {
+            "amd64": "e7a8e30bd6d248f494aae9163521ff4eb112a30602ac56ada0871e3531269c2d",
+            "arm64": "06fbccb4528ecd490f3f333d6dcf22c876bd72a024813a0c0a46312121f4c5fd",
+        },
+    ),
+    Artifact(
+        "cni-plugins",
+        "1.8.0",
+        "https://github.com/containernetworking/plugins/releases/download/v1.8.0/"
+        "cni-plugins-linux-{arch}-v1.8.0.tgz",
+        {
+            "amd64": "ab3bda535f9d90766cccc90d3dddb5482003dd744d7f22bcf98186bf8eea8be6",
+            "arm64": "57ce466fc3b79db1f19b8f4c63e07a1112306efa53c94fe810a2150dd9e07ddb",
+        },
+    ),
+)
+
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.12.0"
+FLANNEL_IMAGE = "ghcr.io/flannel-io/flannel:v0.27.3"
+FLANNEL_CNI_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
+
+
+def kubernetes(version: str) -> list[Artifact]:
+    """kubelet and kubectl of one Kubernetes version."""
+    digests = KUBERNETES[version]
+    return [
+        Artifact(
+            name, version, f"https://dl.k8s.io/release/v{version}/bin/linux/{{arch}}/{name}", sha
+        )
+        for name, sha in sorted(digests.items())
+    ]
+
+
+def etcd(version: str) -> Artifact:
+    """The etcd release tarball of one version."""
+    return Artifact(
+        "etcd",
+        version,
+        f"https://github.com/etcd-io/etcd/releases/download/v{version}/"
+        f"etcd-v{version}-linux-{{arch}}.tar.gz",
+        ETCD[version],
+    )
