@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -117,6 +118,25 @@ def certs(state: State, env: str, rotate: str | None, check: bool) -> None:
         console.status(f"issued {name} ({reason})", "ok")
     if not check and not report.issued:
         console.status(f"nothing to issue; PKI in {report.directory}", "ok")
+
+
+@cli.command()
+@env_option
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write into.",
+)
+@click.pass_obj
+def render(state: State, env: str, out: Path) -> None:
+    """Write everything a node would get to a directory, offline."""
+    from kubeplat import ops
+
+    report = ops.render(env, out, state.env_dir)
+    for name, size in report.files.items():
+        console.data(f"{size:>7}  {name}")
+    console.status(f"rendered {len(report.files)} files into {report.directory}", "ok")
 
 
 def _certs_table(rows: list[Any]) -> None:

@@ -14,6 +14,7 @@ from kubeplat import config, terraform
 from kubeplat.errors import KubeplatError, Problem
 
 if TYPE_CHECKING:
+    from kubeplat import pki
     from kubeplat.pki import CertInfo
 
 
@@ -86,9 +87,7 @@ def certs(
                 rows, f"certificates expire within {cluster.RENEW_WITHIN_DAYS} days: {names}"
             )
         return CertsReport(rows, {}, store.root)
-    given = _read_public_key(environment)
-    result = pki.ensure(environment, stored, now=now, rotate=rotate, ssh_public_key=given)
-    store.save(result.changed(stored), removed=set(stored) - set(result.files))
+    result = _ensure_pki(environment, now=now, rotate=rotate)
     return CertsReport(pki.describe(result.files, now), dict(result.reasons), store.root)
 
 
@@ -100,6 +99,60 @@ class CertificatesExpiring(KubeplatError):
         self.rows = rows
 
 
-def _read_public_key(environment: config.Environment) -> bytes | None:
+def _ensure_pki(
+    environment: config.Environment, *, now: dt.datetime | None = None, rotate: str | None = None
+) -> pki.Result:
+    """Load the PKI cache, complete it, store what changed."""
+    from kubeplat import pki
+    from kubeplat.pkistore import LocalStore
+
+    store = LocalStore(environment.workdir / "pki")
+    stored = store.load()
     path = environment.ssh_public_key_path
-    return path.read_bytes() if path else None
+    given = path.read_bytes() if path else None
+    result = pki.ensure(environment, stored, now=now, rotate=rotate, ssh_public_key=given)
+    store.save(result.changed(stored), removed=set(stored) - set(result.files))
+    return result
+
+
+@dataclass(frozen=True)
+class RenderReport:
+    """The outcome of `kubeplat render`: what was written where."""
+
+    directory: Path
+    files: dict[str, int]
+
+
+def render(env: str, out: Path, env_dir: str | None = None) -> RenderReport:
+    """Render everything a node would get into `out` (offline); secrets 0600."""
+    from kubeplat import render as renderer
+
+    environment = config.load(env, env_dir)
+    files = _ensure_pki(environment).files
+    bundle = renderer.bundle(environment, files)
+    write_tree(out, bundle)
+    return RenderReport(out, {name: len(data) for name, data in bundle.items()})
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    """Write a rendered bundle; private material 0600 in 0700 directories."""
+    import os
+
+    from kubeplat.pki import is_private
+
+    if root.exists() and not root.is_dir():
+        raise KubeplatError(f"{root} exists and is not a directory", "choose another --out")
+    for name, data in files.items():
+        target = root / name
+        secret = name.startswith("kubeconfig/") or (name.startswith("pki/") and is_private(name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith(("pki/", "kubeconfig/")):
+            for parent in target.relative_to(root).parents:
+                if str(parent) != ".":
+                    os.chmod(root / parent, 0o700)
+        descriptor = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644
+        )
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.chmod(target, 0o600 if secret else 0o644)

@@ -31,7 +31,9 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
 
-CAS = ("ca", "front-proxy-ca", "etcd/ca")
+# kubeadm's three CAs, and kubelet-ca: it signs kubelet certificates (TLS bootstrap) on the
+# control plane, so the cluster CA's key never has to leave the locked prefix.
+CAS = ("ca", "front-proxy-ca", "etcd/ca", "kubelet-ca")
 SA_KEY, SA_PUB = "sa.key", "sa.pub"
 SSH_KEY, SSH_PUB = "ssh/id_ed25519", "ssh/id_ed25519.pub"
 BOOTSTRAP_TOKEN = "bootstrap-token"
@@ -125,7 +127,12 @@ def etcd_names(env: Environment) -> tuple[str, ...]:
     )
 
 
-CA_SUBJECTS = {"ca": "kubernetes", "front-proxy-ca": "front-proxy-ca", "etcd/ca": "etcd-ca"}
+CA_SUBJECTS = {
+    "ca": "kubernetes",
+    "front-proxy-ca": "front-proxy-ca",
+    "etcd/ca": "etcd-ca",
+    "kubelet-ca": "kubelet-ca",
+}
 
 
 @dataclass

@@ -1,0 +1,424 @@
+"""Render everything a node gets: environment + PKI → {relative path: bytes}.
+
+Pure and deterministic: the same environment and PKI give the same bytes (sorted, no
+timestamps, nothing random), so an unchanged run never changes user_data or rolls a node.
+Every YAML output is parsed back before it leaves. The layout is SPEC's `render --out DIR`:
+`cloudconfig/`, `userdata/`, `manifests/<layer>/`, `pki/<prefix>/`, `kubeconfig/admin.conf`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubeplat import artifacts, cluster
+from kubeplat.errors import KubeplatError
+from kubeplat.resources import templates_dir
+
+if TYPE_CHECKING:
+    import jinja2
+
+    from kubeplat.config import Environment
+
+USERDATA_LIMIT = 16 * 1024
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One autoscaling group's kind of node."""
+
+    name: str  # secure, control-plane, compute: the Layer tag and bucket prefixes
+    cloudconfig: str  # master, control-plane, worker
+    etcd: bool
+    control_plane: bool
+    worker: bool
+
+
+def layers(env: Environment) -> tuple[Layer, ...]:
+    """The environment's layers: etcd (+ control plane when stacked), [control plane], compute."""
+    stacked = env.topology == "stacked"
+    found = [Layer("secure", "master", etcd=True, control_plane=stacked, worker=False)]
+    if not stacked:
+        found.append(Layer("control-plane", "control-plane", False, True, False))
+    found.append(Layer("compute", "worker", etcd=False, control_plane=False, worker=True))
+    return tuple(found)
+
+
+# Which PKI files each role's nodes get (relative to pki/); everything else is locked.
+_ETCD_FILES = ("etcd/server", "etcd/peer", "etcd/healthcheck-client")
+_CONTROL_PLANE_FILES = (
+    "apiserver",
+    "apiserver-kubelet-client",
+    "apiserver-etcd-client",
+    "front-proxy-client",
+    "controller-manager",
+    "scheduler",
+)
+_COMMON = ("ca.crt", "front-proxy-ca.crt", "etcd/ca.crt", "kubelet-ca.crt")
+
+
+def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The PKI as the secrets bucket holds it: `common/`, one prefix a layer, `locked/`."""
+    placed: dict[str, bytes] = {}
+    handed_out: set[str] = set()
+
+    def give(prefix: str, name: str) -> None:
+        if name not in files:
+            raise KubeplatError(f"missing value: PKI file {name}", "run: kubeplat certs -e ENV")
+        placed[f"{prefix}/{name}"] = files[name]
+        handed_out.add(name)
+
+    for name in _COMMON:
+        give("common", name)
+    placed["common/client-ca-bundle.crt"] = files["ca.crt"] + files["kubelet-ca.crt"]
+    for layer in layers(env):
+        wanted: list[str] = []
+        if layer.etcd:
+            wanted += [f"{n}.{ext}" for n in _ETCD_FILES for ext in ("crt", "key")]
+        if layer.control_plane:
+            wanted += [f"{n}.{ext}" for n in _CONTROL_PLANE_FILES for ext in ("crt", "key")]
+            wanted += ["sa.key", "sa.pub", "kubelet-ca.key", "bootstrap-token"]
+        if layer.worker:
+            wanted += ["bootstrap-token"]
+        for name in wanted:
+            give(layer.name, name)
+    for name in sorted(set(files) - handed_out):
+        # The CA keys, the admin identity and the SSH key: no node role may read these.
+        placed[f"locked/{name}"] = files[name]
+    return placed
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    import jinja2
+
+    loader = jinja2.FileSystemLoader(str(templates_dir()))
+    jinja = jinja2.Environment(
+        loader=loader,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    jinja.filters["yaml_string"] = lambda text: json.dumps(text, ensure_ascii=False)
+    return jinja
+
+
+def _render(template: str, context: Mapping[str, Any]) -> str:
+    import jinja2
+
+    try:
+        return _environment().get_template(template).render(**context)
+    except jinja2.UndefinedError as exc:
+        raise KubeplatError(
+            f"missing value in template {template}: {exc.message}",
+            "a template uses a value render does not provide; check templates/",
+        ) from None
+    except jinja2.TemplateError as exc:
+        raise KubeplatError(f"template {template} is broken: {exc}", "check templates/") from None
+
+
+def _yaml_checked(name: str, text: str) -> bytes:
+    """Parse YAML back (every document) so nothing malformed leaves render."""
+    import yaml
+
+    try:
+        list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise KubeplatError(
+            f"rendered {name} is not valid YAML: {exc}", "check templates/"
+        ) from None
+    return text.encode()
+
+
+def base_context(env: Environment) -> dict[str, Any]:
+    """Values every template may use."""
+    return {
+        "environment": env.environment,
+        "region": env.aws_region,
+        "bucket": env.secrets_bucket_name,
+        "prefix": env.environment,
+        "kubernetes_version": env.kubernetes_version,
+        "etcd_version": env.etcd_version,
+        "api_url": f"https://{env.api_dns_name}",
+        "api_port": cluster.API_PORT,
+        "etcd_client_port": cluster.ETCD_CLIENT_PORT,
+        "etcd_peer_port": cluster.ETCD_PEER_PORT,
+        "service_cidr": cluster.SERVICE_CIDR,
+        "pod_cidr": cluster.POD_CIDR,
+        "cluster_domain": cluster.CLUSTER_DOMAIN,
+        "cluster_dns_ip": cluster.CLUSTER_DNS_IP,
+        "pause_image": artifacts.PAUSE_IMAGE,
+        "coredns_image": artifacts.COREDNS_IMAGE,
+        "flannel_image": artifacts.FLANNEL_IMAGE,
+        "flannel_cni_image": artifacts.FLANNEL_CNI_IMAGE,
+    }
+
+
+def _layer_context(env: Environment, layer: Layer) -> dict[str, Any]:
+    stacked = env.topology == "stacked"
+    etcd_servers = (
+        f"https://127.0.0.1:{cluster.ETCD_CLIENT_PORT}"
+        if stacked
+        else f"https://secure.{env.environment}.{env.dns_zone_name}:{cluster.ETCD_CLIENT_PORT}"
+    )
+    return {
+        **base_context(env),
+        "layer": layer.name,
+        "etcd": layer.etcd,
+        "control_plane": layer.control_plane,
+        "worker": layer.worker,
+        "etcd_servers": etcd_servers,
+    }
+
+
+def _binaries(env: Environment, layer: Layer) -> list[dict[str, Any]]:
+    kinds = {
+        "containerd": ("tar", "/usr/local"),
+        "runc": ("bin", "/usr/local/sbin/runc"),
+        "cni-plugins": ("tar", "/opt/cni/bin"),
+        "kubelet": ("bin", "/usr/local/bin/kubelet"),
+        "kubectl": ("bin", "/usr/local/bin/kubectl"),
+        "etcd": ("tar", '"$WORK/etcd-dist"'),
+    }
+    chosen = [*artifacts.RUNTIME, *artifacts.kubernetes(env.kubernetes_version)]
+    if not layer.control_plane:
+        chosen = [a for a in chosen if a.name != "kubectl"]
+    if layer.etcd:
+        chosen.append(artifacts.etcd(env.etcd_version))
+    return [
+        {
+            "name": a.name,
+            "url": a.url,
+            "sha256": a.sha256,
+            "kind": kinds[a.name][0],
+            "dest": kinds[a.name][1],
+        }
+        for a in chosen
+    ]
+
+
+def _node_source(module: str) -> str:
+    return (Path(__file__).resolve().parent / f"{module}.py").read_text(encoding="utf-8")
+
+
+def _kubeconfig(
+    ctx: Mapping[str, Any], user: str, server: str, cert: str = "", key: str = ""
+) -> str:
+    return _render(
+        "partials/node/kubeconfig.yaml.j2",
+        {**ctx, "user": user, "server": server, "token": not cert, "certificate": cert, "key": key},
+    )
+
+
+def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
+    """Every file the layer's cloud-config writes: (path, mode, content)."""
+    ctx = _layer_context(env, layer)
+    part = "partials/node/"
+    files: list[tuple[str, str, str]] = [
+        ("/opt/kubeplat/bin/bootstrap", "0755", _render(part + "bootstrap.sh.j2", ctx)),
+        (
+            "/opt/kubeplat/bin/install-binaries",
+            "0755",
+            _render(part + "install-binaries.sh.j2", {**ctx, "binaries": _binaries(env, layer)}),
+        ),
+        ("/opt/kubeplat/bin/kubeplat-agent", "0755", _node_source("node_agent")),
+        (
+            "/etc/systemd/system/kubeplat-agent.service",
+            "0644",
+            _render(part + "kubeplat-agent.service.j2", ctx),
+        ),
+        (
+            "/etc/systemd/system/containerd.service",
+            "0644",
+            _render(part + "containerd.service.j2", ctx),
+        ),
+        ("/etc/containerd/config.toml", "0644", _render(part + "containerd.toml.j2", ctx)),
+        ("/etc/systemd/system/kubelet.service", "0644", _render(part + "kubelet.service.j2", ctx)),
+        ("/var/lib/kubelet/config.yaml", "0644", _render(part + "kubelet-config.yaml.j2", ctx)),
+        ("/etc/modules-load.d/kubeplat.conf", "0644", _render(part + "modules.conf.j2", ctx)),
+        ("/etc/sysctl.d/90-kubeplat.conf", "0644", _render(part + "sysctl.conf.j2", ctx)),
+    ]
+    if layer.etcd:
+        files += [
+            ("/opt/kubeplat/bin/etcd-discover", "0755", _node_source("node_etcd")),
+            ("/etc/etcd/etcd.conf.yml.tmpl", "0644", _render(part + "etcd.conf.yml.j2", ctx)),
+            ("/etc/systemd/system/etcd.service", "0644", _render(part + "etcd.service.j2", ctx)),
+        ]
+    if layer.control_plane:
+        local = f"https://127.0.0.1:{cluster.API_PORT}"
+        pki_dir = "/etc/kubernetes/pki"
+        for user, name in (
+            ("system:kube-controller-manager", "controller-manager"),
+            ("system:kube-scheduler", "scheduler"),
+            ("kubeplat-addons", "apiserver-kubelet-client"),
+        ):
+            target = "addons" if name == "apiserver-kubelet-client" else name
+            files.append(
+                (
+                    f"/etc/kubernetes/{target}.conf",
+                    "0600",
+                    _kubeconfig(ctx, user, local, f"{pki_dir}/{name}.crt", f"{pki_dir}/{name}.key"),
+                )
+            )
+        files += [
+            ("/opt/kubeplat/bin/apply-addons", "0755", _render(part + "apply-addons.sh.j2", ctx)),
+            (
+                "/etc/systemd/system/kubeplat-addons.service",
+                "0644",
+                _render(part + "kubeplat-addons.service.j2", ctx),
+            ),
+        ]
+        for name, text in sorted(_addons(env).items()):
+            files.append((f"/etc/kubernetes/addons/{name}", "0644", text))
+    if layer.worker:
+        node_cert = "/var/lib/kubelet/pki/kubelet-client-current.pem"
+        files += [
+            (
+                "/etc/kubernetes/bootstrap-kubelet.conf.tmpl",
+                "0600",
+                _kubeconfig(ctx, "kubelet-bootstrap", ctx["api_url"]),
+            ),
+            (
+                "/etc/kubernetes/node.conf",
+                "0600",
+                _kubeconfig(ctx, "node", ctx["api_url"], node_cert, node_cert),
+            ),
+            (
+                "/etc/kube-flannel/net-conf.json",
+                "0644",
+                _render(part + "flannel-net-conf.json.j2", ctx),
+            ),
+            (
+                "/etc/cni/net.d/10-flannel.conflist",
+                "0644",
+                _render(part + "flannel-cni.conflist.j2", ctx),
+            ),
+        ]
+    return [{"path": p, "mode": m, "content": c} for p, m, c in sorted(files)]
+
+
+def _addons(env: Environment) -> dict[str, str]:
+    ctx = base_context(env)
+    found = {}
+    for template in sorted((templates_dir() / "addons").glob("*.yaml.j2")):
+        name = template.name.removesuffix(".j2")
+        found[name] = _yaml_checked(
+            f"addons/{name}", _render(f"addons/{template.name}", ctx)
+        ).decode()
+    return found
+
+
+PACKAGES = ("conntrack", "curl", "iptables", "python3-boto3", "socat", "tar")
+
+
+def cloudconfig(env: Environment, layer: Layer) -> bytes:
+    """The layer's cloud-config (standard cloud-init, no `coreos:` section)."""
+    text = _render(
+        "cloudconfig/layer.yaml.j2",
+        {**_layer_context(env, layer), "files": _node_files(env, layer), "packages": PACKAGES},
+    )
+    return _yaml_checked(f"cloudconfig/{layer.cloudconfig}", text)
+
+
+def userdata(env: Environment, layer: Layer, config: bytes) -> bytes:
+    """The small stub each instance boots with; it names its configuration by sha256."""
+    pki_prefixes = ["common", layer.name]
+    text = _render(
+        "userdata/stub.sh.j2",
+        {
+            **_layer_context(env, layer),
+            "cloudconfig": f"cloudconfig/{layer.cloudconfig}",
+            "config_sha256": hashlib.sha256(config).hexdigest(),
+            "pki_prefixes": pki_prefixes,
+        },
+    )
+    data = text.encode()
+    if len(data) > USERDATA_LIMIT:
+        raise KubeplatError(
+            f"userdata/{layer.name} is {len(data)} bytes, over AWS's 16 KB limit", "shrink the stub"
+        )
+    return data
+
+
+def manifests(env: Environment, layer: Layer) -> dict[str, bytes]:
+    """The layer's static pods, as the node agent syncs them."""
+    ctx = _layer_context(env, layer)
+    sources: list[str] = []
+    if layer.control_plane:
+        sources += [
+            f"manifests/control-plane/{p.name}" for p in _templates("manifests/control-plane")
+        ]
+    if layer.worker:
+        sources += [f"manifests/compute/{p.name}" for p in _templates("manifests/compute")]
+    found = {}
+    for source in sources:
+        name = f"manifests/{layer.name}/{Path(source).name.removesuffix('.j2')}"
+        found[name] = _yaml_checked(name, _render(source, ctx))
+    return found
+
+
+def _templates(folder: str) -> list[Path]:
+    return sorted((templates_dir() / folder).glob("*.j2"))
+
+
+def admin_kubeconfig(
+    env: Environment, files: Mapping[str, bytes], server: str | None = None
+) -> bytes:
+    """The admin kubeconfig: embedded x509 client certificate, the API's https URL."""
+    import yaml
+
+    def b64(name: str) -> str:
+        return base64.b64encode(files[name]).decode()
+
+    document = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": env.environment,
+                "cluster": {
+                    "certificate-authority-data": b64("ca.crt"),
+                    "server": server or f"https://{env.api_dns_name}",
+                },
+            }
+        ],
+        "contexts": [
+            {
+                "name": f"admin@{env.environment}",
+                "context": {"cluster": env.environment, "user": f"admin@{env.environment}"},
+            }
+        ],
+        "current-context": f"admin@{env.environment}",
+        "preferences": {},
+        "users": [
+            {
+                "name": f"admin@{env.environment}",
+                "user": {
+                    "client-certificate-data": b64("admin.crt"),
+                    "client-key-data": b64("admin.key"),
+                },
+            }
+        ],
+    }
+    return _yaml_checked("kubeconfig/admin.conf", yaml.safe_dump(document, sort_keys=True))
+
+
+def bundle(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Everything a node would get, as SPEC's `render --out DIR` layout."""
+    out: dict[str, bytes] = {}
+    for layer in layers(env):
+        config = cloudconfig(env, layer)
+        out[f"cloudconfig/{layer.cloudconfig}"] = config
+        out[f"userdata/{layer.name}"] = userdata(env, layer, config)
+        out.update(manifests(env, layer))
+    out.update({f"pki/{k}": v for k, v in pki_layout(env, files).items()})
+    out["kubeconfig/admin.conf"] = admin_kubeconfig(env, files)
+    return dict(sorted(out.items()))

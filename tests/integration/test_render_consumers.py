@@ -1,0 +1,149 @@
+"""Rendered node configuration, checked by the programs that consume it."""
+
+from __future__ import annotations
+
+import dataclasses
+import py_compile
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubeplat import config, pki, render
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["stacked", "separate"])
+def bundle(request: pytest.FixtureRequest, environments: Path, tmp_path: Path) -> dict[str, bytes]:
+    env = dataclasses.replace(config.load("example"), topology=request.param)
+    return render.bundle(env, pki.ensure(env, {}).files)
+
+
+def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
+    path = tmp_path / "files" / name.lstrip("/")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data if isinstance(data, bytes) else data.encode())
+    return path
+
+
+def node_files(bundle: dict[str, bytes]) -> dict[str, str]:
+    found = {}
+    for name, data in bundle.items():
+        if name.startswith("cloudconfig/"):
+            for item in yaml.safe_load(data)["write_files"]:
+                found[f"{name}:{item['path']}"] = item["content"]
+    return found
+
+
+def test_cloud_init_schema_accepts_every_cloudconfig(
+    bundle: dict[str, bytes], tmp_path: Path
+) -> None:
+    if not shutil.which("cloud-init"):
+        pytest.skip("cloud-init is not installed (apt-get install cloud-init)")
+    configs = [n for n in bundle if n.startswith("cloudconfig/")]
+    assert len(configs) >= 2
+    for name in configs:
+        path = write(tmp_path, name, bundle[name])
+        result = subprocess.run(
+            ["cloud-init", "schema", "--config-file", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, (name, result.stdout, result.stderr)
+        assert "Valid cloud-config" in result.stdout
+
+
+def test_kubernetes_validate_strict_on_every_manifest(
+    bundle: dict[str, bytes], tmp_path: Path
+) -> None:
+    pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate (dev extra)")
+    paths = [write(tmp_path, n, d) for n, d in bundle.items() if n.startswith("manifests/")]
+    paths += [
+        write(tmp_path, "addons/" + key.rsplit("/", 1)[1], text)
+        for key, text in node_files(bundle).items()
+        if "/etc/kubernetes/addons/" in key
+    ]
+    assert len(paths) >= 8
+    version = config.variables()["kubernetes_version"].default
+    result = subprocess.run(
+        [sys.executable, "-m", "kubernetes_validate", "--strict", "-k", version, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("passed") >= len(paths)
+
+
+def test_kubectl_reads_every_kubeconfig(bundle: dict[str, bytes], tmp_path: Path) -> None:
+    if not shutil.which("kubectl"):
+        pytest.skip("kubectl is not installed")
+    kubeconfigs = {"kubeconfig/admin.conf": bundle["kubeconfig/admin.conf"]}
+    kubeconfigs.update(
+        {
+            k: v.encode()
+            for k, v in node_files(bundle).items()
+            if k.endswith(".conf")
+            and "/etc/kubernetes/" in k
+            and "sysctl" not in k
+            and "modules" not in k
+        }
+    )
+    for name, data in kubeconfigs.items():
+        path = write(tmp_path, name.replace(":", "_"), data)
+        result = subprocess.run(
+            ["kubectl", "config", "view", "--kubeconfig", str(path), "-o", "yaml"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, (name, result.stderr)
+        view = yaml.safe_load(result.stdout)
+        assert view["clusters"][0]["cluster"]["server"].startswith("https://"), name
+
+
+def test_every_script_parses(bundle: dict[str, bytes], tmp_path: Path) -> None:
+    scripts = {n: d.decode() for n, d in bundle.items() if n.startswith("userdata/")}
+    scripts.update({k: v for k, v in node_files(bundle).items() if v.startswith("#!")})
+    assert len(scripts) >= 6
+    for name, text in scripts.items():
+        path = write(tmp_path, name.replace(":", "_"), text)
+        if text.startswith("#!/bin/sh"):
+            result = subprocess.run(
+                ["sh", "-n", str(path)], capture_output=True, text=True, check=False
+            )
+            assert result.returncode == 0, (name, result.stderr)
+            if shutil.which("bash"):
+                posix = subprocess.run(
+                    ["bash", "--posix", "-n", str(path)],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                assert posix.returncode == 0, (name, posix.stderr)
+        elif "python3" in text.splitlines()[0]:
+            py_compile.compile(str(path), doraise=True)
+        else:
+            raise AssertionError(f"{name}: unknown interpreter {text.splitlines()[0]}")
+    # The Python heredoc inside each user-data stub parses too.
+    for name in (n for n in bundle if n.startswith("userdata/")):
+        body = bundle[name].decode().split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+        compile(body, name, "exec")
+
+
+def test_systemd_units_are_complete(bundle: dict[str, bytes]) -> None:
+    import configparser
+
+    units = {k: v for k, v in node_files(bundle).items() if k.endswith(".service")}
+    assert len(units) >= 4
+    for name, text in units.items():
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        parser.read_string(text.replace("\\\n", " "))
+        assert parser.get("Service", "ExecStart").startswith("/"), name
+        assert parser.get("Install", "WantedBy") == "multi-user.target", name
+        assert parser.get("Unit", "Description"), name

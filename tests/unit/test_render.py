@@ -1,0 +1,193 @@
+"""Rendering: SPEC's layout, deterministic bytes, small secret-free user_data, right PKI split."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubeplat import config, pki, render
+from kubeplat.errors import KubeplatError
+
+
+@pytest.fixture
+def env(environments: Path) -> config.Environment:
+    return config.load("example")
+
+
+@pytest.fixture
+def files(env: config.Environment) -> dict[str, bytes]:
+    return pki.ensure(env, {}).files
+
+
+def test_spec_layout(env: config.Environment, files: dict[str, bytes]) -> None:
+    out = render.bundle(env, files)
+    for name in (
+        "cloudconfig/master",
+        "cloudconfig/worker",
+        "userdata/secure",
+        "userdata/compute",
+        "manifests/secure/kube-apiserver.yaml",
+        "manifests/secure/kube-controller-manager.yaml",
+        "manifests/secure/kube-scheduler.yaml",
+        "manifests/compute/kube-proxy.yaml",
+        "manifests/compute/kube-flannel.yaml",
+        "pki/common/ca.crt",
+        "pki/secure/etcd/server.key",
+        "pki/compute/bootstrap-token",
+        "pki/locked/ca.key",
+        "kubeconfig/admin.conf",
+    ):
+        assert name in out, name
+    assert not any(name.startswith("partials") or "/partials/" in name for name in out)
+
+
+def test_same_inputs_same_bytes(env: config.Environment, files: dict[str, bytes]) -> None:
+    assert render.bundle(env, files) == render.bundle(env, dict(files))
+
+
+def test_userdata_small_and_secret_free(env: config.Environment, files: dict[str, bytes]) -> None:
+    out = render.bundle(env, files)
+    for layer in ("secure", "compute"):
+        data = out[f"userdata/{layer}"]
+        print(f"userdata/{layer}: {len(data)} bytes (limit {render.USERDATA_LIMIT})")
+        assert len(data) < render.USERDATA_LIMIT
+        assert b"PRIVATE KEY" not in data
+        assert files["bootstrap-token"] not in data
+        assert data.startswith(b"#!/bin/sh\n")
+
+
+def test_cloudconfigs_are_standard_and_hold_no_secret(
+    env: config.Environment, files: dict[str, bytes]
+) -> None:
+    out = render.bundle(env, files)
+    for name in ("cloudconfig/master", "cloudconfig/worker"):
+        text = out[name]
+        assert text.startswith(b"#cloud-config\n")
+        document = yaml.safe_load(text)
+        assert "coreos" not in document
+        assert b"PRIVATE KEY" not in text and files["bootstrap-token"] not in text
+        paths = [f["path"] for f in document["write_files"]]
+        assert "/opt/kubeplat/bin/kubeplat-agent" in paths
+
+
+def test_stub_names_its_configuration_by_digest(
+    env: config.Environment, files: dict[str, bytes]
+) -> None:
+    out = render.bundle(env, files)
+    digest = hashlib.sha256(out["cloudconfig/master"]).hexdigest().encode()
+    assert digest in out["userdata/secure"]
+    assert b"s3://kubeplat-example-secrets/example/" in out["userdata/secure"]
+
+
+def test_a_change_rolls_only_its_layer(env: config.Environment, files: dict[str, bytes]) -> None:
+    before = render.bundle(env, files)
+    bigger = dataclasses.replace(env, etcd_version="3.5.23")  # only the secure layer runs etcd
+    after = render.bundle(bigger, files)
+    assert after["userdata/secure"] != before["userdata/secure"]
+    assert after["userdata/compute"] == before["userdata/compute"]
+
+
+def test_pki_split(env: config.Environment, files: dict[str, bytes]) -> None:
+    layout = render.pki_layout(env, files)
+    node_prefixes = ("common/", "secure/", "compute/")
+    for name in layout:
+        if name.startswith(node_prefixes):
+            base = name.split("/", 1)[1]
+            assert base not in ("ca.key", "front-proxy-ca.key", "etcd/ca.key", "admin.key"), name
+            assert not base.startswith("ssh/"), name
+    assert {
+        "locked/ca.key",
+        "locked/etcd/ca.key",
+        "locked/front-proxy-ca.key",
+        "locked/admin.key",
+    } <= set(layout)
+    compute = {n for n in layout if n.startswith("compute/")}
+    assert compute == {"compute/bootstrap-token"}  # workers join with the token, no shared key
+    assert layout["common/client-ca-bundle.crt"] == files["ca.crt"] + files["kubelet-ca.crt"]
+
+
+def test_separate_topology_adds_a_control_plane_layer(
+    env: config.Environment, files: dict[str, bytes]
+) -> None:
+    separate = dataclasses.replace(env, topology="separate")
+    out = render.bundle(separate, files)
+    assert "cloudconfig/control-plane" in out and "userdata/control-plane" in out
+    assert "manifests/control-plane/kube-apiserver.yaml" in out
+    assert not any(n.startswith("manifests/secure/") for n in out)
+    assert (
+        b"--etcd-servers=https://secure.example.example.internal:2379"
+        in out["manifests/control-plane/kube-apiserver.yaml"]
+    )
+    assert "pki/control-plane/apiserver.key" in out and "pki/secure/apiserver.key" not in out
+
+
+def test_missing_template_value_is_a_clear_error(env: config.Environment) -> None:
+    with pytest.raises(
+        KubeplatError, match=re.escape("missing value in template partials/node/kubeconfig.yaml.j2")
+    ):
+        render._render("partials/node/kubeconfig.yaml.j2", {"environment": "x"})
+
+
+def test_admin_kubeconfig(env: config.Environment, files: dict[str, bytes]) -> None:
+    document = yaml.safe_load(render.admin_kubeconfig(env, files))
+    assert document["clusters"][0]["cluster"]["server"] == "https://kube.example.example.internal"
+    assert document["users"][0]["user"]["client-key-data"]
+
+
+def test_etcd_discovery_plan() -> None:
+    from kubeplat import node_etcd
+
+    live = {"i-a": "ip-10-0-0-1.x", "i-b": "ip-10-0-0-2.x", "i-c": "ip-10-0-0-3.x"}
+    state, cluster, remove, add = node_etcd.plan("i-a", "ip-10-0-0-1.x", live, None)
+    assert state == "new" and remove == [] and add == []
+    assert (
+        cluster
+        == "i-a=https://ip-10-0-0-1.x:2380,i-b=https://ip-10-0-0-2.x:2380,i-c=https://ip-10-0-0-3.x:2380"
+    )
+    # i-c was replaced by i-d: the dead member is removed and the new one added.
+    existing = [
+        {"ID": "1", "name": "i-a", "peerURLs": ["https://ip-10-0-0-1.x:2380"]},
+        {"ID": "2", "name": "i-b", "peerURLs": ["https://ip-10-0-0-2.x:2380"]},
+        {"ID": "3", "name": "i-c", "peerURLs": ["https://ip-10-0-0-3.x:2380"]},
+    ]
+    live = {"i-a": "ip-10-0-0-1.x", "i-b": "ip-10-0-0-2.x", "i-d": "ip-10-0-0-4.x"}
+    state, cluster, remove, add = node_etcd.plan("i-d", "ip-10-0-0-4.x", live, existing)
+    assert (state, remove, add) == ("existing", ["3"], ["i-d"])
+    assert (
+        cluster
+        == "i-a=https://ip-10-0-0-1.x:2380,i-b=https://ip-10-0-0-2.x:2380,i-d=https://ip-10-0-0-4.x:2380"
+    )
+
+
+def test_render_cli_writes_layout_twice_identically(
+    kubeplat, environments: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    assert kubeplat("render", "-e", "example", "--out", "one").code == 0
+    result = kubeplat("render", "-e", "example", "--out", "two")
+    assert result.code == 0, result.err
+    one = {
+        p.relative_to(tmp_path / "one"): p.read_bytes()
+        for p in (tmp_path / "one").rglob("*")
+        if p.is_file()
+    }
+    two = {
+        p.relative_to(tmp_path / "two"): p.read_bytes()
+        for p in (tmp_path / "two").rglob("*")
+        if p.is_file()
+    }
+    assert one == two and len(one) > 40
+    assert (tmp_path / "one" / "kubeconfig" / "admin.conf").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "one" / "pki" / "locked" / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert "userdata/secure" in result.out
+
+
+def test_render_into_a_file_is_refused(kubeplat, environments: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "afile").write_text("x")
+    result = kubeplat("render", "-e", "example", "--out", "afile")
+    assert result.code == 2  # click: not a directory
+    assert "Traceback" not in result.err
