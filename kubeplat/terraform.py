@@ -14,11 +14,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubeplat import console, process
 from kubeplat.errors import TerraformFailed, ToolMissing
 from kubeplat.resources import module_dir
+
+if TYPE_CHECKING:
+    from kubeplat.config import Environment
 
 MIN_VERSION = (1, 5, 0)
 INSTALL_HINT = (
@@ -154,6 +157,22 @@ class Terraform:
                 f"terraform validate failed: {last_error(result.output)}", ""
             ) from None
         return [d for d in report.get("diagnostics", []) if d.get("severity") == "error"]
+
+
+def variables(
+    env: Environment, bundle: Mapping[str, bytes], ssh_public_key: bytes
+) -> dict[str, Any]:
+    """Every input of the root module: the environment file's values, the rendered user-data
+    stubs and the SSH public key. Never a private key: the stubs and the public key only."""
+    from kubeplat import render
+
+    return {
+        **env.tfvars(),
+        "userdata": {
+            layer.name: bundle[f"userdata/{layer.name}"].decode() for layer in render.layers(env)
+        },
+        "node_ssh_public_key": ssh_public_key.decode().strip(),
+    }
 
 
 def last_error(output: str) -> str:

@@ -1,0 +1,25 @@
+# Names and tags shared by every file.
+locals {
+  name     = "${var.environment}-${var.platform}"
+  stacked  = var.topology == "stacked"
+  vpc_cidr = "10.0.0.0/16"
+  az_count = min(3, length(data.aws_availability_zones.available.names))
+  azs      = slice(data.aws_availability_zones.available.names, 0, local.az_count)
+  zone     = "${var.environment}.${var.dns_zone_name}"
+
+  tags = merge(
+    {
+      Environment = var.environment
+      Platform    = var.platform
+      ManagedBy   = "kubeplat"
+    },
+    var.customer != "" ? { Customer = var.customer } : {},
+  )
+
+  # The layers that get an autoscaling group of their own.
+  layers = local.stacked ? ["secure", "compute"] : ["secure", "control-plane", "compute"]
+  # The layer whose instances serve the Kubernetes API.
+  api_layer = local.stacked ? "secure" : "control-plane"
+  # Each layer's cloud-config object in the secrets bucket.
+  cloudconfig = { secure = "master", "control-plane" = "control-plane", compute = "worker" }
+}

@@ -1,0 +1,44 @@
+# Where the Kubernetes API answers from outside (kubeconfig's server).
+output "api_endpoint" {
+  description = "https URL of the Kubernetes API (the public network load balancer)."
+  value       = "https://${aws_lb.api_public.dns_name}"
+}
+
+# The public load balancer's DNS name.
+output "api_lb_dns_name" {
+  description = "DNS name of the API's public network load balancer."
+  value       = aws_lb.api_public.dns_name
+}
+
+# The names nodes use inside the VPC.
+output "internal_names" {
+  description = "Private DNS names: the API for nodes, etcd's client endpoint."
+  value = {
+    api  = aws_route53_record.kube.fqdn
+    etcd = aws_route53_record.secure.fqdn
+  }
+}
+
+# The autoscaling group of each layer.
+output "autoscaling_groups" {
+  description = "Autoscaling group name of each layer."
+  value       = { for layer, group in aws_autoscaling_group.node : layer => group.name }
+}
+
+# What each layer's role may read in the secrets bucket.
+output "bucket_prefixes" {
+  description = "Secrets-bucket objects each layer's role may read."
+  value       = { for layer, paths in local.readable : layer => [for p in paths : "s3://${var.secrets_bucket_name}/${p}"] }
+}
+
+# The VPC.
+output "vpc_id" {
+  description = "Id of the environment's VPC."
+  value       = aws_vpc.main.id
+}
+
+# The node roles' policies, for review and tests.
+output "node_policies" {
+  description = "IAM policy document of each layer's role."
+  value       = { for layer, doc in data.aws_iam_policy_document.node : layer => doc.json }
+}

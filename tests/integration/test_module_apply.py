@@ -1,0 +1,162 @@
+"""The Terraform root module, applied for real to the sandbox emulator (moto's server).
+
+The real Terraform binary and AWS provider; a local state here (the S3 backend is the main
+job's test). Instances are emulated: moto records them as running but boots nothing.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from kubeplat import config, pki, render, terraform
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+def tf(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["terraform", f"-chdir={workdir}", *args, "-no-color"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture
+def applied(aws: str, environments: Path, terraform_cli_config: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    env = config.load("example")
+    kms = boto3.client("kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    kms.create_alias(AliasName=env.kms_master_id, TargetKeyId=key)
+    files = pki.ensure(env, {}).files
+    bundle = render.bundle(env, files)
+    workdir = tmp_path / "module"
+    shutil.copytree(REPO / "terraform", workdir)
+    (workdir / "backend_override.tf").write_text('terraform {\n  backend "local" {}\n}\n')
+    inputs = terraform.variables(env, bundle, files["ssh/id_ed25519.pub"])
+    (workdir / "kubeplat.auto.tfvars.json").write_text(json.dumps(inputs))
+    init = tf(workdir, "init", "-input=false")
+    assert init.returncode == 0, init.stdout + init.stderr
+    apply = tf(workdir, "apply", "-auto-approve", "-input=false")
+    try:
+        assert apply.returncode == 0, apply.stdout[-3000:] + apply.stderr
+        yield env, workdir, files
+    finally:
+        destroy = tf(workdir, "destroy", "-auto-approve", "-input=false")
+        kms.delete_alias(AliasName=env.kms_master_id)
+        assert destroy.returncode == 0, destroy.stdout[-3000:] + destroy.stderr
+
+
+def test_apply_builds_both_layers_then_destroys(applied) -> None:  # type: ignore[no-untyped-def]
+    """One apply (it takes minutes) checks the groups, instances, templates, roles and state."""
+    env, workdir, files = applied
+    check_groups_and_instances(workdir, files)
+    check_node_roles_read_their_own_prefixes_only(env, workdir)
+
+
+def check_groups_and_instances(workdir: Path, files: dict[str, bytes]) -> None:
+    groups = {
+        g["AutoScalingGroupName"]: g
+        for g in boto3.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]
+    }
+    secure, compute = groups["example-kube-secure"], groups["example-kube-compute"]
+    assert (secure["MinSize"], secure["MaxSize"], secure["DesiredCapacity"]) == (3, 3, 3)
+    assert (compute["MinSize"], compute["MaxSize"], compute["DesiredCapacity"]) == (2, 3, 2)
+    assert compute["HealthCheckGracePeriod"] == 60
+    for group, layer in ((secure, "secure"), (compute, "compute")):
+        tags = {t["Key"]: (t["Value"], t["PropagateAtLaunch"]) for t in group["Tags"]}
+        assert tags["Name"] == (f"example-{layer}", True)
+        assert tags["Environment"] == ("example", True)
+        assert tags["Layer"] == (layer, True)
+    running: dict[str, int] = {}
+    for reservation in boto3.client("ec2").describe_instances(
+        Filters=[
+            {"Name": "tag:Environment", "Values": ["example"]},
+            {"Name": "instance-state-name", "Values": ["running"]},
+        ]
+    )["Reservations"]:
+        for instance in reservation["Instances"]:
+            layer = {t["Key"]: t["Value"] for t in instance["Tags"]}["Layer"]
+            running[layer] = running.get(layer, 0) + 1
+    assert running == {"secure": 3, "compute": 2}
+    templates = boto3.client("ec2").describe_launch_templates()["LaunchTemplates"]
+    for template in templates:
+        data = boto3.client("ec2").describe_launch_template_versions(
+            LaunchTemplateId=template["LaunchTemplateId"]
+        )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    # An unchanged second run changes nothing: no node would roll.
+    plan = tf(workdir, "plan", "-detailed-exitcode", "-input=false")
+    assert plan.returncode == 0, plan.stdout[-3000:]
+    # No private key in Terraform's state.
+    state = (workdir / "terraform.tfstate").read_text()
+    assert "PRIVATE KEY" not in state
+    assert files["bootstrap-token"].decode() not in state
+
+
+def allowed(policy: dict[str, Any], action: str, resource: str, prefix: str | None = None) -> bool:
+    """IAM evaluation for the statements our policies use: an explicit Deny wins, else an Allow."""
+
+    def matches(statement: dict[str, Any]) -> bool:
+        actions = (
+            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        )
+        resources = (
+            statement["Resource"]
+            if isinstance(statement["Resource"], list)
+            else [statement["Resource"]]
+        )
+        if not any(fnmatch.fnmatchcase(action, a) for a in actions):
+            return False
+        if not any(fnmatch.fnmatchcase(resource, r) for r in resources):
+            return False
+        condition = statement.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
+        if condition is not None:
+            values = condition if isinstance(condition, list) else [condition]
+            return prefix is not None and any(fnmatch.fnmatchcase(prefix, v) for v in values)
+        return True
+
+    statements = policy["Statement"]
+    if any(s["Effect"] == "Deny" and matches(s) for s in statements):
+        return False
+    return any(s["Effect"] == "Allow" and matches(s) for s in statements)
+
+
+def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workdir: Path) -> None:
+    output = tf(workdir, "output", "-json", "node_policies")
+    policies = {layer: json.loads(doc) for layer, doc in json.loads(output.stdout).items()}
+    bucket = f"arn:aws:s3:::{env.secrets_bucket_name}"
+    obj = f"{bucket}/{env.environment}"
+    secure, compute = policies["secure"], policies["compute"]
+    assert allowed(secure, "s3:GetObject", f"{obj}/cloudconfig/master")
+    assert allowed(secure, "s3:GetObject", f"{obj}/pki/secure/etcd/peer.key")
+    assert allowed(secure, "s3:GetObject", f"{obj}/pki/common/ca.crt")
+    assert allowed(secure, "s3:GetObject", f"{obj}/manifests/secure/kube-apiserver.yaml")
+    assert allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/manifests/secure/")
+    assert allowed(compute, "s3:GetObject", f"{obj}/pki/compute/bootstrap-token")
+    assert allowed(
+        compute,
+        "kms:Decrypt",
+        boto3.client("kms").describe_key(KeyId=env.kms_master_id)["KeyMetadata"]["Arn"],
+    )
+    for policy in (secure, compute):
+        assert not allowed(policy, "s3:GetObject", f"{obj}/pki/locked/ca.key")
+        assert not allowed(policy, "s3:GetObject", f"{obj}/pki/locked/admin.key")
+        assert not allowed(policy, "s3:ListBucket", bucket, prefix=f"{env.environment}/pki/locked/")
+        assert not allowed(policy, "s3:PutObject", f"{obj}/manifests/secure/x.yaml")
+    # Each layer is kept out of the other's secrets and configuration.
+    assert not allowed(compute, "s3:GetObject", f"{obj}/pki/secure/etcd/peer.key")
+    assert not allowed(compute, "s3:GetObject", f"{obj}/cloudconfig/master")
+    assert not allowed(secure, "s3:GetObject", f"{obj}/cloudconfig/worker")
+    # …and out of other environments sharing the bucket.
+    assert not allowed(secure, "s3:GetObject", f"{bucket}/prod/pki/secure/etcd/peer.key")
