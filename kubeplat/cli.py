@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +22,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 class State:
     """Options given before the command."""
 
-    def __init__(self, debug: bool, env_dir: str | None) -> None:
+    def __init__(self, debug: bool, env_dir: str | None, sandbox: bool = False) -> None:
         self.debug = debug
         self.env_dir = env_dir
+        self.sandbox = sandbox
 
 
 def env_option(func: Any) -> Any:
@@ -47,14 +49,17 @@ def env_option(func: Any) -> Any:
     metavar="DIR",
     help="Folder of environment files (default ./environments; env KUBEPLAT_ENV_DIR).",
 )
+@click.option(
+    "--sandbox", is_flag=True, help="Run against the local AWS emulator, whatever the file says."
+)
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, env_dir: str | None) -> None:
+def cli(ctx: click.Context, debug: bool, env_dir: str | None, sandbox: bool) -> None:
     """Build and operate a Kubernetes platform on AWS with Terraform.
 
     Each environment is one file, environments/ENV.tfvars. Start with
     `kubeplat init NAME` or try the sandbox: `kubeplat validate -e example`.
     """
-    ctx.obj = State(debug, env_dir)
+    ctx.obj = State(debug, env_dir, sandbox)
     if debug:
         console.enable_debug()
 
@@ -137,6 +142,175 @@ def render(state: State, env: str, out: Path) -> None:
     for name, size in report.files.items():
         console.data(f"{size:>7}  {name}")
     console.status(f"rendered {len(report.files)} files into {report.directory}", "ok")
+
+
+def _output_option(func: Any) -> Any:
+    return click.option(
+        "-o",
+        "--output",
+        "output_format",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="json: one JSON document on stdout and nothing else there.",
+    )(func)
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def _require_approval(command: str, auto_approve: bool) -> None:
+    """No terminal means no prompt: without --auto-approve, stop at once."""
+    if not auto_approve and not _interactive():
+        from kubeplat.errors import KubeplatError
+
+        raise KubeplatError(
+            f"{command} needs --auto-approve when there is no terminal to confirm on",
+            f"kubeplat {command} -e ENV --auto-approve (CI), or run it in a terminal",
+        )
+
+
+def _show_plan(report: Any) -> None:
+    console.status(
+        f"account {report.account}  region {report.region}  environment {report.environment}",
+        "info",
+    )
+    console.status(
+        f"Terraform: {report.add} to add, {report.change} to change, {report.destroy} to destroy",
+        "warn" if report.destroy else "info",
+    )
+    if report.rolls:
+        console.status(f"will roll: {', '.join(report.rolls)} (instance refresh)", "warn")
+    if report.uploads:
+        console.status(f"node configuration to upload: {', '.join(report.uploads)}", "info")
+    if not report.changes:
+        console.status("no changes", "ok")
+
+
+@cli.command()
+@env_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Keep the plan file.")
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 0 when nothing changes, 2 when something does."
+)
+@_output_option
+@click.pass_obj
+def plan(
+    state: State, env: str, out: Path | None, detailed_exitcode: bool, output_format: str
+) -> None:
+    """Everything up to a saved Terraform plan, with a summary; changes nothing."""
+    from kubeplat import ops
+
+    report = ops.plan(env, state.env_dir, sandbox=state.sandbox, out=out)
+    if output_format == "json":
+        console.data_json(report.as_json())
+    else:
+        _show_plan(report)
+    if detailed_exitcode and report.changes:
+        sys.exit(2)
+
+
+@cli.command()
+@env_option
+@click.option("--auto-approve", is_flag=True, help="Apply without asking (CI).")
+@click.pass_obj
+def up(state: State, env: str, auto_approve: bool) -> None:
+    """Build or update the environment: certs, render, plan, confirm, upload, apply."""
+    from kubeplat import ops
+
+    _require_approval("up", auto_approve)
+
+    def confirm(report: Any) -> bool:
+        _show_plan(report)
+        return click.confirm("Apply these changes?", default=False, err=True)
+
+    result = ops.up(
+        env, state.env_dir, sandbox=state.sandbox, confirm=None if auto_approve else confirm
+    )
+    if auto_approve or not result.plan.changes:
+        _show_plan(result.plan)
+    for name in result.uploaded:
+        console.status(f"uploaded {name}", "ok")
+    for name, value in sorted(result.outputs.items()):
+        if isinstance(value, str):
+            console.data(f"{name} = {value}")
+    if result.kubeconfig:
+        console.status(f"kubeconfig: {result.kubeconfig}", "ok")
+
+
+@cli.command()
+@env_option
+@click.option("--auto-approve", is_flag=True, help="Destroy without asking (CI).")
+@click.pass_obj
+def destroy(state: State, env: str, auto_approve: bool) -> None:
+    """Destroy the environment's infrastructure (the buckets, state and PKI are kept)."""
+    from kubeplat import ops
+
+    _require_approval("destroy", auto_approve)
+
+    def confirm(report: Any) -> bool:
+        _show_plan(report)
+        if auto_approve:
+            return True
+        typed = click.prompt(
+            f"Type the environment's name ({report.environment}) to destroy it", err=True
+        )
+        return bool(typed == report.environment)
+
+    report = ops.destroy(env, state.env_dir, sandbox=state.sandbox, confirm=confirm)
+    console.status(f"destroyed {report.destroy} resources of {report.environment}", "ok")
+
+
+@cli.command()
+@env_option
+@_output_option
+@click.pass_obj
+def output(state: State, env: str, output_format: str) -> None:
+    """Terraform's outputs for the environment."""
+    from kubeplat import ops
+
+    values = ops.output(env, state.env_dir, sandbox=state.sandbox)
+    if output_format == "json":
+        console.data_json(values)
+        return
+    for name, value in sorted(values.items()):
+        shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        console.data(f"{name} = {shown}")
+
+
+@cli.group(name="sandbox")
+def sandbox_group() -> None:
+    """The local AWS emulator: one per user, shared by every checkout."""
+
+
+@sandbox_group.command(name="start")
+def sandbox_start() -> None:
+    """Start the sandbox (or find it running) and print its endpoint."""
+    from kubeplat import sandbox
+
+    console.data(sandbox.ensure().endpoint)
+
+
+@sandbox_group.command(name="status")
+def sandbox_status() -> None:
+    """Print the sandbox's endpoint; exit 1 when it is not running."""
+    from kubeplat import sandbox
+    from kubeplat.errors import KubeplatError
+
+    running = sandbox.current()
+    if running is None:
+        raise KubeplatError("the sandbox is not running", "start it: kubeplat sandbox start")
+    console.data(running.endpoint)
+
+
+@sandbox_group.command(name="stop")
+def sandbox_stop() -> None:
+    """Stop the sandbox; its data (every sandbox environment) is gone."""
+    from kubeplat import sandbox
+
+    stopped = sandbox.stop()
+    console.status("sandbox stopped" if stopped else "the sandbox was not running", "ok")
 
 
 def _certs_table(rows: list[Any]) -> None:

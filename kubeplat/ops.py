@@ -14,7 +14,9 @@ from kubeplat import config, terraform
 from kubeplat.errors import KubeplatError, Problem
 
 if TYPE_CHECKING:
-    from kubeplat import pki
+    from collections.abc import Callable
+
+    from kubeplat import pipeline, pki
     from kubeplat.pki import CertInfo
 
 
@@ -156,3 +158,162 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
         os.chmod(target, 0o600 if secret else 0o644)
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """The outcome of `kubeplat plan` / the plan step of `up` and `destroy`."""
+
+    account: str
+    region: str
+    environment: str
+    add: int
+    change: int
+    destroy: int
+    rolls: list[str]
+    uploads: list[str]
+    plan_file: str | None
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.add or self.change or self.destroy or self.uploads)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "account": self.account,
+            "region": self.region,
+            "environment": self.environment,
+            "add": self.add,
+            "change": self.change,
+            "destroy": self.destroy,
+            "rolls": self.rolls,
+            "uploads": self.uploads,
+            "plan_file": self.plan_file,
+            "changes": self.changes,
+        }
+
+
+def _report(
+    prepared: pipeline.Prepared, summary: pipeline.PlanSummary, plan_file: Path | None
+) -> PlanReport:
+    return PlanReport(
+        prepared.account,
+        prepared.env.aws_region,
+        prepared.env.environment,
+        summary.add,
+        summary.change,
+        summary.destroy,
+        summary.rolls,
+        prepared.pending,
+        str(plan_file) if plan_file else None,
+    )
+
+
+def plan(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, out: Path | None = None
+) -> PlanReport:
+    """The whole pipeline up to a saved Terraform plan; nothing uploaded, nothing applied."""
+    from kubeplat import pipeline
+
+    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
+    tf = pipeline.terraform_for(prepared)
+    plan_file = out.resolve() if out else prepared.env.workdir / "plan.tfplan"
+    try:
+        summary = pipeline.plan(prepared, tf, plan_file)
+    finally:
+        if out is None:
+            plan_file.unlink(missing_ok=True)
+    return _report(prepared, summary, plan_file if out else None)
+
+
+@dataclass(frozen=True)
+class UpReport:
+    """The outcome of `kubeplat up`."""
+
+    plan: PlanReport
+    uploaded: list[str]
+    applied: bool
+    outputs: dict[str, object]
+    kubeconfig: Path | None
+
+
+def up(
+    env: str,
+    env_dir: str | None = None,
+    *,
+    sandbox: bool = False,
+    confirm: Callable[[PlanReport], bool] | None = None,
+) -> UpReport:
+    """Certs, render, plan, confirm, upload, apply; `confirm` sees the plan (None: approve)."""
+    from kubeplat import pipeline
+    from kubeplat import render as renderer
+
+    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
+    tf = pipeline.terraform_for(prepared)
+    plan_file = prepared.env.workdir / "up.tfplan"
+    try:
+        summary = pipeline.plan(prepared, tf, plan_file)
+        report = _report(prepared, summary, None)
+        if not report.changes:
+            uploaded: list[str] = []
+            applied = False
+        else:
+            if confirm is not None and not confirm(report):
+                raise KubeplatError("cancelled: nothing was uploaded or applied", "")
+            uploaded = pipeline.upload(prepared)
+            applied = summary.changes
+            if applied:
+                pipeline.apply(prepared, tf, plan_file)
+    finally:
+        plan_file.unlink(missing_ok=True)
+    outputs = pipeline.outputs(tf)
+    kubeconfig = None
+    server = outputs.get("api_endpoint")
+    if isinstance(server, str):
+        kubeconfig = prepared.env.workdir / "kubeconfig"
+        _write_private(kubeconfig, renderer.admin_kubeconfig(prepared.env, prepared.files, server))
+    return UpReport(report, uploaded, applied, outputs, kubeconfig)
+
+
+def destroy(
+    env: str,
+    env_dir: str | None = None,
+    *,
+    sandbox: bool = False,
+    confirm: Callable[[PlanReport], bool] | None = None,
+) -> PlanReport:
+    """Destroy what Terraform built; the buckets (state, PKI) are kept."""
+    from kubeplat import pipeline
+
+    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
+    prepared.pending = []
+    tf = pipeline.terraform_for(prepared)
+    plan_file = prepared.env.workdir / "destroy.tfplan"
+    try:
+        summary = pipeline.plan(prepared, tf, plan_file, destroy=True)
+        report = _report(prepared, summary, None)
+        if summary.changes:
+            if confirm is not None and not confirm(report):
+                raise KubeplatError("cancelled: nothing was destroyed", "")
+            pipeline.apply(prepared, tf, plan_file)
+    finally:
+        plan_file.unlink(missing_ok=True)
+    return report
+
+
+def output(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> dict[str, object]:
+    """Terraform's outputs for the environment."""
+    from kubeplat import pipeline
+
+    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
+    return pipeline.outputs(pipeline.terraform_for(prepared))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)

@@ -94,11 +94,15 @@ def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]
     return placed
 
 
-@cache
 def _environment() -> jinja2.Environment:
+    return _jinja(str(templates_dir()))
+
+
+@cache
+def _jinja(folder: str) -> jinja2.Environment:
     import jinja2
 
-    loader = jinja2.FileSystemLoader(str(templates_dir()))
+    loader = jinja2.FileSystemLoader(folder)
     jinja = jinja2.Environment(
         loader=loader,
         undefined=jinja2.StrictUndefined,

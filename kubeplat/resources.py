@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -21,5 +22,7 @@ def module_dir() -> Path:
 
 
 def templates_dir() -> Path:
-    """The Jinja2 templates of everything rendered for nodes."""
-    return data_dir("templates")
+    """The Jinja2 templates of everything rendered for nodes; `KUBEPLAT_TEMPLATES_DIR` points
+    at a platform team's own copy."""
+    override = os.environ.get("KUBEPLAT_TEMPLATES_DIR")
+    return Path(override) if override else data_dir("templates")

@@ -6,6 +6,7 @@ All Terraform command lines are built by `Terraform.command` so the global flags
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -88,7 +89,8 @@ class Terraform:
     """One environment's Terraform working copy: staged module plus `TF_DATA_DIR`."""
 
     workdir: Path
-    env: Mapping[str, str] = field(default_factory=dict)
+    # Added to the child's environment; None removes a variable (e.g. AWS_PROFILE in the sandbox).
+    env: Mapping[str, str | None] = field(default_factory=dict)
 
     @property
     def module(self) -> Path:
@@ -107,12 +109,13 @@ class Terraform:
 
     def environ(self) -> dict[str, str]:
         """The child's environment: ours, the caller's additions, and `TF_DATA_DIR`."""
-        return {
-            **os.environ,
-            **self.env,
-            "TF_DATA_DIR": str(self.data_dir),
-            "TF_IN_AUTOMATION": "1",
-        }
+        merged = {**os.environ, "TF_DATA_DIR": str(self.data_dir), "TF_IN_AUTOMATION": "1"}
+        for name, value in self.env.items():
+            if value is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = value
+        return merged
 
     def run(
         self,
@@ -131,21 +134,37 @@ class Terraform:
             interrupt_hint="run the same command again to resume; the state lock was released",
         )
         if check and result.returncode != 0:
-            raise TerraformFailed(
-                f"terraform {subcommand} failed: {last_error(result.output)}",
-                "run again with --debug to see Terraform's whole output",
-            )
+            raise failure(subcommand, result.output)
         return result
 
     def init(self, backend: Mapping[str, str] | None = None) -> None:
-        """`terraform init`, without a backend or with a partial S3 backend configuration."""
+        """`terraform init`, without a backend or with a partial S3 backend configuration.
+
+        Skipped when the module, the backend and the binary are what the last init saw.
+        """
         stage_module(self.module)
         args: list[str] = ["-reconfigure"]
         if backend is None:
             args.append("-backend=false")
         else:
             args += [f"-backend-config={k}={v}" for k, v in sorted(backend.items())]
+        marker = self.data_dir / "kubeplat-init.json"
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                {
+                    "args": args,
+                    "binary": binary(),
+                    "module": {p.name: p.read_text() for p in sorted(self.module.glob("*.tf"))},
+                    "config": os.environ.get("TF_CLI_CONFIG_FILE", ""),
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        lock = self.module / ".terraform.lock.hcl"
+        if marker.exists() and marker.read_text() == fingerprint and lock.exists():
+            return
         self.run("init", *args)
+        marker.write_text(fingerprint)
 
     def validate(self) -> list[dict[str, Any]]:
         """`terraform validate -json`; the error diagnostics (empty when valid)."""
@@ -175,8 +194,37 @@ def variables(
     }
 
 
+def failure(subcommand: str, output: str) -> TerraformFailed:
+    """The one-line error for a failed Terraform command; a held state lock names its holder."""
+    if "Error acquiring the state lock" in output:
+        info = dict(re.findall(r"^[\s│]*(ID|Who|Operation|Created):\s+(.*)$", output, re.MULTILINE))
+        return StateLocked(
+            f"the environment's state is locked by {info.get('Who', 'someone')} "
+            f"({info.get('Operation', 'an operation').replace('OperationType', '').lower()} "
+            f"since {info.get('Created', '?')})",
+            "wait for that run to finish and try again; if it died, release the lock with: "
+            f"terraform force-unlock {info.get('ID', 'LOCK_ID')}",
+        )
+    return TerraformFailed(
+        f"terraform {subcommand} failed: {last_error(output)}",
+        "run again with --debug to see Terraform's whole output",
+    )
+
+
+class StateLocked(TerraformFailed):
+    """Another run holds the environment's state lock."""
+
+
 def last_error(output: str) -> str:
     """The first error of a failed Terraform run's output, as one line."""
+    for line in output.splitlines():
+        if line.startswith("{") and '"diagnostic"' in line:
+            try:
+                diagnostic = json.loads(line).get("diagnostic", {})
+            except ValueError:
+                continue
+            if diagnostic.get("severity") == "error":
+                return f"{diagnostic.get('summary')}: {diagnostic.get('detail', '')}".strip()[:400]
     lines = [line.strip(" │╷╵") for line in output.splitlines()]
     for index, line in enumerate(lines):
         if line.startswith("Error:"):

@@ -54,6 +54,23 @@ data "aws_iam_policy_document" "node" {
   }
 
   statement {
+    sid       = "ReadOwnConfigurationVersions"
+    actions   = ["s3:GetObjectVersion"]
+    resources = ["${local.bucket_arn}/${var.environment}/cloudconfig/${local.cloudconfig[each.key]}"]
+  }
+
+  statement {
+    sid       = "ListOwnConfigurationVersions"
+    actions   = ["s3:ListBucketVersions"]
+    resources = [local.bucket_arn]
+    condition {
+      test     = "StringEquals"
+      variable = "s3:prefix"
+      values   = ["${var.environment}/cloudconfig/${local.cloudconfig[each.key]}"]
+    }
+  }
+
+  statement {
     sid       = "ListOwnPrefixes"
     actions   = ["s3:ListBucket"]
     resources = [local.bucket_arn]

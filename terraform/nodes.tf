@@ -85,10 +85,15 @@ resource "aws_autoscaling_group" "node" {
     version = aws_launch_template.node[each.key].latest_version
   }
 
-  instance_refresh {
-    strategy = "Rolling"
-    preferences {
-      min_healthy_percentage = each.value.min_healthy
+  # The sandbox's emulator has no instance refresh (an apply would wait on it forever); there a
+  # changed template takes effect for new instances only.
+  dynamic "instance_refresh" {
+    for_each = var.sandbox ? [] : [1]
+    content {
+      strategy = "Rolling"
+      preferences {
+        min_healthy_percentage = each.value.min_healthy
+      }
     }
   }
 

@@ -1,0 +1,304 @@
+"""The main job, in SPEC's order: validate, session, buckets, PKI, render, plan, confirm,
+upload, apply, outputs.
+
+Nothing reaches the nodes before the operator confirms: the PKI may be created (that changes
+nothing a node uses), but the rendered configuration is uploaded only after the confirmation,
+right before Terraform applies exactly the plan that was shown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubeplat import config, console, pki, render
+from kubeplat.aws import Aws
+from kubeplat.errors import KubeplatError
+from kubeplat.store import BucketStore, Conflict
+from kubeplat.terraform import Terraform
+
+VARS_FILE = "kubeplat.auto.tfvars.json"
+
+
+@dataclass
+class Prepared:
+    """Everything up to (not including) Terraform."""
+
+    env: config.Environment
+    aws: Aws
+    account: str
+    key_arn: str
+    store: BucketStore
+    files: dict[str, bytes]
+    bundle: dict[str, bytes]
+    pending: list[str]  # bucket objects whose bytes would change
+    created_buckets: list[str] = field(default_factory=list)
+
+    @property
+    def objects(self) -> dict[str, bytes]:
+        """What the bucket holds for nodes: everything rendered but user-data and kubeconfig."""
+        return {
+            k: v for k, v in self.bundle.items() if not k.startswith(("userdata/", "kubeconfig/"))
+        }
+
+
+def prepare(
+    env_name: str, env_dir: str | None, force_sandbox: bool, *, write_pki: bool
+) -> Prepared:
+    """Steps 1-5 (and 6's comparison): nothing a node uses changes here."""
+    from kubeplat import aws as aws_module
+    from kubeplat import sandbox, state
+    from kubeplat.store import BucketStore
+
+    env = config.load(env_name, env_dir)
+    for warning in env.warnings:
+        console.warn(str(warning))
+    sandbox_env = None
+    if env.sandbox or force_sandbox:
+        box = sandbox.ensure()
+        sandbox_env = sandbox.environ(box, env.aws_region)
+        console.status(f"sandbox: AWS emulator at {box.endpoint}", "dim")
+    aws = aws_module.connect(env, sandbox_env)
+    account = aws_module.check_account(aws, env)
+    boot = state.bootstrap(aws, env)
+    for bucket in boot.created:
+        console.status(f"created bucket {bucket} (versioned, SSE-KMS, public access blocked)", "ok")
+    store = BucketStore.of(aws, env, boot.key_arn)
+    files = sync_pki(env, store, write=write_pki)
+    warn_expiring(files)
+    bundle = render.bundle(env, files)
+    prepared = Prepared(env, aws, account, boot.key_arn, store, files, bundle, [], boot.created)
+    prepared.pending = store.changed(prepared.objects) + stale_manifests(prepared)
+    return prepared
+
+
+def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dict[str, bytes]:
+    """The PKI: the bucket's, completed; new files written only if nobody wrote them first."""
+    from kubeplat.pkistore import LocalStore
+
+    cache = LocalStore(env.workdir / "pki")
+    path = env.ssh_public_key_path
+    given = path.read_bytes() if path else None
+    deadline = time.monotonic() + 60
+    racing = False
+    while True:
+        stored = store.load_pki()
+        # The bucket is the source of truth; a local cache seeds an empty bucket (e.g. after
+        # `kubeplat certs` was run before the first `up`).
+        base = stored or cache.load()
+        try:
+            result = pki.ensure(env, base, ssh_public_key=given)
+            if write:
+                _write_pki(env, store, result.files)
+                cache.save(result.files, removed=set(cache.load()) - set(result.files))
+            for name, reason in result.reasons.items():
+                if write:
+                    console.status(f"PKI: issued {name} ({reason})", "ok")
+            return result.files
+        except (Conflict, pki.PKIError) as exc:
+            # A conflict means another operator is creating the PKI right now (a half-written
+            # set may follow): wait for theirs; never make a second CA. Damage is an error.
+            if isinstance(exc, pki.PKIError) and not racing:
+                raise
+            racing = True
+            if time.monotonic() > deadline:
+                raise KubeplatError(
+                    "another operator kept changing the PKI for a minute", "run again"
+                ) from None
+            console.status("PKI: another operator is writing it; waiting for theirs", "warn")
+            time.sleep(2)
+
+
+def _write_pki(env: config.Environment, store: BucketStore, files: Mapping[str, bytes]) -> None:
+    objects = {f"pki/{k}": v for k, v in render.pki_layout(env, files).items()}
+    present = set(store.names("pki/"))
+    # CA material first, each new object written only if absent: the first writer owns the CA.
+    first = sorted(n for n in objects if n.startswith(("pki/common/", "pki/locked/")))
+    rest = sorted(set(objects) - set(first))
+    changed = set(store.changed(objects))
+    for name in first + rest:
+        if name not in present:
+            store.put(name, objects[name], only_if_new=True)
+        elif name in changed:
+            store.put(name, objects[name])
+
+
+def warn_expiring(files: Mapping[str, bytes]) -> None:
+    """Warn about any certificate within 30 days of expiry."""
+    from kubeplat.cluster import RENEW_WITHIN_DAYS
+
+    for row in pki.describe(files, dt.datetime.now(dt.UTC)):
+        if row.days_left < RENEW_WITHIN_DAYS:
+            console.warn(
+                f"certificate {row.name} expires in {row.days_left} days "
+                f"(rotate: kubeplat certs --rotate {row.name})"
+            )
+
+
+def stale_manifests(prepared: Prepared) -> list[str]:
+    """Manifests the bucket holds that the render no longer produces."""
+    present = prepared.store.names("manifests/")
+    return sorted(f"-{n}" for n in present if n not in prepared.bundle)
+
+
+def upload(prepared: Prepared) -> list[str]:
+    """Step 6: PKI, then manifests, then cloud-configs (what a booting node reads last)."""
+    objects = prepared.objects
+    written: list[str] = []
+    for group in ("pki/", "manifests/", "cloudconfig/"):
+        written += prepared.store.upload({k: v for k, v in objects.items() if k.startswith(group)})
+    stale = [n[1:] for n in prepared.pending if n.startswith("-")]
+    prepared.store.delete(stale)
+    return written + [f"-{n}" for n in stale]
+
+
+def terraform_for(prepared: Prepared) -> Terraform:
+    """The environment's Terraform, initialised against its S3 remote state."""
+    env = prepared.env
+    tf = Terraform(env.workdir, env=prepared.aws.child_env)
+    backend = {
+        "bucket": env.terraform_bucket_name,
+        "key": f"{env.aws_region}/{env.environment}/terraform.tfstate",
+        "region": env.aws_region,
+        "encrypt": "true",
+        "kms_key_id": prepared.key_arn,
+        "use_lockfile": "true",
+    }
+    if prepared.aws.sandbox:
+        backend["use_path_style"] = "true"
+    tf.init(backend)
+    return tf
+
+
+@contextmanager
+def variables_file(prepared: Prepared, tf: Terraform) -> Iterator[Path]:
+    """The module's inputs as `kubeplat.auto.tfvars.json`, removed afterwards whatever happens."""
+    from kubeplat import terraform
+
+    path = tf.module / VARS_FILE
+    inputs = terraform.variables(prepared.env, prepared.bundle, prepared.files[pki.SSH_PUB])
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump(inputs, handle, sort_keys=True)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class PlanSummary:
+    """What a saved plan will do."""
+
+    add: int = 0
+    change: int = 0
+    destroy: int = 0
+    rolls: list[str] = field(default_factory=list)
+    resources: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def changes(self) -> bool:
+        return bool(self.add or self.change or self.destroy)
+
+
+def summarize(plan_json: Mapping[str, Any]) -> PlanSummary:
+    """Counts, and which autoscaling groups will roll (their launch template changes)."""
+    summary = PlanSummary()
+    for change in plan_json.get("resource_changes", []):
+        actions = change.get("change", {}).get("actions", [])
+        if actions in (["no-op"], ["read"]):
+            continue
+        address = change["address"]
+        if "create" in actions:
+            summary.add += 1
+        if "delete" in actions:
+            summary.destroy += 1
+        if actions == ["update"]:
+            summary.change += 1
+        summary.resources.append(("/".join(actions), address))
+        if change.get("type") == "aws_launch_template" and "update" in actions:
+            before = change["change"].get("before") or {}
+            after = change["change"].get("after") or {}
+            if (
+                before.get("user_data") != after.get("user_data")
+                or before.get("image_id") != after.get("image_id")
+                or before.get("instance_type") != after.get("instance_type")
+            ):
+                summary.rolls.append(str(change.get("index", address)))
+    summary.rolls.sort()
+    return summary
+
+
+def plan(
+    prepared: Prepared, tf: Terraform, plan_file: Path, *, destroy: bool = False
+) -> PlanSummary:
+    """Step 7: plan to a file, read it back as JSON."""
+    with variables_file(prepared, tf):
+        args = [f"-out={plan_file}", "-lock-timeout=0s"]
+        if destroy:
+            args.append("-destroy")
+        tf.run("plan", *args, on_line=_progress_plain)
+    shown = tf.run("show", "-json", str(plan_file))
+    return summarize(json.loads(shown.output[shown.output.find("{") :]))
+
+
+def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> None:
+    """Apply exactly the saved plan, streaming Terraform's progress."""
+    with variables_file(prepared, tf):
+        tf.run("apply", "-json", str(plan_file), on_line=_progress_json())
+
+
+def outputs(tf: Terraform) -> dict[str, Any]:
+    """`terraform output -json`, as plain values."""
+    result = tf.run("output", "-json")
+    raw = json.loads(result.output[result.output.find("{") :] or "{}")
+    return {name: item.get("value") for name, item in raw.items()}
+
+
+def _progress_plain(line: str) -> None:
+    if console.debug_enabled():
+        console.debug(line)
+
+
+def _progress_json() -> Callable[[str], None]:
+    """Terraform's `-json` lines as one status line per resource, with elapsed time."""
+    started = time.monotonic()
+
+    def show(line: str) -> None:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            if line.strip():
+                console.status(line)
+            return
+        kind = message.get("type")
+        hook = message.get("hook", {})
+        address = hook.get("resource", {}).get("addr", "")
+        elapsed = f"{time.monotonic() - started:6.1f}s"
+        if kind == "apply_complete":
+            console.status(f"{elapsed}  {hook.get('action', 'done')}d {address}", "ok")
+        elif kind == "apply_errored":
+            console.status(f"{elapsed}  failed {address}", "error")
+        elif kind == "diagnostic" and message.get("@level") == "error":
+            diagnostic = message.get("diagnostic", {})
+            console.status(
+                f"Terraform: {diagnostic.get('summary')}: {diagnostic.get('detail', '')}", "error"
+            )
+        elif kind == "change_summary":
+            changes = message.get("changes", {})
+            console.status(
+                f"{elapsed}  {changes.get('add', 0)} added, {changes.get('change', 0)} changed, "
+                f"{changes.get('remove', 0)} destroyed",
+                "ok",
+            )
+        elif console.debug_enabled():
+            console.debug(line)
+
+    return show

@@ -1,0 +1,157 @@
+"""The sandbox: an AWS emulator (moto's server) on 127.0.0.1, one per user.
+
+Like the AWS account it stands for, it is shared by every checkout and every command of the
+user: started in the background the first time a sandbox environment needs it, reused after,
+ended (with its data) by `kubeplat sandbox stop`. Its record lives in the user's state
+directory (`$KUBEPLAT_STATE_DIR`, else `$XDG_STATE_HOME/kubeplat`, else ~/.local/state/kubeplat).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubeplat.errors import KubeplatError
+
+ACCESS_KEY = "sandbox"  # the emulator accepts any credentials; these name it in logs
+SECRET_KEY = "sandbox"
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A running emulator."""
+
+    pid: int
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def state_dir() -> Path:
+    """Where the user's sandbox record and log live."""
+    explicit = os.environ.get("KUBEPLAT_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "kubeplat"
+
+
+def _record() -> Path:
+    return state_dir() / "sandbox.json"
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    directory = state_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (directory / "sandbox.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _answers(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def current() -> Sandbox | None:
+    """The user's running sandbox, or None."""
+    try:
+        data = json.loads(_record().read_text())
+        box = Sandbox(int(data["pid"]), int(data["port"]))
+    except (OSError, ValueError, KeyError):
+        return None
+    try:
+        os.kill(box.pid, 0)
+    except OSError:
+        return None
+    return box if _answers(box.endpoint) else None
+
+
+def ensure() -> Sandbox:
+    """The running sandbox, started in the background when there is none."""
+    with _locked():
+        running = current()
+        if running:
+            return running
+        if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+            raise KubeplatError(
+                "the sandbox needs the AWS emulator, which is not installed",
+                "install it: pip install 'kubeplat[sandbox]'",
+            )
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        log = state_dir() / "sandbox.log"
+        with log.open("ab") as handle:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                stdin=subprocess.DEVNULL,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives this command; Ctrl-C here does not reach it
+            )
+        box = Sandbox(child.pid, port)
+        deadline = time.monotonic() + 30
+        while not _answers(box.endpoint):
+            if child.poll() is not None or time.monotonic() > deadline:
+                child.kill()
+                raise KubeplatError(
+                    "the sandbox did not start", f"see {log}; then: kubeplat sandbox start"
+                )
+            time.sleep(0.1)
+        _record().write_text(json.dumps({"pid": box.pid, "port": box.port}))
+        return box
+
+
+def stop() -> Sandbox | None:
+    """End the user's sandbox and its data; the one that was running, or None."""
+    with _locked():
+        running = current()
+        if running:
+            with contextlib.suppress(OSError):
+                os.kill(running.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(running.pid, 0)
+                except OSError:
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(OSError):
+                    os.kill(running.pid, signal.SIGKILL)
+        _record().unlink(missing_ok=True)
+        return running
+
+
+def environ(box: Sandbox, region: str) -> dict[str, str]:
+    """What boto3 and Terraform need to talk to the sandbox instead of AWS."""
+    return {
+        "AWS_ENDPOINT_URL": box.endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        "AWS_REGION": region,
+        "AWS_DEFAULT_REGION": region,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }

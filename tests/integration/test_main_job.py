@@ -1,0 +1,172 @@
+"""The main job end to end: kubeplat up / plan / destroy in the sandbox.
+
+The real Terraform binary and AWS provider, the S3 backend with its lock file, moto's server
+as the sandbox (started by kubeplat itself, as for a user). Instances are emulated: moto records
+them as running but boots nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A user's environment: their own sandbox (state dir), a checkout, Terraform's config."""
+    home = tmp_path_factory.mktemp("user")
+    checkout = home / "platform"
+    shutil.copytree(REPO / "environments", checkout / "environments")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBEPLAT_", "TF_"))}
+    env.update({"HOME": str(home), "KUBEPLAT_STATE_DIR": str(home / "state"), "NO_COLOR": "1"})
+    mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
+    config = home / "terraform.rc"
+    config.write_text(
+        "provider_installation {\n"
+        f'  filesystem_mirror {{\n    path    = "{mirror}"\n    include = ["registry.terraform.io/hashicorp/*"]\n  }}\n'
+        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
+        if mirror
+        else ""
+    )
+    env["TF_CLI_CONFIG_FILE"] = str(config)
+    env["CHECKOUT"] = str(checkout)
+    yield env
+    subprocess.run([sys.executable, "-m", "kubeplat", "sandbox", "stop"], env=env, check=False)
+
+
+def kubeplat(user: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "kubeplat", *args],
+        cwd=user["CHECKOUT"],
+        env=user,
+        stdin=subprocess.DEVNULL,  # no terminal, as in CI
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+
+
+def clients(user: dict[str, str]) -> dict[str, object]:
+    endpoint = kubeplat(user, "sandbox", "status").stdout.strip()
+    assert endpoint.startswith("http://127.0.0.1:")
+    return {
+        name: boto3.client(
+            name,
+            endpoint_url=endpoint,
+            region_name="eu-west-1",
+            aws_access_key_id="sandbox",
+            aws_secret_access_key="sandbox",
+        )
+        for name in ("s3", "ec2", "autoscaling")
+    }
+
+
+def running(ec2: object) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    pages = ec2.get_paginator("describe_instances").paginate(  # type: ignore[attr-defined]
+        Filters=[
+            {"Name": "tag:Environment", "Values": ["example"]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )
+    for page in pages:
+        for reservation in page["Reservations"]:
+            for instance in reservation["Instances"]:
+                layer = {t["Key"]: t["Value"] for t in instance["Tags"]}["Layer"]
+                counts[layer] = counts.get(layer, 0) + 1
+    return counts
+
+
+def test_up_without_terminal_or_flag_stops_at_once(user: dict[str, str]) -> None:
+    started = time.monotonic()
+    result = kubeplat(user, "up", "-e", "example")
+    assert result.returncode == 1
+    assert "Error: up needs --auto-approve when there is no terminal" in result.stderr
+    assert "Traceback" not in result.stderr
+    # At once: before the sandbox, AWS or Terraform were touched.
+    assert "sandbox" not in result.stderr
+    assert time.monotonic() - started < 30  # generous: a hang would be minutes
+    destroy = kubeplat(user, "destroy", "-e", "example")
+    assert destroy.returncode == 1 and "--auto-approve" in destroy.stderr
+
+
+def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
+    # 1. A fresh `up` in the sandbox builds both layers.
+    up = kubeplat(user, "up", "-e", "example", "--auto-approve")
+    assert up.returncode == 0, up.stderr[-4000:]
+    aws = clients(user)
+    assert running(aws["ec2"]) == {"secure": 3, "compute": 2}
+    assert "api_endpoint = https://" in up.stdout
+    kubeconfig = Path(user["CHECKOUT"]) / ".kubeplat" / "example" / "kubeconfig"
+    assert kubeconfig.stat().st_mode & 0o777 == 0o600
+
+    # 2. Straight after, plan changes nothing and would upload nothing.
+    s3 = aws["s3"]
+    before = {
+        o["Key"]: o["ETag"]
+        for o in s3.list_objects_v2(Bucket="kubeplat-example-secrets")["Contents"]
+    }  # type: ignore[attr-defined]
+    plan = kubeplat(user, "plan", "-e", "example", "--detailed-exitcode", "-o", "json")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    report = json.loads(plan.stdout)
+    assert (report["add"], report["change"], report["destroy"], report["uploads"]) == (0, 0, 0, [])
+    after = {
+        o["Key"]: o["ETag"]
+        for o in s3.list_objects_v2(Bucket="kubeplat-example-secrets")["Contents"]
+    }  # type: ignore[attr-defined]
+    assert after == before
+
+    # 3. No private key in the state; every secrets object SSE-KMS; both buckets versioned.
+    state = s3.get_object(
+        Bucket="kubeplat-example-terraform", Key="eu-west-1/example/terraform.tfstate"
+    )  # type: ignore[attr-defined]
+    assert state["ServerSideEncryption"] == "aws:kms"
+    body = state["Body"].read()
+    assert b"PRIVATE KEY" not in body
+    assert b'"resources"' in body
+    for key in after:
+        head = s3.head_object(Bucket="kubeplat-example-secrets", Key=key)  # type: ignore[attr-defined]
+        assert head["ServerSideEncryption"] == "aws:kms", key
+    assert any(k.startswith("example/pki/locked/") for k in after)
+    for bucket in ("kubeplat-example-secrets", "kubeplat-example-terraform"):
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"  # type: ignore[attr-defined]
+        block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]  # type: ignore[attr-defined]
+        assert all(block.values())
+
+    # 5. A changed template (the compute layer's CNI configuration) rolls exactly that group.
+    templates = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    net = templates / "partials" / "node" / "flannel-net-conf.json.j2"
+    net.write_text(net.read_text().replace('"vxlan"', '"host-gw"'))
+    changed = kubeplat(
+        {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)},
+        "plan",
+        "-e",
+        "example",
+        "-o",
+        "json",
+        "--detailed-exitcode",
+    )
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    report = json.loads(changed.stdout)
+    assert report["rolls"] == ["compute"]
+    assert report["uploads"] == ["cloudconfig/worker"]
+
+    # 4. destroy leaves no running instance.
+    destroyed = kubeplat(user, "destroy", "-e", "example", "--auto-approve")
+    assert destroyed.returncode == 0, destroyed.stderr[-3000:]
+    assert running(aws["ec2"]) == {}
