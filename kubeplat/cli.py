@@ -279,6 +279,127 @@ def output(state: State, env: str, output_format: str) -> None:
         console.data(f"{name} = {shown}")
 
 
+@cli.command()
+@env_option
+@click.option(
+    "--layer",
+    type=click.Choice(["secure", "control-plane", "compute"]),
+    help="Only this layer's instances.",
+)
+@_output_option
+@click.pass_obj
+def instances(state: State, env: str, layer: str | None, output_format: str) -> None:
+    """What runs: name, private and public IP, id, state, zone, layer, launch time."""
+    from kubeplat import ops
+
+    rows = ops.instances(env, state.env_dir, sandbox=state.sandbox, layer=layer)
+    if output_format == "json":
+        console.data_json([row.as_json() for row in rows])
+        return
+    headers = [
+        "name",
+        "private ip",
+        "public ip",
+        "instance id",
+        "state",
+        "zone",
+        "layer",
+        "launched",
+    ]
+    console.table(
+        headers,
+        [
+            [r.name, r.private_ip, r.public_ip or "-", r.instance_id, r.state, r.availability_zone,
+             r.layer, r.launch_time[:19]]
+            for r in rows
+        ],
+        title="instances",
+    )  # fmt: skip
+    if not rows:
+        console.status(f"no instances in {env}", "warn")
+
+
+@cli.command()
+@env_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")
+@click.option("--merge", is_flag=True, help="Also merge it into ~/.kube/config (or $KUBECONFIG).")
+@click.pass_obj
+def kubeconfig(state: State, env: str, out: Path | None, merge: bool) -> None:
+    """The admin kubeconfig (x509 client certificate, the API load balancer's name), 0600."""
+    import os
+
+    from kubeplat import ops
+
+    path = ops.kubeconfig(env, state.env_dir, sandbox=state.sandbox, out=out)
+    console.status(f"wrote {path} (0600)", "ok")
+    if merge:
+        target = Path(os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or "~/.kube/config")
+        target = target.expanduser()
+        ops.merge_kubeconfig(path, target)
+        console.status(f"merged into {target}", "ok")
+    console.data(str(path))
+
+
+@cli.command()
+@env_option
+@click.argument("target", required=False)
+@click.option("--print", "print_only", is_flag=True, help="Print the ssh command; do not run it.")
+@click.pass_obj
+def ssh(state: State, env: str, target: str | None, print_only: bool) -> None:
+    """SSH to an instance (id, name or IP) as the node user with the environment's key."""
+    import shlex
+
+    from kubeplat import ops
+
+    def choose(rows: list[Any]) -> Any:
+        if not _interactive():
+            from kubeplat.errors import KubeplatError
+
+            raise KubeplatError("which instance? give an instance id, name or IP", "")
+        for number, row in enumerate(rows, 1):
+            console.status(f"{number:>3}  {row.name:<20} {row.private_ip:<15} {row.instance_id}")
+        picked = click.prompt("instance", type=click.IntRange(1, len(rows)), err=True)
+        return rows[picked - 1]
+
+    plan = ops.ssh(env, target, state.env_dir, sandbox=state.sandbox, choose=choose)
+    if print_only:
+        console.data(shlex.join(plan.argv))
+        return
+    ops.run_ssh(plan)
+
+
+@cli.group()
+def manifests() -> None:
+    """The node manifests the agents sync every 10 s."""
+
+
+@manifests.command(name="push")
+@env_option
+@click.pass_obj
+def manifests_push(state: State, env: str) -> None:
+    """Re-render and upload only the manifests; nodes pick them up within 10 s."""
+    from kubeplat import ops
+
+    changed = ops.manifests_push(env, state.env_dir, sandbox=state.sandbox)
+    for name in changed:
+        console.data(name)
+    if changed:
+        console.status(f"{len(changed)} manifests changed; nodes pick them up within 10 s", "ok")
+    else:
+        console.status("manifests unchanged; nothing uploaded", "ok")
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script (eval "$(kubeplat completion bash)")."""
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None
+    console.data(completer(cli, {}, "kubeplat", "_KUBEPLAT_COMPLETE").source())
+
+
 @cli.group(name="sandbox")
 def sandbox_group() -> None:
     """The local AWS emulator: one per user, shared by every checkout."""

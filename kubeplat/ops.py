@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubeplat import config, terraform
 from kubeplat.errors import KubeplatError, Problem
@@ -305,8 +305,7 @@ def output(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> di
     """Terraform's outputs for the environment."""
     from kubeplat import pipeline
 
-    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
-    return pipeline.outputs(pipeline.terraform_for(prepared))
+    return pipeline.outputs(pipeline.terraform_for(pipeline.deployed(env, env_dir, sandbox)))
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -317,3 +316,155 @@ def _write_private(path: Path, data: bytes) -> None:
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
     os.chmod(path, 0o600)
+
+
+def instances(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, layer: str | None = None
+) -> list[Any]:
+    """The environment's instances, sorted by layer then zone."""
+    from kubeplat import inventory, pipeline
+
+    connected = pipeline.connect(env, env_dir, sandbox, start=False)
+    return inventory.instances(connected.aws, connected.env.environment, layer)
+
+
+def kubeconfig(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, out: Path | None = None
+) -> Path:
+    """The admin kubeconfig: the admin client certificate and the API load balancer's name."""
+    from kubeplat import pipeline
+    from kubeplat import render as renderer
+
+    built = pipeline.deployed(env, env_dir, sandbox)
+    files = built.store.load_pki()
+    if "admin.crt" not in files:
+        raise KubeplatError(
+            f"no admin certificate in s3://{built.store.bucket}/{built.env.environment}/pki/",
+            f"build the environment first: kubeplat up -e {env}",
+        )
+    server = pipeline.outputs(pipeline.terraform_for(built)).get("api_endpoint")
+    if not isinstance(server, str):
+        raise KubeplatError("Terraform has no api_endpoint output", f"run: kubeplat up -e {env}")
+    target = out or built.env.workdir / "kubeconfig"
+    _write_private(target, renderer.admin_kubeconfig(built.env, files, server))
+    return target
+
+
+def merge_kubeconfig(source: Path, target: Path) -> None:
+    """Merge a kubeconfig's cluster, user and context into `target` (by name), 0600."""
+    import yaml
+
+    new = yaml.safe_load(source.read_text())
+    try:
+        current = yaml.safe_load(target.read_text()) if target.exists() else None
+    except yaml.YAMLError:
+        raise KubeplatError(
+            f"{target} is not valid YAML", "fix or move it, then merge again"
+        ) from None
+    current = current or {"apiVersion": "v1", "kind": "Config", "preferences": {}}
+    for section in ("clusters", "users", "contexts"):
+        names = {item["name"] for item in new.get(section, [])}
+        kept = [item for item in current.get(section) or [] if item.get("name") not in names]
+        current[section] = kept + new.get(section, [])
+    current.setdefault("current-context", new.get("current-context"))
+    _write_private(target, yaml.safe_dump(current, sort_keys=False).encode())
+
+
+@dataclass(frozen=True)
+class SshPlan:
+    """The ssh command for one instance."""
+
+    instance: Any
+    argv: list[str]
+
+
+def ssh(
+    env: str,
+    target: str | None,
+    env_dir: str | None = None,
+    *,
+    sandbox: bool = False,
+    choose: Callable[[list[Any]], Any] | None = None,
+) -> SshPlan:
+    """Find the instance (id, name or IP; or pick one) and build the ssh command line."""
+    from kubeplat import inventory, pipeline
+    from kubeplat.pki import SSH_KEY
+    from kubeplat.render import NODE_USER
+
+    connected = pipeline.connect(env, env_dir, sandbox, start=False)
+    found = inventory.instances(connected.aws, connected.env.environment)
+    running = [i for i in found if i.state == "running"]
+    if not running:
+        raise KubeplatError(
+            f"environment {connected.env.environment} has no running instance",
+            f"build it: kubeplat up -e {env}",
+        )
+    if target is None:
+        if choose is None:
+            raise KubeplatError(
+                "which instance? give an instance id, name or IP",
+                f"list them: kubeplat instances -e {env}",
+            )
+        instance = choose(running)
+    else:
+        matches = [
+            i
+            for i in running
+            if target in (i.instance_id, i.private_ip, i.public_ip) or i.name == target
+        ]
+        if not matches:
+            raise KubeplatError(
+                f"no running instance {target!r} in environment {connected.env.environment}",
+                f"give an instance id, name or IP from: kubeplat instances -e {env}",
+            )
+        if len(matches) > 1:
+            ids = ", ".join(m.instance_id for m in matches)
+            raise KubeplatError(
+                f"{target!r} names {len(matches)} instances ({ids})", "give an instance id or IP"
+            )
+        instance = matches[0]
+    key = connected.env.workdir / "pki" / SSH_KEY
+    identity = ["-i", str(key), "-o", "IdentitiesOnly=yes"] if key.exists() else []
+    user = NODE_USER
+    options = [
+        "-o",
+        "StrictHostKeyChecking=accept-new",
+        "-o",
+        f"UserKnownHostsFile={connected.env.workdir / 'known_hosts'}",
+    ]
+    argv = ["ssh", *identity, *options]
+    if instance.public_ip:
+        argv.append(f"{user}@{instance.public_ip}")
+    else:
+        # Private layers are reached through a compute node (the only layer with public addresses).
+        jump = next((i for i in running if i.layer == "compute" and i.public_ip), None)
+        if jump is None:
+            argv.append(f"{user}@{instance.private_ip}")
+        else:
+            proxy = " ".join(
+                ["ssh", *identity, *options, "-W", "%h:%p", f"{user}@{jump.public_ip}"]
+            )
+            argv += ["-o", f"ProxyCommand={proxy}", f"{user}@{instance.private_ip}"]
+    return SshPlan(instance, argv)
+
+
+def run_ssh(plan: SshPlan) -> None:
+    """Replace this process with ssh (so the terminal is ssh's)."""
+    import os
+    import shutil
+
+    if shutil.which("ssh") is None:
+        raise KubeplatError("ssh is not installed", "install OpenSSH's client")
+    os.execvp("ssh", plan.argv)
+
+
+def manifests_push(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> list[str]:
+    """Re-render and upload the node manifests only; the names written (and `-removed`)."""
+    from kubeplat import pipeline
+
+    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
+    manifests = {k: v for k, v in prepared.objects.items() if k.startswith("manifests/")}
+    written = prepared.store.upload(manifests)
+    stale = [n[1:] for n in prepared.pending if n.startswith("-manifests/")]
+    prepared.store.delete(stale)
+    return written + [f"-{n}" for n in stale]

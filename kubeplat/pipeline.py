@@ -49,24 +49,50 @@ class Prepared:
         }
 
 
-def prepare(
-    env_name: str, env_dir: str | None, force_sandbox: bool, *, write_pki: bool
-) -> Prepared:
-    """Steps 1-5 (and 6's comparison): nothing a node uses changes here."""
+@dataclass
+class Connected:
+    """An environment and a session checked against its account."""
+
+    env: config.Environment
+    aws: Aws
+    account: str
+
+
+def connect(env_name: str, env_dir: str | None, force_sandbox: bool, *, start: bool) -> Connected:
+    """Steps 1-2: the file, the session and the account check.
+
+    With `start` False a sandbox environment needs a running sandbox: a read-only command on a
+    fresh emulator would only show an empty world.
+    """
     from kubeplat import aws as aws_module
-    from kubeplat import sandbox, state
-    from kubeplat.store import BucketStore
+    from kubeplat import sandbox
 
     env = config.load(env_name, env_dir)
     for warning in env.warnings:
         console.warn(str(warning))
     sandbox_env = None
     if env.sandbox or force_sandbox:
-        box = sandbox.ensure()
+        box = sandbox.ensure() if start else sandbox.current()
+        if box is None:
+            raise KubeplatError(
+                "the sandbox is not running, so the sandbox environment has nothing to show",
+                f"start it and build the environment: kubeplat up -e {env_name}",
+            )
         sandbox_env = sandbox.environ(box, env.aws_region)
         console.status(f"sandbox: AWS emulator at {box.endpoint}", "dim")
     aws = aws_module.connect(env, sandbox_env)
-    account = aws_module.check_account(aws, env)
+    return Connected(env, aws, aws_module.check_account(aws, env))
+
+
+def prepare(
+    env_name: str, env_dir: str | None, force_sandbox: bool, *, write_pki: bool
+) -> Prepared:
+    """Steps 1-5 (and 6's comparison): nothing a node uses changes here."""
+    from kubeplat import state
+    from kubeplat.store import BucketStore
+
+    connected = connect(env_name, env_dir, force_sandbox, start=True)
+    env, aws, account = connected.env, connected.aws, connected.account
     boot = state.bootstrap(aws, env)
     for bucket in boot.created:
         console.status(f"created bucket {bucket} (versioned, SSE-KMS, public access blocked)", "ok")
@@ -159,10 +185,10 @@ def upload(prepared: Prepared) -> list[str]:
     return written + [f"-{n}" for n in stale]
 
 
-def terraform_for(prepared: Prepared) -> Terraform:
+def terraform_for(prepared: Prepared | Deployed) -> Terraform:
     """The environment's Terraform, initialised against its S3 remote state."""
-    env = prepared.env
-    tf = Terraform(env.workdir, env=prepared.aws.child_env)
+    env, aws = prepared.env, prepared.aws
+    tf = Terraform(env.workdir, env=aws.child_env)
     backend = {
         "bucket": env.terraform_bucket_name,
         "key": f"{env.aws_region}/{env.environment}/terraform.tfstate",
@@ -171,10 +197,45 @@ def terraform_for(prepared: Prepared) -> Terraform:
         "kms_key_id": prepared.key_arn,
         "use_lockfile": "true",
     }
-    if prepared.aws.sandbox:
+    if aws.sandbox:
         backend["use_path_style"] = "true"
     tf.init(backend)
     return tf
+
+
+@dataclass
+class Deployed:
+    """An environment that `up` has built: session, key, and its secrets bucket (read-only)."""
+
+    env: config.Environment
+    aws: Aws
+    account: str
+    key_arn: str
+    store: BucketStore
+
+
+def deployed(env_name: str, env_dir: str | None, force_sandbox: bool) -> Deployed:
+    """For commands that read what `up` built; creates nothing."""
+    from botocore.exceptions import ClientError
+
+    from kubeplat import aws as aws_module
+    from kubeplat import state
+
+    connected = connect(env_name, env_dir, force_sandbox, start=False)
+    env, aws = connected.env, connected.aws
+    key_arn = state.kms_key(aws, env)
+    with aws_module.errors(f"checking the bucket {env.terraform_bucket_name}", aws):
+        try:
+            aws.client("s3").head_bucket(Bucket=env.terraform_bucket_name)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            raise KubeplatError(
+                f"environment {env.environment} has not been built yet "
+                f"(no bucket {env.terraform_bucket_name})",
+                f"build it: kubeplat up -e {env_name}",
+            ) from None
+    return Deployed(env, aws, connected.account, key_arn, BucketStore.of(aws, env, key_arn))
 
 
 @contextmanager

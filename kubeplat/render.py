@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeplat import artifacts, cluster
+from kubeplat import artifacts, cluster, pki
 from kubeplat.errors import KubeplatError
 from kubeplat.resources import templates_dir
 
@@ -323,11 +323,24 @@ def _addons(env: Environment) -> dict[str, str]:
 PACKAGES = ("conntrack", "curl", "iptables", "python3-boto3", "socat", "tar")
 
 
-def cloudconfig(env: Environment, layer: Layer) -> bytes:
-    """The layer's cloud-config (standard cloud-init, no `coreos:` section)."""
+NODE_USER = "core"
+
+
+def cloudconfig(env: Environment, layer: Layer, ssh_public_key: str) -> bytes:
+    """The layer's cloud-config (standard cloud-init, no `coreos:` section).
+
+    It also creates the node user of the seed (`core`, on any distribution) with the
+    environment's SSH public key.
+    """
     text = _render(
         "cloudconfig/layer.yaml.j2",
-        {**_layer_context(env, layer), "files": _node_files(env, layer), "packages": PACKAGES},
+        {
+            **_layer_context(env, layer),
+            "files": _node_files(env, layer),
+            "packages": PACKAGES,
+            "node_user": NODE_USER,
+            "ssh_public_key": ssh_public_key.strip(),
+        },
     )
     return _yaml_checked(f"cloudconfig/{layer.cloudconfig}", text)
 
@@ -419,7 +432,7 @@ def bundle(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]:
     """Everything a node would get, as SPEC's `render --out DIR` layout."""
     out: dict[str, bytes] = {}
     for layer in layers(env):
-        config = cloudconfig(env, layer)
+        config = cloudconfig(env, layer, files[pki.SSH_PUB].decode())
         out[f"cloudconfig/{layer.cloudconfig}"] = config
         out[f"userdata/{layer.name}"] = userdata(env, layer, config)
         out.update(manifests(env, layer))

@@ -166,7 +166,119 @@ def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
     assert report["rolls"] == ["compute"]
     assert report["uploads"] == ["cloudconfig/worker"]
 
+    # Day two (issue 7): instances, kubeconfig, ssh, manifests push.
+    check_day_two(user, tmp_path)
+
     # 4. destroy leaves no running instance.
     destroyed = kubeplat(user, "destroy", "-e", "example", "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stderr[-3000:]
     assert running(aws["ec2"]) == {}
+
+
+def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
+    table = kubeplat(user, "instances", "-e", "example")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "PRIVATE",
+        "IP",
+        "PUBLIC",
+        "IP",
+        "INSTANCE",
+        "ID",
+        "STATE",
+        "ZONE",
+        "LAYER",
+        "LAUNCHED",
+    ]
+    rows = [line.split() for line in lines[1:]]
+    assert [r[6] for r in rows] == ["secure"] * 3 + ["compute"] * 2  # sorted by layer
+    assert all(r[4] == "running" for r in rows)
+    secure = kubeplat(user, "instances", "-e", "example", "--layer", "secure", "-o", "json")
+    listed = json.loads(secure.stdout)
+    assert len(listed) == 3 and {i["layer"] for i in listed} == {"secure"}
+    assert set(listed[0]) == {
+        "name", "private_ip", "public_ip", "instance_id", "state", "availability_zone", "layer", "launch_time",
+    }  # fmt: skip
+
+    kc = tmp_path / "kc"
+    made = kubeplat(user, "kubeconfig", "-e", "example", "--out", str(kc))
+    assert made.returncode == 0, made.stderr
+    assert kc.stat().st_mode & 0o777 == 0o600
+    if shutil.which("kubectl"):
+        view = subprocess.run(
+            ["kubectl", "config", "view", "--kubeconfig", str(kc), "-o", "json"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        config = json.loads(view.stdout)
+        assert config["clusters"][0]["cluster"]["server"].startswith("https://example-kube-api")
+        assert config["users"][0]["name"] == "admin@example"
+
+    instance = listed[0]["instance_id"]
+    ssh = kubeplat(user, "ssh", "-e", "example", "--print", instance)
+    assert ssh.returncode == 0, ssh.stderr
+    command = ssh.stdout.strip()
+    assert command.startswith("ssh -i ") and "pki/ssh/id_ed25519" in command
+    assert f"core@{listed[0]['private_ip']}" in command
+    unknown = kubeplat(user, "ssh", "-e", "example", "--print", "i-doesnotexist")
+    assert unknown.returncode == 1
+    assert "Error: no running instance 'i-doesnotexist' in environment example" in unknown.stderr
+
+    templates = tmp_path / "templates-manifests"
+    shutil.copytree(REPO / "templates", templates)
+    proxy = templates / "manifests" / "compute" / "kube-proxy.yaml.j2"
+    proxy.write_text(
+        proxy.read_text().replace("- --cluster-cidr", "- --v=2\n        - --cluster-cidr")
+    )
+    pushed = kubeplat(
+        {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)}, "manifests", "push", "-e", "example"
+    )
+    assert pushed.returncode == 0, pushed.stderr
+    assert pushed.stdout.split() == ["manifests/compute/kube-proxy.yaml"]
+    assert "nodes pick them up within 10 s" in pushed.stderr
+    again = kubeplat(
+        {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)}, "manifests", "push", "-e", "example"
+    )
+    assert again.returncode == 0 and again.stdout == ""
+    assert "nothing uploaded" in again.stderr
+    # Back to the shipped templates, so the environment is as `up` left it.
+    assert kubeplat(user, "manifests", "push", "-e", "example").stdout.split() == [
+        "manifests/compute/kube-proxy.yaml"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("instances", "-e", "nope"),
+        ("kubeconfig", "-e", "nope"),
+        ("ssh", "-e", "nope", "--print", "i-1"),
+        ("manifests", "push", "-e", "nope"),
+        ("output", "-e", "nope"),
+        ("plan", "-e", "nope"),
+    ],
+)
+def test_unknown_environment_everywhere(user: dict[str, str], args: tuple[str, ...]) -> None:
+    result = kubeplat(user, *args)
+    assert result.returncode == 1
+    assert "Error: environment 'nope' not found" in result.stderr
+    assert "Hint: available environments: example" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("instances", "-e", "example"),
+        ("kubeconfig", "-e", "example"),
+        ("ssh", "-e", "example", "--print", "i-1"),
+        ("output", "-e", "example"),
+    ],
+)
+def test_sandbox_down(user: dict[str, str], tmp_path: Path, args: tuple[str, ...]) -> None:
+    nobody = {**user, "KUBEPLAT_STATE_DIR": str(tmp_path / "no-sandbox")}
+    result = kubeplat(nobody, *args)
+    assert result.returncode == 1
+    assert "Error: the sandbox is not running" in result.stderr
+    assert "Hint: start it and build the environment: kubeplat up -e example" in result.stderr
