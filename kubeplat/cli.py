@@ -40,6 +40,18 @@ def env_option(func: Any) -> Any:
     )(func)
 
 
+def _output_option(func: Any) -> Any:
+    return click.option(
+        "-o",
+        "--output",
+        "output_format",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="json: one JSON document on stdout and nothing else there.",
+    )(func)
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "--version", prog_name="kubeplat")
 @click.option("--debug", is_flag=True, help="Show tracebacks and Terraform's full output.")
@@ -77,12 +89,26 @@ def init(state: State, name: str) -> None:
 
 @cli.command()
 @env_option
+@click.option(
+    "-o", "--output", "output_format", type=click.Choice(["text", "json"]), default="text",
+    help="json: the result as one JSON document on stdout.",
+)  # fmt: skip
 @click.pass_obj
-def validate(state: State, env: str) -> None:
+def validate(state: State, env: str, output_format: str) -> None:
     """Check an environment file and the Terraform module; no AWS calls."""
     from kubeplat import ops
 
     report = ops.validate(env, state.env_dir)
+    if output_format == "json":
+        console.data_json(
+            {
+                "file": str(report.environment.path),
+                "valid": True,
+                "module_checked": report.module_checked,
+                "warnings": [str(w) for w in report.warnings],
+            }
+        )
+        return
     for warning in report.warnings:
         console.warn(str(warning))
     module = (
@@ -99,8 +125,9 @@ def validate(state: State, env: str) -> None:
     "--rotate", metavar="NAME", help="Reissue one certificate; `ca` reissues every CA and all."
 )
 @click.option("--check", is_flag=True, help="Change nothing; fail when one expires within 30 days.")
+@_output_option
 @click.pass_obj
-def certs(state: State, env: str, rotate: str | None, check: bool) -> None:
+def certs(state: State, env: str, rotate: str | None, check: bool, output_format: str) -> None:
     """Load or create the cluster's PKI and show every certificate's expiry."""
     from kubeplat import ops
 
@@ -113,12 +140,13 @@ def certs(state: State, env: str, rotate: str | None, check: bool) -> None:
         )
     elif rotate in ("etcd/ca", "front-proxy-ca"):
         console.warn(f"rotating {rotate}: it and every certificate it signed are reissued")
+    show = _certs_json if output_format == "json" else _certs_table
     try:
         report = ops.certs(env, state.env_dir, rotate=rotate, check=check)
     except ops.CertificatesExpiring as exc:
-        _certs_table(exc.rows)
+        show(exc.rows)
         raise
-    _certs_table(report.rows)
+    show(report.rows)
     for name, reason in report.issued.items():
         console.status(f"issued {name} ({reason})", "ok")
     if not check and not report.issued:
@@ -142,18 +170,6 @@ def render(state: State, env: str, out: Path) -> None:
     for name, size in report.files.items():
         console.data(f"{size:>7}  {name}")
     console.status(f"rendered {len(report.files)} files into {report.directory}", "ok")
-
-
-def _output_option(func: Any) -> Any:
-    return click.option(
-        "-o",
-        "--output",
-        "output_format",
-        type=click.Choice(["table", "json"]),
-        default="table",
-        show_default=True,
-        help="json: one JSON document on stdout and nothing else there.",
-    )(func)
 
 
 def _interactive() -> bool:
@@ -432,6 +448,22 @@ def sandbox_stop() -> None:
 
     stopped = sandbox.stop()
     console.status("sandbox stopped" if stopped else "the sandbox was not running", "ok")
+
+
+def _certs_json(rows: list[Any]) -> None:
+    console.data_json(
+        [
+            {
+                "name": r.name,
+                "subject": r.subject,
+                "issuer": r.issuer,
+                "expires": r.expires.isoformat(),
+                "days_left": r.days_left,
+                "sha256_fingerprint": r.fingerprint,
+            }
+            for r in rows
+        ]
+    )
 
 
 def _certs_table(rows: list[Any]) -> None:

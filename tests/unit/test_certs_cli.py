@@ -104,3 +104,13 @@ def test_private_key_given_as_public_key_is_refused(kubeplat, environments: Path
     result = kubeplat("certs", "-e", "example")
     assert result.code == 1
     assert "ssh_public_key:" in result.err and "is a private key" in result.err
+
+
+def test_certs_json(kubeplat, environments: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    result = kubeplat("certs", "-e", "example", "-o", "json")
+    assert result.code == 0
+    rows = json.loads(result.out)
+    assert [r["name"] for r in rows][:4] == ["ca", "front-proxy-ca", "etcd/ca", "kubelet-ca"]
+    assert all(r["days_left"] > 300 for r in rows)
