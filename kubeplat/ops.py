@@ -34,7 +34,7 @@ def validate(env: str, env_dir: str | None = None) -> ValidateReport:
     environment = config.load(env, env_dir)
     checked = False
     if terraform.available():
-        tf = terraform.Terraform(environment.workdir)
+        tf = terraform.Terraform(environment.workdir, data_name="validate")
         tf.init(backend=None)
         errors = tf.validate()
         if errors:

@@ -91,6 +91,9 @@ class Terraform:
     workdir: Path
     # Added to the child's environment; None removes a variable (e.g. AWS_PROFILE in the sandbox).
     env: Mapping[str, str | None] = field(default_factory=dict)
+    # `validate` initialises without a backend: it keeps its own data directory so the real
+    # one (with the S3 backend) is never reconfigured by it.
+    data_name: str = "terraform"
 
     @property
     def module(self) -> Path:
@@ -98,7 +101,7 @@ class Terraform:
 
     @property
     def data_dir(self) -> Path:
-        return self.workdir / "terraform"
+        return self.workdir / self.data_name
 
     def command(self, subcommand: str, *args: str) -> list[str]:
         """The full argument list for one Terraform subcommand."""
