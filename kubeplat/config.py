@@ -139,6 +139,12 @@ class Environment:
         """`.kubeplat/<environment>/`: this environment's local cache and Terraform data."""
         return workspace_root(self.path) / ".kubeplat" / self.environment
 
+    @property
+    def kubeconfig_path(self) -> Path:
+        """Where `up` and `kubeconfig` write the admin kubeconfig: it holds the admin key, so it
+        lives with the other keys under `.kubeplat/<environment>/pki/`."""
+        return self.workdir / "pki" / "kubeconfig" / "admin.conf"
+
     def tfvars(self) -> dict[str, Any]:
         """The module's variables as Terraform gets them."""
         return {name: getattr(self, name) for name in variables()}

@@ -270,7 +270,7 @@ def up(
     kubeconfig = None
     server = outputs.get("api_endpoint")
     if isinstance(server, str):
-        kubeconfig = prepared.env.workdir / "kubeconfig"
+        kubeconfig = prepared.env.kubeconfig_path
         _write_private(kubeconfig, renderer.admin_kubeconfig(prepared.env, prepared.files, server))
     return UpReport(report, uploaded, applied, outputs, kubeconfig)
 
@@ -311,7 +311,7 @@ def output(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> di
 def _write_private(path: Path, data: bytes) -> None:
     import os
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(data)
@@ -345,7 +345,7 @@ def kubeconfig(
     server = pipeline.outputs(pipeline.terraform_for(built)).get("api_endpoint")
     if not isinstance(server, str):
         raise KubeplatError("Terraform has no api_endpoint output", f"run: kubeplat up -e {env}")
-    target = out or built.env.workdir / "kubeconfig"
+    target = out or built.env.kubeconfig_path
     _write_private(target, renderer.admin_kubeconfig(built.env, files, server))
     return target
 

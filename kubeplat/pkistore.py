@@ -29,9 +29,15 @@ class LocalStore:
             raise KubeplatError(f"{self.root} is not a directory", "move it away; it holds the PKI")
         found: dict[str, bytes] = {}
         for path in sorted(self.root.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+            relative = path.relative_to(self.root).as_posix()
+            # kubeconfig/ holds the admin kubeconfig next to the keys; it is not a PKI file.
+            if (
+                path.is_file()
+                and not path.name.startswith(".")
+                and not relative.startswith("kubeconfig/")
+            ):
                 try:
-                    found[path.relative_to(self.root).as_posix()] = path.read_bytes()
+                    found[relative] = path.read_bytes()
                 except OSError as exc:
                     raise KubeplatError(
                         f"cannot read {path}: {exc.strerror}", "check the file's permissions"
@@ -41,6 +47,12 @@ class LocalStore:
     def save(self, files: Mapping[str, bytes], removed: Iterable[str] = ()) -> None:
         """Write `files` (only those whose bytes changed) and delete `removed`."""
         self._mkdir(self.root)
+        ignore = self.root.parent.parent / ".gitignore"
+        if self.root.parent.parent.name == ".kubeplat" and not ignore.exists():
+            # Whatever the repository's own .gitignore says, .kubeplat/ is never committed.
+            ignore.write_text(
+                "# kubeplat's working state: keys and Terraform data. Never commit it.\n*\n"
+            )
         for name, data in sorted(files.items()):
             target = self.root / name
             if target.exists() and target.read_bytes() == data:

@@ -208,6 +208,12 @@ def failure(subcommand: str, output: str) -> TerraformFailed:
             "wait for that run to finish and try again; if it died, release the lock with: "
             f"terraform force-unlock {info.get('ID', 'LOCK_ID')}",
         )
+    if "Saved plan is stale" in output:
+        return TerraformFailed(
+            "the state changed since this plan was made (another run applied first); "
+            "nothing was applied",
+            "run the command again: it plans against the new state",
+        )
     return TerraformFailed(
         f"terraform {subcommand} failed: {last_error(output)}",
         "run again with --debug to see Terraform's whole output",

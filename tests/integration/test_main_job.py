@@ -111,7 +111,9 @@ def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
     aws = clients(user)
     assert running(aws["ec2"]) == {"secure": 3, "compute": 2}
     assert "api_endpoint = https://" in up.stdout
-    kubeconfig = Path(user["CHECKOUT"]) / ".kubeplat" / "example" / "kubeconfig"
+    kubeconfig = (
+        Path(user["CHECKOUT"]) / ".kubeplat" / "example" / "pki" / "kubeconfig" / "admin.conf"
+    )
     assert kubeconfig.stat().st_mode & 0o777 == 0o600
 
     # 2. Straight after, plan changes nothing and would upload nothing.
