@@ -47,7 +47,13 @@ def kms_key(aws: Aws, env: Environment) -> str:
                 "KeyMetadata"
             ]
             if env.kms_master_id.startswith("alias/"):
-                kms.create_alias(AliasName=env.kms_master_id, TargetKeyId=metadata["KeyId"])
+                try:
+                    kms.create_alias(AliasName=env.kms_master_id, TargetKeyId=metadata["KeyId"])
+                except ClientError as race:
+                    if race.response["Error"]["Code"] != "AlreadyExistsException":
+                        raise
+                    # Another command created it first: use theirs.
+                    metadata = kms.describe_key(KeyId=env.kms_master_id)["KeyMetadata"]
         if not metadata.get("Enabled", True) or metadata.get("KeyState") not in (None, "Enabled"):
             raise AwsError(
                 f"the KMS key {env.kms_master_id} is {metadata.get('KeyState', 'disabled')}",
@@ -91,7 +97,13 @@ def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
         args: dict[str, object] = {"Bucket": name}
         if aws.region != "us-east-1":
             args["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
-        s3.create_bucket(**args)
+        try:
+            s3.create_bucket(**args)
+        except ClientError as exc:
+            # Another operator created it a moment ago: theirs is as good as ours.
+            if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+                raise
+            return False
     with errors(f"securing the bucket {name}", aws):
         s3.put_public_access_block(
             Bucket=name,

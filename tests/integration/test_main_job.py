@@ -8,10 +8,8 @@ them as running but boots nothing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ import boto3
 import pytest
 
 from tests.conftest import REPO
+from tests.integration.sandbox_user import kubeplat, make_user, stop_sandbox
 
 pytestmark = pytest.mark.integration
 
@@ -27,37 +26,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A user's environment: their own sandbox (state dir), a checkout, Terraform's config."""
-    home = tmp_path_factory.mktemp("user")
-    checkout = home / "platform"
-    shutil.copytree(REPO / "environments", checkout / "environments")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBEPLAT_", "TF_"))}
-    env.update({"HOME": str(home), "KUBEPLAT_STATE_DIR": str(home / "state"), "NO_COLOR": "1"})
-    mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
-    config = home / "terraform.rc"
-    config.write_text(
-        "provider_installation {\n"
-        f'  filesystem_mirror {{\n    path    = "{mirror}"\n    include = ["registry.terraform.io/hashicorp/*"]\n  }}\n'
-        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
-        if mirror
-        else ""
-    )
-    env["TF_CLI_CONFIG_FILE"] = str(config)
-    env["CHECKOUT"] = str(checkout)
+    env = make_user(tmp_path_factory.mktemp("user"))
     yield env
-    subprocess.run([sys.executable, "-m", "kubeplat", "sandbox", "stop"], env=env, check=False)
-
-
-def kubeplat(user: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "kubeplat", *args],
-        cwd=user["CHECKOUT"],
-        env=user,
-        stdin=subprocess.DEVNULL,  # no terminal, as in CI
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1200,
-    )
+    stop_sandbox(env)
 
 
 def clients(user: dict[str, str]) -> dict[str, object]:

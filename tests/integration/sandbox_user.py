@@ -1,0 +1,60 @@
+"""A user of kubeplat for the end-to-end tests: their own sandbox, checkouts, Terraform config."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+
+def make_user(home: Path) -> dict[str, str]:
+    """Environment variables of a user whose home is `home` (no AWS_*, KUBEPLAT_*, TF_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBEPLAT_", "TF_"))}
+    env.update({"HOME": str(home), "KUBEPLAT_STATE_DIR": str(home / "state"), "NO_COLOR": "1"})
+    mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
+    config = home / "terraform.rc"
+    config.write_text(
+        "provider_installation {\n"
+        f'  filesystem_mirror {{\n    path    = "{mirror}"\n    include = ["registry.terraform.io/hashicorp/*"]\n  }}\n'
+        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
+        if mirror
+        else ""
+    )
+    env["TF_CLI_CONFIG_FILE"] = str(config)
+    env["CHECKOUT"] = str(checkout(home / "platform"))
+    return env
+
+
+def checkout(path: Path) -> Path:
+    """A platform repository: the project's environments/ folder."""
+    shutil.copytree(REPO / "environments", path / "environments")
+    return path
+
+
+def kubeplat(
+    user: dict[str, str], *args: str, cwd: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run kubeplat as that user, without a terminal (as in CI)."""
+    return subprocess.run(
+        [sys.executable, "-m", "kubeplat", *args],
+        cwd=cwd or user["CHECKOUT"],
+        env=user,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1200,
+    )
+
+
+def stop_sandbox(user: dict[str, str]) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "kubeplat", "sandbox", "stop"],
+        env=user,
+        check=False,
+        capture_output=True,
+    )
