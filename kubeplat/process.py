@@ -7,8 +7,11 @@ for it to finish instead of dying first. Afterwards `Interrupted` is raised (exi
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +61,7 @@ def run(
             f"cannot run {args[0]}: {exc.strerror}", "check it is installed"
         ) from None
 
+    started = time.monotonic()
     interrupted: list[int] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -77,9 +81,19 @@ def run(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    _record_timing(args, time.monotonic() - started)
     if interrupted:
         raise Interrupted(
             f"interrupted; {Path(args[0]).name} stopped cleanly (exit {child.returncode})",
             interrupt_hint,
         )
     return Result(child.returncode, "".join(lines))
+
+
+def _record_timing(args: Sequence[str], seconds: float) -> None:
+    """With KUBEPLAT_TIMINGS=FILE, append how long each child took (for bench/run.py)."""
+    target = os.environ.get("KUBEPLAT_TIMINGS")
+    if target:
+        words = [Path(args[0]).name, *[a for a in args[1:] if not a.startswith("-")][:1]]
+        with open(target, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"command": " ".join(words), "seconds": seconds}) + "\n")

@@ -47,9 +47,16 @@ def vpcs(ec2: object) -> int:
 
 
 def write_env(user: dict[str, str], name: str, **changes: str) -> None:
-    base = (Path(user["CHECKOUT"]) / "environments" / "example.tfvars").read_text()
-    text = base.replace('environment              = "example"', f'environment = "{name}"')
-    text += "".join(f"\n{k} = {v}\n" for k, v in changes.items())
+    import re
+
+    text = (Path(user["CHECKOUT"]) / "environments" / "example.tfvars").read_text()
+    for key, value in {"environment": f'"{name}"', **changes}.items():
+        pattern = re.compile(rf"^{key}\s*=.*$", re.MULTILINE)
+        text = (
+            pattern.sub(f"{key} = {value}", text)
+            if pattern.search(text)
+            else text + f"\n{key} = {value}\n"
+        )
     (Path(user["CHECKOUT"]) / "environments" / f"{name}.tfvars").write_text(text)
 
 
