@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import statistics
@@ -41,23 +40,6 @@ GOALS = {
     "noop_up_vs_plan_ratio": ("<=", 1.25),
     "instances_1000_s": ("<", 3.0),
 }
-
-
-def user_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "KUBEPLAT_", "TF_"))}
-    env.update({"HOME": str(home), "KUBEPLAT_STATE_DIR": str(home / "state"), "NO_COLOR": "1"})
-    mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
-    config = home / "terraform.rc"
-    config.write_text(
-        "provider_installation {\n"
-        f'  filesystem_mirror {{\n    path    = "{mirror}"\n'
-        '    include = ["registry.terraform.io/hashicorp/*"]\n  }\n'
-        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
-        if mirror
-        else ""
-    )
-    env["TF_CLI_CONFIG_FILE"] = str(config)
-    return env
 
 
 def timed(argv: list[str], **kwargs: object) -> float:
@@ -134,10 +116,11 @@ def main() -> None:
     figures["render_s"] = statistics.median(times)
 
     with tempfile.TemporaryDirectory(prefix="kubeplat-bench-") as scratch:
+        from tests.integration.sandbox_user import make_user
+
         home = Path(scratch)
-        env = user_env(home)
-        checkout = home / "platform"
-        shutil.copytree(REPO / "environments", checkout / "environments")
+        env = make_user(home)
+        checkout = Path(env["CHECKOUT"])
         timings = home / "timings.jsonl"
         try:
             up = [*cli, "up", "-e", "example", "--auto-approve"]

@@ -31,6 +31,17 @@ INSTALL_HINT = (
 )
 
 
+def mirror_config(mirror: str) -> str:
+    """A Terraform CLI configuration installing hashicorp/* providers from a filesystem mirror
+    (for machines without registry access; users normally need none)."""
+    return (
+        "provider_installation {\n"
+        f'  filesystem_mirror {{\n    path    = "{mirror}"\n'
+        '    include = ["registry.terraform.io/hashicorp/*"]\n  }\n'
+        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
+    )
+
+
 def available() -> bool:
     """Whether a Terraform binary is configured or on PATH (its version is checked on use)."""
     return bool(os.environ.get("KUBEPLAT_TERRAFORM") or shutil.which("terraform"))

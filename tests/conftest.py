@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from kubeplat import terraform
 from kubeplat.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -76,15 +77,7 @@ def terraform_cli_config(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
         pytest.skip("terraform is not installed")
     config = isolated / "terraform.rc"
     mirror = _ORIGINAL_MIRROR
-    if mirror:
-        config.write_text(
-            "provider_installation {\n"
-            f'  filesystem_mirror {{\n    path    = "{mirror}"\n'
-            '    include = ["registry.terraform.io/hashicorp/*"]\n  }\n'
-            '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
-        )
-    else:
-        config.write_text("")
+    config.write_text(terraform.mirror_config(mirror) if mirror else "")
     monkeypatch.setenv("TF_CLI_CONFIG_FILE", str(config))
     yield config
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kubeplat import terraform
 from tests.conftest import REPO
 
 
@@ -17,13 +18,7 @@ def make_user(home: Path) -> dict[str, str]:
     env.update({"HOME": str(home), "KUBEPLAT_STATE_DIR": str(home / "state"), "NO_COLOR": "1"})
     mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
     config = home / "terraform.rc"
-    config.write_text(
-        "provider_installation {\n"
-        f'  filesystem_mirror {{\n    path    = "{mirror}"\n    include = ["registry.terraform.io/hashicorp/*"]\n  }}\n'
-        '  direct {\n    exclude = ["registry.terraform.io/hashicorp/*"]\n  }\n}\n'
-        if mirror
-        else ""
-    )
+    config.write_text(terraform.mirror_config(mirror) if mirror else "")
     env["TF_CLI_CONFIG_FILE"] = str(config)
     env["CHECKOUT"] = str(checkout(home / "platform"))
     return env

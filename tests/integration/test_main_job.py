@@ -11,24 +11,15 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
 from tests.conftest import REPO
-from tests.integration.sandbox_user import kubeplat, make_user, stop_sandbox
+from tests.integration.sandbox_user import kubeplat
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """A user's environment: their own sandbox (state dir), a checkout, Terraform's config."""
-    env = make_user(tmp_path_factory.mktemp("user"))
-    yield env
-    stop_sandbox(env)
 
 
 def clients(user: dict[str, str]) -> dict[str, object]:

@@ -12,22 +12,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.integration.sandbox_user import checkout, kubeplat, make_user, stop_sandbox
+from tests.integration.sandbox_user import checkout, kubeplat
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    env = make_user(tmp_path_factory.mktemp("reliable"))
-    yield env
-    stop_sandbox(env)
 
 
 def aws_clients(user: dict[str, str]) -> dict[str, object]:
@@ -212,7 +204,7 @@ def test_interrupts_two_operators_and_secret_hygiene(user: dict[str, str], tmp_p
         if "created aws_vpc.main" in line:
             up.send_signal(signal.SIGINT)
             break
-    out, err = up.communicate(timeout=600)
+    _, err = up.communicate(timeout=600)
     stderr = "".join(seen) + err
     assert up.returncode == 130, stderr[-3000:]
     assert "interrupted; terraform stopped cleanly" in stderr
