@@ -76,3 +76,52 @@ def test_uploads_only_changed_objects_sse_kms(store: BucketStore) -> None:
         Bucket=store.bucket, Key="example/manifests/compute/a.yaml"
     )
     assert head["ServerSideEncryption"] == "aws:kms"
+
+
+def stub_program(userdata: bytes, root: Path) -> str:
+    """The Python the user-data stub runs, with its node paths moved under `root`."""
+    body = userdata.decode().split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    return body.replace("/var/lib/kubeplat", str(root / "var")).replace(
+        "/etc/kubernetes/pki", str(root / "pki")
+    )
+
+
+def test_a_node_gets_exactly_its_own_configuration(
+    store: BucketStore, environments: Path, tmp_path: Path, aws: str
+) -> None:
+    """Nodes never see half of a new set: a stub from before an upload still gets its own
+    cloud-config (an earlier version of the object); a stub from after gets the new one."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+
+    from kubeplat import pki, render
+
+    env = config.load("example")
+    files = pki.ensure(env, {}).files
+    old = render.bundle(env, files)
+    new = render.bundle(dataclasses.replace(env, etcd_version="3.5.23"), files)
+    assert old["cloudconfig/master"] != new["cloudconfig/master"]
+    objects = {k: v for k, v in old.items() if k.startswith(("pki/", "cloudconfig/"))}
+    store.upload(objects)
+    store.upload({"cloudconfig/master": new["cloudconfig/master"]})  # a newer configuration lands
+    (tmp_path / "var").mkdir()
+    env_vars = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": aws,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    for name, bundle in (("old", old), ("new", new)):
+        root = tmp_path / name
+        (root / "var").mkdir(parents=True)
+        run = subprocess.run(
+            [sys.executable, "-c", stub_program(bundle["userdata/secure"], root)],
+            env=env_vars, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert (root / "var" / "cloud-config.yaml").read_bytes() == bundle["cloudconfig/master"]
+        assert (root / "pki" / "etcd" / "peer.key").read_bytes() == files["etcd/peer.key"]
+        assert (root / "pki" / "etcd" / "peer.key").stat().st_mode & 0o777 == 0o600
+        assert not (root / "pki" / "ca.key").exists()  # the locked prefix is never fetched
