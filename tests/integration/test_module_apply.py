@@ -35,8 +35,12 @@ def tf(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def applied(aws: str, environments: Path, terraform_cli_config: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
     env = config.load("example")
     kms = boto3.client("kms")
-    key = kms.create_key()["KeyMetadata"]["KeyId"]
-    kms.create_alias(AliasName=env.kms_master_id, TargetKeyId=key)
+    try:  # other tests on this emulator may have made the sandbox key already
+        kms.describe_key(KeyId=env.kms_master_id)
+    except kms.exceptions.NotFoundException:
+        kms.create_alias(
+            AliasName=env.kms_master_id, TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"]
+        )
     files = pki.ensure(env, {}).files
     bundle = render.bundle(env, files)
     workdir = tmp_path / "module"
@@ -52,7 +56,6 @@ def applied(aws: str, environments: Path, terraform_cli_config: Path, tmp_path: 
         yield env, workdir, files
     finally:
         destroy = tf(workdir, "destroy", "-auto-approve", "-input=false")
-        kms.delete_alias(AliasName=env.kms_master_id)
         assert destroy.returncode == 0, destroy.stdout[-3000:] + destroy.stderr
 
 
