@@ -25,6 +25,9 @@ from kubeplat.store import BucketStore, Conflict
 from kubeplat.terraform import Terraform
 
 VARS_FILE = "kubeplat.auto.tfvars.json"
+# How long a half-present PKI in the bucket may stay so before it is reported as damage: long
+# enough for another operator's write in progress to finish.
+DAMAGE_WAIT_S = 20.0
 
 
 @dataclass
@@ -114,6 +117,7 @@ def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dic
     given = path.read_bytes() if path else None
     deadline = time.monotonic() + 60
     racing = False
+    damaged_since = 0.0
     while True:
         stored = store.load_pki()
         # The bucket is the source of truth; a local cache seeds an empty bucket (e.g. after
@@ -129,16 +133,23 @@ def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dic
                     console.status(f"PKI: issued {name} ({reason})", "ok")
             return result.files
         except (Conflict, pki.PKIError) as exc:
-            # A conflict means another operator is creating the PKI right now (a half-written
-            # set may follow): wait for theirs; never make a second CA. Damage is an error.
-            if isinstance(exc, pki.PKIError) and not racing:
-                raise
-            racing = True
-            if time.monotonic() > deadline:
+            # A conflict means another operator is creating the PKI right now, and a half-present
+            # set in the bucket may be their write in progress: wait (bounded) for theirs, never
+            # make a second CA. A set that stays damaged is an error.
+            racing = racing or isinstance(exc, Conflict)
+            now = time.monotonic()
+            damaged_since = damaged_since or now
+            limit = deadline if racing else damaged_since + DAMAGE_WAIT_S
+            if now > limit:
+                if isinstance(exc, pki.PKIError):
+                    raise
                 raise KubeplatError(
                     "another operator kept changing the PKI for a minute", "run again"
                 ) from None
-            console.status("PKI: another operator is writing it; waiting for theirs", "warn")
+            console.status(
+                "PKI: the bucket's set is incomplete or being written by another operator; waiting",
+                "warn",
+            )
             time.sleep(2)
 
 

@@ -125,3 +125,20 @@ def test_a_node_gets_exactly_its_own_configuration(
         assert (root / "pki" / "etcd" / "peer.key").read_bytes() == files["etcd/peer.key"]
         assert (root / "pki" / "etcd" / "peer.key").stat().st_mode & 0o777 == 0o600
         assert not (root / "pki" / "ca.key").exists()  # the locked prefix is never fetched
+
+
+def test_a_damaged_bucket_pki_is_an_error_not_a_new_ca(
+    store: BucketStore, environments: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Half a CA in the bucket is waited on (another operator may be writing it), then reported;
+    never replaced by a new CA."""
+    from kubeplat import pki
+
+    monkeypatch.setattr(pipeline, "DAMAGE_WAIT_S", 1.0)
+    env = config.load("example")
+    pipeline.sync_pki(env, store, write=True)
+    ca = store.get("pki/common/ca.crt")
+    store.delete(["pki/locked/ca.key"])
+    with pytest.raises(pki.PKIError, match=r"ca\.key is missing but its other half exists"):
+        pipeline.sync_pki(env, store, write=True)
+    assert store.get("pki/common/ca.crt") == ca
