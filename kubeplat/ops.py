@@ -251,6 +251,10 @@ def up(
     prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
     tf = pipeline.terraform_for(prepared)
     plan_file = prepared.env.workdir / "up.tfplan"
+    # The current outputs are read while Terraform plans (a read; it takes no lock): when the
+    # plan changes nothing, they are the answer and no further Terraform run is needed.
+    reading = tf.start("output", "-json")
+    outputs: dict[str, object] = {}
     try:
         summary = pipeline.plan(prepared, tf, plan_file)
         report = _report(prepared, summary, None)
@@ -263,10 +267,14 @@ def up(
             uploaded = pipeline.upload(prepared)
             applied = summary.changes
             if applied:
-                pipeline.apply(prepared, tf, plan_file)
+                outputs = pipeline.apply(prepared, tf, plan_file)
     finally:
         plan_file.unlink(missing_ok=True)
-    outputs = pipeline.outputs(tf)
+        current, _ = reading.communicate()
+    if not applied:
+        outputs = (
+            pipeline.parse_outputs(current) if reading.returncode == 0 else pipeline.outputs(tf)
+        )
     kubeconfig = None
     server = outputs.get("api_endpoint")
     if isinstance(server, str):

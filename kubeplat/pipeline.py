@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +125,7 @@ def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dic
         base = stored or cache.load()
         try:
             result = pki.ensure(env, base, ssh_public_key=given)
-            if write:
+            if write and result.files != stored:
                 _write_pki(env, store, result.files)
                 cache.save(result.files, removed=set(cache.load()) - set(result.files))
             for name, reason in result.reasons.items():
@@ -274,36 +274,49 @@ class PlanSummary:
     destroy: int = 0
     rolls: list[str] = field(default_factory=list)
     resources: list[tuple[str, str]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def changes(self) -> bool:
         return bool(self.add or self.change or self.destroy)
 
 
-def summarize(plan_json: Mapping[str, Any]) -> PlanSummary:
-    """Counts, and which autoscaling groups will roll (their launch template changes)."""
+def summarize(lines: Iterable[str]) -> PlanSummary:
+    """Counts, and which autoscaling groups will roll, from `terraform plan -json`'s stream.
+
+    A group rolls when its launch template changes (any change makes a new version, which the
+    instance refresh rolls out).
+    """
     summary = PlanSummary()
-    for change in plan_json.get("resource_changes", []):
-        actions = change.get("change", {}).get("actions", [])
-        if actions in (["no-op"], ["read"]):
+    for line in lines:
+        if not line.startswith("{"):
             continue
-        address = change["address"]
-        if "create" in actions:
-            summary.add += 1
-        if "delete" in actions:
-            summary.destroy += 1
-        if actions == ["update"]:
-            summary.change += 1
-        summary.resources.append(("/".join(actions), address))
-        if change.get("type") == "aws_launch_template" and "update" in actions:
-            before = change["change"].get("before") or {}
-            after = change["change"].get("after") or {}
-            if (
-                before.get("user_data") != after.get("user_data")
-                or before.get("image_id") != after.get("image_id")
-                or before.get("instance_type") != after.get("instance_type")
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        kind = message.get("type")
+        if kind == "planned_change":
+            change = message.get("change", {})
+            resource = change.get("resource", {})
+            action = change.get("action", "")
+            summary.resources.append((action, resource.get("addr", "")))
+            if resource.get("resource_type") == "aws_launch_template" and action in (
+                "update",
+                "replace",
             ):
-                summary.rolls.append(str(change.get("index", address)))
+                summary.rolls.append(str(resource.get("resource_key", resource.get("addr"))))
+        elif kind == "change_summary":
+            changes = message.get("changes", {})
+            summary.add = int(changes.get("add", 0))
+            summary.change = int(changes.get("change", 0))
+            summary.destroy = int(changes.get("remove", 0))
+        elif kind == "outputs":
+            summary.outputs = {
+                name: item["value"]
+                for name, item in message.get("outputs", {}).items()
+                if "value" in item
+            }
     summary.rolls.sort()
     return summary
 
@@ -311,26 +324,51 @@ def summarize(plan_json: Mapping[str, Any]) -> PlanSummary:
 def plan(
     prepared: Prepared, tf: Terraform, plan_file: Path, *, destroy: bool = False
 ) -> PlanSummary:
-    """Step 7: plan to a file, read it back as JSON."""
+    """Step 7: plan to a file; the summary comes from Terraform's machine-readable stream."""
+    from kubeplat.terraform import failure
+
+    lines: list[str] = []
+
+    def keep(line: str) -> None:
+        lines.append(line)
+        _progress_plain(line)
+
     with variables_file(prepared, tf):
-        args = [f"-out={plan_file}", "-lock-timeout=0s"]
+        args = [f"-out={plan_file}", "-lock-timeout=0s", "-json", "-detailed-exitcode"]
         if destroy:
             args.append("-destroy")
-        tf.run("plan", *args, on_line=_progress_plain)
-    shown = tf.run("show", "-json", str(plan_file))
-    return summarize(json.loads(shown.output[shown.output.find("{") :]))
+        result = tf.run("plan", *args, on_line=keep, check=False)
+    if result.returncode not in (0, 2):
+        raise failure("plan", result.output)
+    return summarize(lines)
 
 
-def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> None:
-    """Apply exactly the saved plan, streaming Terraform's progress."""
+def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> dict[str, Any]:
+    """Apply exactly the saved plan, streaming Terraform's progress; the outputs it reports."""
+    outputs: dict[str, Any] = {}
+    show = _progress_json()
+
+    def watch(line: str) -> None:
+        show(line)
+        if line.startswith("{") and '"type":"outputs"' in line:
+            message = json.loads(line)
+            outputs.update(
+                {k: v["value"] for k, v in message.get("outputs", {}).items() if "value" in v}
+            )
+
     with variables_file(prepared, tf):
-        tf.run("apply", "-json", str(plan_file), on_line=_progress_json())
+        tf.run("apply", "-json", str(plan_file), on_line=watch)
+    return outputs
 
 
 def outputs(tf: Terraform) -> dict[str, Any]:
     """`terraform output -json`, as plain values."""
-    result = tf.run("output", "-json")
-    raw = json.loads(result.output[result.output.find("{") :] or "{}")
+    return parse_outputs(tf.run("output", "-json").output)
+
+
+def parse_outputs(text: str) -> dict[str, Any]:
+    """The values of `terraform output -json`."""
+    raw = json.loads(text[text.find("{") :] or "{}")
     return {name: item.get("value") for name, item in raw.items()}
 
 

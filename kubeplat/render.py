@@ -133,8 +133,10 @@ def _yaml_checked(name: str, text: str) -> bytes:
     """Parse YAML back (every document) so nothing malformed leaves render."""
     import yaml
 
+    # libyaml's safe loader when PyYAML has it (10x faster), else the pure-Python one.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        list(yaml.safe_load_all(text))
+        list(yaml.load_all(text, Loader=loader))
     except yaml.YAMLError as exc:
         raise KubeplatError(
             f"rendered {name} is not valid YAML: {exc}", "check templates/"

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -150,6 +151,10 @@ class Terraform:
         if check and result.returncode != 0:
             raise failure(subcommand, result.output)
         return result
+
+    def start(self, subcommand: str, *args: str) -> subprocess.Popen[str]:
+        """Start a read-only subcommand in the background (e.g. `output` while `plan` runs)."""
+        return process.start(self.command(subcommand, *args), env=self.environ())
 
     def init(self, backend: Mapping[str, str] | None = None) -> None:
         """`terraform init`, without a backend or with a partial S3 backend configuration.
