@@ -84,9 +84,13 @@ def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
         except ClientError as exc:
             code = exc.response["Error"]["Code"]
             if code in ("403", "AccessDenied", "Forbidden"):
+                # AWS answers 403 both for a bucket another account owns and for one this
+                # caller may not look at (missing or not); say both.
                 raise AwsError(
-                    f"the bucket {name} exists but this account cannot use it",
-                    "bucket names are global: pick another name, or use that bucket's account",
+                    f"cannot use the bucket {name}: another account owns it, or this caller may "
+                    "not read it",
+                    "bucket names are global: pick another name, or give the caller s3:ListBucket "
+                    "and s3:CreateBucket",
                 ) from None
             if code not in ("404", "NoSuchBucket", "NotFound"):
                 raise

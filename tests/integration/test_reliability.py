@@ -247,3 +247,84 @@ def test_sigterm_is_forwarded_as_an_interrupt(user: dict[str, str], tmp_path: Pa
     _, err = proc.communicate(timeout=30)
     assert marker.read_text() == "saved"  # the child ran its own interrupt handler
     assert "Interrupted" in err  # kubeplat raised its 130 error after the child finished
+
+
+def test_missing_state_bucket_without_permission_to_create_it(
+    user: dict[str, str], tmp_path: Path
+) -> None:
+    """moto's IAM enforcement: the caller may read but not create buckets."""
+    import json
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        admin = {
+            "endpoint_url": endpoint,
+            "region_name": "eu-west-1",
+            "aws_access_key_id": "a",
+            "aws_secret_access_key": "b",
+        }
+        kms = boto3.client("kms", **admin)
+        kms.create_alias(
+            AliasName="alias/kubeplat-example", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"]
+        )
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="ci")
+        allowed = [
+            "sts:GetCallerIdentity",
+            "kms:*",
+            "s3:ListBucket",
+            "s3:GetObject",
+            "iam:ListAccountAliases",
+        ]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": allowed, "Resource": "*"}],
+        }
+        iam.put_user_policy(
+            UserName="ci", PolicyName="read-only", PolicyDocument=json.dumps(policy)
+        )
+        keys = iam.create_access_key(UserName="ci")["AccessKey"]
+        enforce = urllib.request.Request(
+            f"{endpoint}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )
+        urllib.request.urlopen(enforce)
+        write_env(user, "noperm", sandbox="false")
+        caller = {
+            **user,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": keys["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": keys["SecretAccessKey"],
+        }
+        result = kubeplat(caller, "plan", "-e", "noperm")
+        assert result.returncode == 1
+        # Depending on whether the caller may look at buckets at all, AWS (and the emulator)
+        # answer 403 to the look, or AccessDenied to the creation: either way, one clear line.
+        assert (
+            "Error: cannot use the bucket kubeplat-example-terraform: another account owns it, "
+            "or this caller may not read it"
+            in result.stderr
+            or "Error: creating the bucket kubeplat-example-terraform: AccessDenied"
+            in result.stderr
+        ), result.stderr
+        assert "s3:CreateBucket" in result.stderr or "lacks permission" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        server.terminate()
