@@ -127,6 +127,8 @@ def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dic
             result = pki.ensure(env, base, ssh_public_key=given)
             if write and result.files != stored:
                 _write_pki(env, store, result.files)
+            if write:
+                # The local cache follows the bucket (it writes only files whose bytes differ).
                 cache.save(result.files, removed=set(cache.load()) - set(result.files))
             for name, reason in result.reasons.items():
                 if write:

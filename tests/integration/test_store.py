@@ -142,3 +142,18 @@ def test_a_damaged_bucket_pki_is_an_error_not_a_new_ca(
     with pytest.raises(pki.PKIError, match=r"ca\.key is missing but its other half exists"):
         pipeline.sync_pki(env, store, write=True)
     assert store.get("pki/common/ca.crt") == ca
+
+
+def test_a_second_checkout_caches_the_bucket_pki(
+    store: BucketStore, environments: Path, tmp_path: Path
+) -> None:
+    """The bucket is the source of truth: a checkout that creates nothing still gets its cache."""
+    env = config.load("example")
+    first = pipeline.sync_pki(env, store, write=True)
+    other = type(env)(
+        **{**env.__dict__, "path": tmp_path / "other" / "environments" / "example.tfvars"}
+    )
+    assert pipeline.sync_pki(other, store, write=True)["ca.crt"] == first["ca.crt"]
+    assert (tmp_path / "other" / ".kubeplat" / "example" / "pki" / "ca.crt").read_bytes() == first[
+        "ca.crt"
+    ]
