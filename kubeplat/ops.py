@@ -294,7 +294,7 @@ def destroy(
     from kubeplat import pipeline
 
     prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
-    prepared.pending = []
+    prepared.changed, prepared.stale = [], []  # destroy uploads nothing
     tf = pipeline.terraform_for(prepared)
     plan_file = prepared.env.workdir / "destroy.tfplan"
     try:
@@ -471,8 +471,4 @@ def manifests_push(env: str, env_dir: str | None = None, *, sandbox: bool = Fals
     from kubeplat import pipeline
 
     prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
-    manifests = {k: v for k, v in prepared.objects.items() if k.startswith("manifests/")}
-    written = prepared.store.upload(manifests)
-    stale = [n[1:] for n in prepared.pending if n.startswith("-manifests/")]
-    prepared.store.delete(stale)
-    return written + [f"-{n}" for n in stale]
+    return pipeline.upload(prepared, groups=("manifests/",))

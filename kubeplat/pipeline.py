@@ -41,8 +41,14 @@ class Prepared:
     store: BucketStore
     files: dict[str, bytes]
     bundle: dict[str, bytes]
-    pending: list[str]  # bucket objects whose bytes would change
+    changed: list[str] = field(default_factory=list)  # objects whose bytes differ in the bucket
+    stale: list[str] = field(default_factory=list)  # manifests the render no longer produces
     created_buckets: list[str] = field(default_factory=list)
+
+    @property
+    def pending(self) -> list[str]:
+        """What an upload would do, as reported: names written, `-name` removed."""
+        return self.changed + [f"-{name}" for name in self.stale]
 
     @property
     def objects(self) -> dict[str, bytes]:
@@ -103,8 +109,10 @@ def prepare(
     files = sync_pki(env, store, write=write_pki)
     warn_expiring(files)
     bundle = render.bundle(env, files)
-    prepared = Prepared(env, aws, account, boot.key_arn, store, files, bundle, [], boot.created)
-    prepared.pending = store.changed(prepared.objects) + stale_manifests(prepared)
+    prepared = Prepared(env, aws, account, boot.key_arn, store, files, bundle)
+    prepared.created_buckets = boot.created
+    prepared.changed = store.changed(prepared.objects)
+    prepared.stale = stale_manifests(prepared)
     return prepared
 
 
@@ -184,16 +192,20 @@ def warn_expiring(files: Mapping[str, bytes]) -> None:
 def stale_manifests(prepared: Prepared) -> list[str]:
     """Manifests the bucket holds that the render no longer produces."""
     present = prepared.store.names("manifests/")
-    return sorted(f"-{n}" for n in present if n not in prepared.bundle)
+    return sorted(n for n in present if n not in prepared.bundle)
 
 
-def upload(prepared: Prepared) -> list[str]:
-    """Step 6: PKI, then manifests, then cloud-configs (what a booting node reads last)."""
+def upload(
+    prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/", "cloudconfig/")
+) -> list[str]:
+    """Step 6: the objects `prepare` found changed — PKI, then manifests, then cloud-configs
+    (what a booting node reads last) — and the removal of stale manifests."""
     objects = prepared.objects
     written: list[str] = []
-    for group in ("pki/", "manifests/", "cloudconfig/"):
-        written += prepared.store.upload({k: v for k, v in objects.items() if k.startswith(group)})
-    stale = [n[1:] for n in prepared.pending if n.startswith("-")]
+    for group in groups:
+        names = [n for n in prepared.changed if n.startswith(group)]
+        written += prepared.store.upload({n: objects[n] for n in names}, changed=names)
+    stale = prepared.stale if "manifests/" in groups else []
     prepared.store.delete(stale)
     return written + [f"-{n}" for n in stale]
 

@@ -129,9 +129,14 @@ class BucketStore:
                     raise Conflict(f"{name} is being written by someone else", "") from None
                 raise
 
-    def upload(self, objects: Mapping[str, bytes]) -> list[str]:
-        """Write the objects whose digest changed, in parallel; the names written."""
-        changed = self.changed(objects)
+    def upload(
+        self, objects: Mapping[str, bytes], changed: Iterable[str] | None = None
+    ) -> list[str]:
+        """Write the objects whose digest changed, in parallel; the names written.
+
+        `changed` names the objects already known to differ (no second round of HEADs).
+        """
+        changed = sorted(changed) if changed is not None else self.changed(objects)
         with ThreadPoolExecutor(WORKERS) as pool:
             list(pool.map(lambda n: self.put(n, objects[n]), changed))
         return changed
