@@ -8,6 +8,8 @@ A version without digests here cannot be rendered: kubeplat never installs an un
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,52 @@ PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.12.0"
 FLANNEL_IMAGE = "ghcr.io/flannel-io/flannel:v0.27.3"
 FLANNEL_CNI_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
+
+
+# How each artifact is installed on a node (kubeplat/node/fetch.py): `bin` puts the file at
+# `dest`; `tar` extracts regular files under `dest`, minus `strip` leading folders, only the
+# names in `only` when given; `check` lists files whose presence means it is installed.
+INSTALL: dict[str, dict[str, Any]] = {
+    "containerd": {"kind": "tar", "dest": "/usr/local", "check": ["bin/containerd"]},
+    "runc": {"kind": "bin", "dest": "/usr/local/sbin/runc"},
+    "cni-plugins": {
+        "kind": "tar",
+        "dest": "/opt/cni/bin",
+        "check": ["bridge", "host-local", "loopback", "portmap"],
+    },
+    "kubelet": {"kind": "bin", "dest": "/usr/local/bin/kubelet"},
+    "kubectl": {"kind": "bin", "dest": "/usr/local/bin/kubectl"},
+    "etcd": {
+        "kind": "tar",
+        "dest": "/usr/local/bin",
+        "strip": 1,
+        "only": ["etcd", "etcdctl", "etcdutl"],
+        "check": ["etcd", "etcdctl"],
+    },
+}
+
+
+def mirrored(url: str, mirror: str) -> str:
+    """Where `url` lives in an artifact mirror: `<mirror>/<host>/<path>` (kubespray's
+    `files_repo` layout), so a mirror is filled by downloading with the host kept."""
+    if not mirror:
+        return url
+    parts = urlsplit(url)
+    return f"{mirror.rstrip('/')}/{parts.netloc}{parts.path}"
+
+
+def for_node(artifacts: list[Artifact], mirror: str = "") -> list[dict[str, Any]]:
+    """The artifacts as a node's bootstrap reads them: URL and sha256 per architecture."""
+    return [
+        {
+            "name": a.name,
+            "version": a.version,
+            "urls": {arch: mirrored(a.url.replace("{arch}", arch), mirror) for arch in a.sha256},
+            "sha256": dict(a.sha256),
+            "install": INSTALL[a.name],
+        }
+        for a in artifacts
+    ]
 
 
 def kubernetes(version: str) -> list[Artifact]:

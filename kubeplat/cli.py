@@ -393,14 +393,19 @@ def manifests() -> None:
 @env_option
 @click.pass_obj
 def manifests_push(state: State, env: str) -> None:
-    """Re-render and upload only the manifests; nodes pick them up within 10 s."""
+    """Re-render and upload only the manifests; nodes pick them up within 10 s (control-plane
+    nodes one at a time, each after the one before it answers again)."""
     from kubeplat import ops
 
     changed = ops.manifests_push(env, state.env_dir, sandbox=state.sandbox)
     for name in changed:
         console.data(name)
     if changed:
-        console.status(f"{len(changed)} manifests changed; nodes pick them up within 10 s", "ok")
+        console.status(
+            f"{len(changed)} manifests changed; nodes pick them up within 10 s "
+            "(control-plane nodes one at a time)",
+            "ok",
+        )
     else:
         console.status("manifests unchanged; nothing uploaded", "ok")
 

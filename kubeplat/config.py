@@ -28,7 +28,8 @@ _LIST_PLACEHOLDER_ITEMS = {"IP", "CIDR", "IP/CIDR"}
 
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d$")
 _FLAVOR = re.compile(r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9]+$")
-_AMI = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
+_AMI_OR_EMPTY = re.compile(r"^(ami-([0-9a-f]{8}|[0-9a-f]{17}))?$")
+_MIRROR = re.compile(r"^(https?://[^/\s]+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/\S*)?$")
 # An alias has at least one letter, so it can never be mistaken for an account id.
 _ACCOUNT = re.compile(r"^(\d{12}|(?=[a-z0-9-]*[a-z])[a-z0-9][a-z0-9-]{1,61}[a-z0-9])$")
 _KMS = re.compile(
@@ -105,6 +106,8 @@ class Environment:
     customer: str
     key_algorithm: str
     ssh_public_key: str
+    node_os: str
+    artifact_mirror: str
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -422,7 +425,7 @@ def _check_patterns(values: Mapping[str, Any]) -> Iterator[_Finding]:
         ("aws_region", _REGION, "is not an AWS region", 'e.g. "eu-west-1"'),
         ("compute_flavor", _FLAVOR, "is not an EC2 instance type", 'e.g. "t3.small"'),
         ("etcd_flavor", _FLAVOR, "is not an EC2 instance type", 'e.g. "t3.small"'),
-        ("coreos_image", _AMI, "is not an AMI id", 'e.g. "ami-0abcdef1234567890"'),
+        ("coreos_image", _AMI_OR_EMPTY, "is not an AMI id", 'e.g. "ami-0abcdef1234567890"'),
         ("kms_master_id", _KMS, "is not a KMS key id, ARN or alias", 'e.g. "alias/kubeplat-dev"'),
         ("dns_zone_name", _DNS, "is not a DNS zone name", 'lowercase, e.g. "example.com"'),
         ("environment", _NAME, "is not a valid name", "1-20 lowercase letters, digits, hyphens"),
@@ -447,6 +450,26 @@ def _check_patterns(values: Mapping[str, Any]) -> Iterator[_Finding]:
     topology = values.get("topology")
     if isinstance(topology, str) and topology not in ("stacked", "separate"):
         yield "topology", f"{topology!r} is not a topology", 'use "stacked" or "separate"', False
+    yield from _check_nodes(values)
+
+
+def _check_nodes(values: Mapping[str, Any]) -> Iterator[_Finding]:
+    from kubeplat.node import osfamily
+
+    names = [family.name for family in osfamily.FAMILIES.values()]
+    node_os = values.get("node_os")
+    if isinstance(node_os, str) and node_os not in names:
+        close = difflib.get_close_matches(node_os, names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "use one of: " + ", ".join(names)
+        yield "node_os", f"{node_os!r} is not a supported operating system", hint, False
+    mirror = values.get("artifact_mirror")
+    if isinstance(mirror, str) and mirror and not _MIRROR.fullmatch(mirror):
+        yield (
+            "artifact_mirror",
+            f"{mirror!r} is not an https://, http:// or s3:// URL",
+            'e.g. "https://mirror.example.com/kubeplat" or "s3://my-artifacts/kubeplat"',
+            False,
+        )
 
 
 def _check_pinned(values: Mapping[str, Any]) -> Iterator[_Finding]:

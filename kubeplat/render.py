@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubeplat import artifacts, cluster, pki
 from kubeplat.errors import KubeplatError
+from kubeplat.node import osfamily
 from kubeplat.resources import templates_dir
 
 if TYPE_CHECKING:
@@ -175,6 +176,7 @@ def _layer_context(env: Environment, layer: Layer) -> dict[str, Any]:
         if stacked
         else f"https://secure.{env.environment}.{env.dns_zone_name}:{cluster.ETCD_CLIENT_PORT}"
     )
+    family = osfamily.by_name(env.node_os)
     return {
         **base_context(env),
         "layer": layer.name,
@@ -182,37 +184,81 @@ def _layer_context(env: Environment, layer: Layer) -> dict[str, Any]:
         "control_plane": layer.control_plane,
         "worker": layer.worker,
         "etcd_servers": etcd_servers,
+        # Control-plane nodes talk to their own API server; the others to the internal one.
+        "node_api_url": (
+            f"https://127.0.0.1:{cluster.API_PORT}"
+            if layer.control_plane
+            else f"https://{env.api_dns_name}"
+        ),
+        "ca_bundle": family.ca_bundle,
     }
 
 
-def _binaries(env: Environment, layer: Layer) -> list[dict[str, Any]]:
-    kinds = {
-        "containerd": ("tar", "/usr/local"),
-        "runc": ("bin", "/usr/local/sbin/runc"),
-        "cni-plugins": ("tar", "/opt/cni/bin"),
-        "kubelet": ("bin", "/usr/local/bin/kubelet"),
-        "kubectl": ("bin", "/usr/local/bin/kubectl"),
-        "etcd": ("tar", '"$WORK/etcd-dist"'),
-    }
+def _artifacts(env: Environment, layer: Layer) -> list[dict[str, Any]]:
+    """The pinned binaries the layer's nodes install, as their bootstrap reads them."""
     chosen = [*artifacts.RUNTIME, *artifacts.kubernetes(env.kubernetes_version)]
     if not layer.control_plane:
         chosen = [a for a in chosen if a.name != "kubectl"]
     if layer.etcd:
         chosen.append(artifacts.etcd(env.etcd_version))
-    return [
-        {
-            "name": a.name,
-            "url": a.url,
-            "sha256": a.sha256,
-            "kind": kinds[a.name][0],
-            "dest": kinds[a.name][1],
-        }
-        for a in chosen
+    return artifacts.for_node(chosen, env.artifact_mirror)
+
+
+NODE_LIB = "/opt/kubeplat/lib/kubeplat_node"
+NODE_COMMAND = "/opt/kubeplat/bin/kubeplat-node"
+_LAUNCHER = f"""#!/usr/bin/python3
+\"\"\"kubeplat's node programs: {NODE_COMMAND} COMMAND (see {NODE_LIB}/).\"\"\"
+import sys
+
+sys.path.insert(0, "{Path(NODE_LIB).parent}")
+from kubeplat_node.cli import main  # noqa: E402
+
+sys.exit(main())
+"""
+
+
+def _node_programs() -> list[tuple[str, str, str]]:
+    """The `kubeplat.node` package as files, and the command that runs it."""
+    package = Path(__file__).resolve().parent / "node"
+    files = [
+        (f"{NODE_LIB}/{source.name}", "0644", source.read_text(encoding="utf-8"))
+        for source in sorted(package.glob("*.py"))
     ]
+    return [*files, (NODE_COMMAND, "0755", _LAUNCHER)]
 
 
-def _node_source(module: str) -> str:
-    return (Path(__file__).resolve().parent / f"{module}.py").read_text(encoding="utf-8")
+def node_config(env: Environment, layer: Layer) -> dict[str, Any]:
+    """`/etc/kubeplat/node.json`: what the node's bootstrap needs to know (no secret)."""
+    roles = [
+        role
+        for role, present in (
+            ("etcd", layer.etcd),
+            ("control-plane", layer.control_plane),
+            ("worker", layer.worker),
+        )
+        if present
+    ]
+    services = ["containerd.service", "kubelet.service", "kubeplat-agent.service"]
+    if layer.etcd:
+        services.insert(0, "etcd.service")
+    return {
+        "environment": env.environment,
+        "layer": layer.name,
+        "bucket": env.secrets_bucket_name,
+        "prefix": env.environment,
+        "region": env.aws_region,
+        "node_os": env.node_os,
+        "roles": roles,
+        "artifacts": _artifacts(env, layer),
+        "kubelet": {
+            "config_template": "/etc/kubeplat/kubelet-config.yaml",
+            "config": "/var/lib/kubelet/config.yaml",
+            "bootstrap_template": "/etc/kubeplat/bootstrap-kubelet.conf",
+            "bootstrap": "/etc/kubernetes/bootstrap-kubelet.conf",
+        },
+        "services": services,
+        "background": ["kubeplat-addons.service"] if layer.control_plane else [],
+    }
 
 
 def _kubeconfig(
@@ -228,35 +274,60 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
     """Every file the layer's cloud-config writes: (path, mode, content)."""
     ctx = _layer_context(env, layer)
     part = "partials/node/"
+    units = "/etc/systemd/system/"
+    node_cert = "/var/lib/kubelet/pki/kubelet-client-current.pem"
     files: list[tuple[str, str, str]] = [
-        ("/opt/kubeplat/bin/bootstrap", "0755", _render(part + "bootstrap.sh.j2", ctx)),
+        *_node_programs(),
         (
-            "/opt/kubeplat/bin/install-binaries",
-            "0755",
-            _render(part + "install-binaries.sh.j2", {**ctx, "binaries": _binaries(env, layer)}),
+            "/etc/kubeplat/node.json",
+            "0644",
+            json.dumps(node_config(env, layer), indent=1, sort_keys=True) + "\n",
         ),
-        ("/opt/kubeplat/bin/kubeplat-agent", "0755", _node_source("node_agent")),
         (
-            "/etc/systemd/system/kubeplat-agent.service",
+            units + "kubeplat-bootstrap.service",
+            "0644",
+            _render(part + "kubeplat-bootstrap.service.j2", ctx),
+        ),
+        (
+            units + "kubeplat-agent.service",
             "0644",
             _render(part + "kubeplat-agent.service.j2", ctx),
         ),
-        (
-            "/etc/systemd/system/containerd.service",
-            "0644",
-            _render(part + "containerd.service.j2", ctx),
-        ),
+        (units + "containerd.service", "0644", _render(part + "containerd.service.j2", ctx)),
         ("/etc/containerd/config.toml", "0644", _render(part + "containerd.toml.j2", ctx)),
-        ("/etc/systemd/system/kubelet.service", "0644", _render(part + "kubelet.service.j2", ctx)),
-        ("/var/lib/kubelet/config.yaml", "0644", _render(part + "kubelet-config.yaml.j2", ctx)),
+        (units + "kubelet.service", "0644", _render(part + "kubelet.service.j2", ctx)),
+        (
+            "/etc/kubeplat/kubelet-config.yaml",
+            "0644",
+            _render(part + "kubelet-config.yaml.j2", ctx),
+        ),
+        (
+            "/etc/kubeplat/bootstrap-kubelet.conf",
+            "0600",
+            _kubeconfig(ctx, "kubelet-bootstrap", ctx["node_api_url"]),
+        ),
+        (
+            "/etc/kubernetes/node.conf",
+            "0600",
+            _kubeconfig(ctx, "node", ctx["node_api_url"], node_cert, node_cert),
+        ),
+        (
+            "/etc/kube-flannel/net-conf.json",
+            "0644",
+            _render(part + "flannel-net-conf.json.j2", ctx),
+        ),
+        (
+            "/etc/cni/net.d/10-flannel.conflist",
+            "0644",
+            _render(part + "flannel-cni.conflist.j2", ctx),
+        ),
         ("/etc/modules-load.d/kubeplat.conf", "0644", _render(part + "modules.conf.j2", ctx)),
         ("/etc/sysctl.d/90-kubeplat.conf", "0644", _render(part + "sysctl.conf.j2", ctx)),
     ]
     if layer.etcd:
         files += [
-            ("/opt/kubeplat/bin/etcd-discover", "0755", _node_source("node_etcd")),
             ("/etc/etcd/etcd.conf.yml.tmpl", "0644", _render(part + "etcd.conf.yml.j2", ctx)),
-            ("/etc/systemd/system/etcd.service", "0644", _render(part + "etcd.service.j2", ctx)),
+            (units + "etcd.service", "0644", _render(part + "etcd.service.j2", ctx)),
         ]
     if layer.control_plane:
         local = f"https://127.0.0.1:{cluster.API_PORT}"
@@ -277,37 +348,13 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
         files += [
             ("/opt/kubeplat/bin/apply-addons", "0755", _render(part + "apply-addons.sh.j2", ctx)),
             (
-                "/etc/systemd/system/kubeplat-addons.service",
+                units + "kubeplat-addons.service",
                 "0644",
                 _render(part + "kubeplat-addons.service.j2", ctx),
             ),
         ]
         for name, text in sorted(_addons(env).items()):
             files.append((f"/etc/kubernetes/addons/{name}", "0644", text))
-    if layer.worker:
-        node_cert = "/var/lib/kubelet/pki/kubelet-client-current.pem"
-        files += [
-            (
-                "/etc/kubernetes/bootstrap-kubelet.conf.tmpl",
-                "0600",
-                _kubeconfig(ctx, "kubelet-bootstrap", ctx["api_url"]),
-            ),
-            (
-                "/etc/kubernetes/node.conf",
-                "0600",
-                _kubeconfig(ctx, "node", ctx["api_url"], node_cert, node_cert),
-            ),
-            (
-                "/etc/kube-flannel/net-conf.json",
-                "0644",
-                _render(part + "flannel-net-conf.json.j2", ctx),
-            ),
-            (
-                "/etc/cni/net.d/10-flannel.conflist",
-                "0644",
-                _render(part + "flannel-cni.conflist.j2", ctx),
-            ),
-        ]
     return [{"path": p, "mode": m, "content": c} for p, m, c in sorted(files)]
 
 
@@ -320,9 +367,6 @@ def _addons(env: Environment) -> dict[str, str]:
             f"addons/{name}", _render(f"addons/{template.name}", ctx)
         ).decode()
     return found
-
-
-PACKAGES = ("conntrack", "curl", "iptables", "python3-boto3", "socat", "tar")
 
 
 NODE_USER = "core"
@@ -339,7 +383,6 @@ def cloudconfig(env: Environment, layer: Layer, ssh_public_key: str) -> bytes:
         {
             **_layer_context(env, layer),
             "files": _node_files(env, layer),
-            "packages": PACKAGES,
             "node_user": NODE_USER,
             "ssh_public_key": ssh_public_key.strip(),
         },
@@ -357,6 +400,7 @@ def userdata(env: Environment, layer: Layer, config: bytes) -> bytes:
             "cloudconfig": f"cloudconfig/{layer.cloudconfig}",
             "config_sha256": hashlib.sha256(config).hexdigest(),
             "pki_prefixes": pki_prefixes,
+            "node_user": NODE_USER,
         },
     )
     data = text.encode()
@@ -375,8 +419,9 @@ def manifests(env: Environment, layer: Layer) -> dict[str, bytes]:
         sources += [
             f"manifests/control-plane/{p.name}" for p in _templates("manifests/control-plane")
         ]
-    if layer.worker:
-        sources += [f"manifests/compute/{p.name}" for p in _templates("manifests/compute")]
+    # Every node runs the pod network (flannel) and kube-proxy, control-plane nodes included:
+    # webhooks and aggregated APIs served by pods must be reachable from the API servers.
+    sources += [f"manifests/node/{p.name}" for p in _templates("manifests/node")]
     found = {}
     for source in sources:
         name = f"manifests/{layer.name}/{Path(source).name.removesuffix('.j2')}"

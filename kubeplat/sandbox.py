@@ -105,7 +105,15 @@ def ensure() -> Sandbox:
         log = state_dir() / "sandbox.log"
         with log.open("ab") as handle:
             child = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "kubeplat.sandbox_world",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
                 stderr=subprocess.STDOUT,

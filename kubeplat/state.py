@@ -1,13 +1,14 @@
 """Bootstrap what Terraform's remote state and the node configuration live in.
 
 The state and secrets buckets are created when missing — versioned, SSE-KMS with
-`kms_master_id`, public access blocked — and said so. The KMS key must be usable first.
+`kms_master_id`, public access blocked — and said so. The KMS key must be usable first, and,
+since it also encrypts the nodes' volumes, usable by the Auto Scaling service that creates them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubeplat.aws import Aws, AwsError, errors
 
@@ -23,11 +24,31 @@ class Bootstrap:
     created: list[str]
 
 
+AUTOSCALING_ROLE = "AWSServiceRoleForAutoScaling"
+# What Auto Scaling needs of a customer-managed key to launch instances with volumes encrypted
+# by it (AWS: "Required AWS KMS key policy for use with encrypted volumes").
+VOLUME_OPERATIONS = (
+    "Encrypt",
+    "Decrypt",
+    "ReEncryptFrom",
+    "ReEncryptTo",
+    "GenerateDataKey",
+    "GenerateDataKeyWithoutPlaintext",
+    "DescribeKey",
+    "CreateGrant",
+)
+GRANT_NAME = "kubeplat-autoscaling-volumes"
+
+
 def kms_key(aws: Aws, env: Environment) -> str:
     """The ARN of `kms_master_id`, which must exist and be enabled for encryption.
 
     In the sandbox the key is created (with its alias) when missing.
     """
+    return str(_kms_metadata(aws, env)["Arn"])
+
+
+def _kms_metadata(aws: Aws, env: Environment) -> dict[str, Any]:
     from botocore.exceptions import ClientError
 
     kms = aws.client("kms")
@@ -66,7 +87,7 @@ def kms_key(aws: Aws, env: Environment) -> str:
             )
         # Prove the caller may use it, not just see it.
         kms.generate_data_key(KeyId=metadata["Arn"], KeySpec="AES_256")
-    return str(metadata["Arn"])
+    return dict(metadata)
 
 
 def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
@@ -136,9 +157,109 @@ def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
     return True
 
 
+def volume_key_access(aws: Aws, env: Environment, key: dict[str, Any]) -> bool:
+    """Let Auto Scaling use a customer-managed key for the nodes' encrypted volumes.
+
+    Without it, every launch fails ("Client.InternalError") and the groups stay empty. The
+    service-linked role is created when the account has none yet (AWS makes it with the first
+    group, too late for the grant), then a grant is added unless one exists. True when
+    something was created. A caller who may not do either is told, before anything is built.
+    """
+    from botocore.exceptions import ClientError
+
+    if key.get("KeyManager") == "AWS":
+        return False  # an AWS managed key already serves the account's own services
+    kms = aws.client("kms")
+    key_arn = str(key["Arn"])
+    partition, account = key_arn.split(":")[1], key_arn.split(":")[4]
+    role_arn = (
+        f"arn:{partition}:iam::{account}:role/aws-service-role/autoscaling.amazonaws.com/"
+        f"{AUTOSCALING_ROLE}"
+    )
+    hint = (
+        "ask the key's administrator to run: aws kms create-grant --key-id "
+        f"{key_arn} --grantee-principal {role_arn} --operations {' '.join(VOLUME_OPERATIONS)}"
+    )
+    created = False
+    iam = aws.client("iam")
+    with errors("checking the Auto Scaling service-linked role", aws):
+        try:
+            iam.get_role(RoleName=AUTOSCALING_ROLE)
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            if code == "NoSuchEntity":
+                try:
+                    iam.create_service_linked_role(AWSServiceName="autoscaling.amazonaws.com")
+                    created = True
+                except ClientError as failed:
+                    if _denied(failed):
+                        raise AwsError(
+                            f"the account has no {AUTOSCALING_ROLE} role yet and this caller "
+                            "may not create it, so no node could launch with an encrypted volume",
+                            "run once: aws iam create-service-linked-role --aws-service-name "
+                            "autoscaling.amazonaws.com",
+                        ) from None
+                    if not _taken(failed):  # else another run created it meanwhile: as wanted
+                        raise
+            elif not _denied(exc):
+                raise  # may not look: the grant below still tells
+    with errors(f"granting Auto Scaling the use of {env.kms_master_id}", aws):
+        try:
+            grants = [
+                grant
+                for page in kms.get_paginator("list_grants").paginate(KeyId=key_arn)
+                for grant in page.get("Grants", [])
+            ]
+        except ClientError as exc:
+            if not _denied(exc):
+                raise
+            grants = []  # may not list: a create with our grant's name is idempotent anyway
+        if any(
+            g.get("GranteePrincipal") == role_arn
+            and set(VOLUME_OPERATIONS) <= set(g.get("Operations", []))
+            for g in grants
+        ):
+            return created
+        try:
+            kms.create_grant(
+                KeyId=key_arn,
+                GranteePrincipal=role_arn,
+                Operations=list(VOLUME_OPERATIONS),
+                Name=GRANT_NAME,
+            )
+        except ClientError as exc:
+            if not _denied(exc):
+                raise
+            raise AwsError(
+                f"the KMS key {env.kms_master_id} does not let Auto Scaling encrypt the nodes' "
+                "volumes with it, and this caller may not grant that (kms:CreateGrant)",
+                hint,
+            ) from None
+    return True
+
+
+def _denied(exc: Any) -> bool:
+    """An AWS answer that says the caller may not (by its code, or its HTTP status alone)."""
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("AccessDenied", "AccessDeniedException") or status == 403
+
+
+def _taken(exc: Any) -> bool:
+    """AWS's answer to creating a service-linked role that exists (AWS: InvalidInput "has been
+    taken"; the emulator: EntityAlreadyExists)."""
+    error = exc.response.get("Error", {})
+    message = str(error.get("Message", ""))
+    return error.get("Code") == "EntityAlreadyExists" or (
+        error.get("Code") == "InvalidInput" and "taken" in message
+    )
+
+
 def bootstrap(aws: Aws, env: Environment) -> Bootstrap:
-    """The KMS key, then both buckets."""
-    key_arn = kms_key(aws, env)
+    """The KMS key (usable by the caller and by Auto Scaling), then both buckets."""
+    key = _kms_metadata(aws, env)
+    key_arn = str(key["Arn"])
+    volume_key_access(aws, env, key)
     created = [
         name
         for name in (env.terraform_bucket_name, env.secrets_bucket_name)

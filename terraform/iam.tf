@@ -3,18 +3,28 @@ data "aws_kms_key" "master" {
   key_id = var.kms_master_id
 }
 
+# The account and partition, for the ARNs of the environment's own autoscaling groups.
+data "aws_caller_identity" "current" {}
+
+# The partition (aws, aws-cn, aws-us-gov) the account is in.
+data "aws_partition" "current" {}
+
 locals {
-  bucket_arn = "arn:aws:s3:::${var.secrets_bucket_name}"
-  # What each layer may read: its configuration, the common CA certificates, its own PKI and
-  # its manifests. Nothing else; pki/locked/ is denied outright.
+  bucket_arn = "arn:${data.aws_partition.current.partition}:s3:::${var.secrets_bucket_name}"
+  # What each layer may read: its configuration, the common CA certificates, its own PKI, its
+  # manifests and its nodes' status reports. Nothing else; pki/locked/ is denied outright.
   readable = {
     for layer in local.layers : layer => [
       "${var.environment}/cloudconfig/${local.cloudconfig[layer]}",
       "${var.environment}/pki/common/*",
       "${var.environment}/pki/${layer}/*",
       "${var.environment}/manifests/${layer}/*",
+      "${var.environment}/status/${layer}/*",
     ]
   }
+  # An artifact mirror in S3 (s3://bucket/prefix): every node reads the binaries from it.
+  mirror_s3   = startswith(var.artifact_mirror, "s3://") ? trimsuffix(trimprefix(var.artifact_mirror, "s3://"), "/") : ""
+  mirror_arns = local.mirror_s3 == "" ? [] : ["arn:${data.aws_partition.current.partition}:s3:::${local.mirror_s3}/*"]
 }
 
 # Nodes assume their layer's role through EC2.
@@ -82,6 +92,46 @@ data "aws_iam_policy_document" "node" {
   }
 
   statement {
+    sid       = "ReportStatus"
+    actions   = ["s3:PutObject"]
+    resources = ["${local.bucket_arn}/${var.environment}/status/${each.key}/*"]
+  }
+
+  statement {
+    # Status reports are encrypted with the bucket's key (through S3, for this bucket only).
+    sid       = "EncryptStatus"
+    actions   = ["kms:GenerateDataKey"]
+    resources = [data.aws_kms_key.master.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.aws_region}.amazonaws.com"]
+    }
+    condition {
+      test     = "StringLike"
+      variable = "kms:EncryptionContext:aws:s3:arn"
+      values   = [local.bucket_arn, "${local.bucket_arn}/${var.environment}/status/${each.key}/*"]
+    }
+  }
+
+  statement {
+    # A node whose bootstrap cannot finish asks its own group to replace it (capped on the node).
+    sid       = "ReportUnhealthy"
+    actions   = ["autoscaling:SetInstanceHealth"]
+    resources = ["arn:${data.aws_partition.current.partition}:autoscaling:${var.aws_region}:${data.aws_caller_identity.current.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.name}-${each.key}"]
+  }
+
+  dynamic "statement" {
+    # The pinned binaries, when the environment's artifact mirror is a bucket.
+    for_each = length(local.mirror_arns) > 0 ? [1] : []
+    content {
+      sid       = "ReadArtifactMirror"
+      actions   = ["s3:GetObject"]
+      resources = local.mirror_arns
+    }
+  }
+
+  statement {
     sid       = "NeverLocked"
     effect    = "Deny"
     actions   = ["s3:*"]
@@ -89,11 +139,11 @@ data "aws_iam_policy_document" "node" {
   }
 
   dynamic "statement" {
-    # etcd members find each other through the EC2 and Auto Scaling APIs (read-only calls that
-    # support no resource-level restriction).
-    for_each = each.key == "secure" ? [1] : []
+    # etcd members find each other, and control-plane nodes take turns restarting, through the
+    # EC2 and Auto Scaling APIs (read-only calls that support no resource-level restriction).
+    for_each = each.key != "compute" ? [1] : []
     content {
-      sid = "EtcdDiscovery"
+      sid = "Discovery"
       actions = [
         "ec2:DescribeInstances",
         "autoscaling:DescribeAutoScalingInstances",

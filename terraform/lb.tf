@@ -5,7 +5,7 @@ locals {
 # The Kubernetes API from outside: a network load balancer passing TLS through to the API
 # servers; kubeapi_access_list is enforced by the API layer's security group.
 resource "aws_lb" "api_public" {
-  name                             = "${local.name}-api"
+  name                             = "${local.lb_name}-api"
   load_balancer_type               = "network"
   internal                         = false
   subnets                          = aws_subnet.public[*].id
@@ -16,7 +16,7 @@ resource "aws_lb" "api_public" {
 
 # The API servers behind the public load balancer.
 resource "aws_lb_target_group" "api_public" {
-  name        = "${local.name}-api"
+  name        = "${local.lb_name}-api"
   port        = 6443
   protocol    = "TCP"
   target_type = "instance"
@@ -41,7 +41,7 @@ resource "aws_lb_listener" "api_public" {
 
 # Inside the VPC: kube.<environment>.<zone> for nodes, secure.<environment>.<zone> for etcd clients.
 resource "aws_lb" "internal" {
-  name                             = "${local.name}-int"
+  name                             = "${local.lb_name}-int"
   load_balancer_type               = "network"
   internal                         = true
   subnets                          = aws_subnet.private[*].id
@@ -52,7 +52,7 @@ resource "aws_lb" "internal" {
 
 # The API servers behind the internal load balancer.
 resource "aws_lb_target_group" "api_internal" {
-  name        = "${local.name}-api-int"
+  name        = "${local.lb_name}-api-int"
   port        = 6443
   protocol    = "TCP"
   target_type = "instance"
@@ -77,7 +77,7 @@ resource "aws_lb_listener" "api_internal" {
 
 # The etcd members' client port behind the internal load balancer.
 resource "aws_lb_target_group" "etcd" {
-  name        = "${local.name}-etcd"
+  name        = "${local.lb_name}-etcd"
   port        = 2379
   protocol    = "TCP"
   target_type = "instance"

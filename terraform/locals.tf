@@ -6,6 +6,11 @@ locals {
   az_count = min(3, length(data.aws_availability_zones.available.names))
   azs      = slice(data.aws_availability_zones.available.names, 0, local.az_count)
   zone     = "${var.environment}.${var.dns_zone_name}"
+  # Load balancer and target group names may have 32 characters (the longest suffix is 8), and
+  # a load balancer's must not begin with "internal-": a longer or such name is cut and given a
+  # hash of the whole, so two environments never share one.
+  lb_name = (length(local.name) <= 24 && !startswith(local.name, "internal-") ? local.name :
+  "${substr(replace(local.name, "/^internal-/", "int-"), 0, 17)}-${substr(sha1(local.name), 0, 6)}")
 
   tags = merge(
     {

@@ -1,5 +1,59 @@
 locals {
   node_layers = { for name, layer in merge(local.secure_layers, local.compute_layer) : name => layer if contains(local.layers, name) }
+
+  # Each layer's architecture, from its instance type (Graviton types are arm64 only).
+  node_arch = { for layer, type in data.aws_ec2_instance_type.node : layer => contains(type.supported_architectures, "x86_64") ? "x86_64" : "arm64" }
+
+  # The publishers' public SSM parameters that name their latest image of each operating system.
+  image_parameters = {
+    "debian-12" = {
+      x86_64 = "/aws/service/debian/release/12/latest/amd64"
+      arm64  = "/aws/service/debian/release/12/latest/arm64"
+    }
+    "ubuntu-24.04" = {
+      x86_64 = "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id"
+      arm64  = "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id"
+    }
+    al2023 = {
+      x86_64 = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+      arm64  = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+    }
+  }
+}
+
+# What each layer's instance type is (its architectures).
+data "aws_ec2_instance_type" "node" {
+  for_each      = local.node_layers
+  instance_type = each.value.flavor
+}
+
+# The publisher's latest image of node_os for each layer, unless coreos_image names one.
+data "aws_ssm_parameter" "image" {
+  for_each = var.coreos_image == "" ? local.node_layers : {}
+  name     = local.image_parameters[var.node_os][local.node_arch[each.key]]
+}
+
+# The image each layer boots, kept once chosen: a publisher's new release does not roll the
+# nodes; a change of node_os, coreos_image or architecture does.
+resource "terraform_data" "image" {
+  for_each         = local.node_layers
+  input            = var.coreos_image != "" ? var.coreos_image : data.aws_ssm_parameter.image[each.key].insecure_value
+  triggers_replace = [var.node_os, var.coreos_image, local.node_arch[each.key]]
+
+  lifecycle {
+    ignore_changes = [input]
+  }
+}
+
+# The image's own description: its root device (/dev/xvda on Debian and Amazon Linux,
+# /dev/sda1 on Ubuntu), which the encrypted root volume must name to replace it.
+data "aws_ami" "node" {
+  for_each = local.node_layers
+
+  filter {
+    name   = "image-id"
+    values = [terraform_data.image[each.key].output]
+  }
 }
 
 # The environment's SSH public key, installed on every node.
@@ -14,7 +68,7 @@ resource "aws_key_pair" "nodes" {
 resource "aws_launch_template" "node" {
   for_each      = local.node_layers
   name          = "${local.name}-${each.key}"
-  image_id      = var.coreos_image
+  image_id      = terraform_data.image[each.key].output
   instance_type = each.value.flavor
   key_name      = aws_key_pair.nodes.key_name
   user_data     = base64encode(var.userdata[each.key])
@@ -41,7 +95,7 @@ resource "aws_launch_template" "node" {
   }
 
   block_device_mappings {
-    device_name = "/dev/xvda"
+    device_name = data.aws_ami.node[each.key].root_device_name
     ebs {
       volume_size           = 40
       volume_type           = "gp3"

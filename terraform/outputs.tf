@@ -42,3 +42,9 @@ output "node_policies" {
   description = "IAM policy document of each layer's role."
   value       = { for layer, doc in data.aws_iam_policy_document.node : layer => doc.json }
 }
+
+# The image each layer boots (kept until node_os, coreos_image or the architecture changes).
+output "node_images" {
+  description = "AMI id and root device of each layer's nodes."
+  value       = { for layer, image in data.aws_ami.node : layer => { id = image.id, name = image.name, root_device = image.root_device_name } }
+}

@@ -98,14 +98,39 @@ resource "aws_vpc_security_group_ingress_rule" "etcd_clients" {
   cidr_ipv4         = cidrsubnet(local.vpc_cidr, 1, 1)
 }
 
-# The API server reaches kubelets (logs, exec) on the compute layer.
+# The API server reaches every kubelet (logs, exec, metrics), control-plane nodes' included.
 resource "aws_vpc_security_group_ingress_rule" "kubelet" {
-  security_group_id            = aws_security_group.layer["compute"].id
+  for_each                     = toset(local.layers)
+  security_group_id            = aws_security_group.layer[each.key].id
   description                  = "kubelet API from the control plane"
   ip_protocol                  = "tcp"
   from_port                    = 10250
   to_port                      = 10250
   referenced_security_group_id = aws_security_group.layer[local.api_layer].id
+
+  # The sandbox's emulator drops descriptions of rules that reference a group; a description
+  # is documentation only, so ignoring later edits keeps an unchanged run a no-op there.
+  lifecycle {
+    ignore_changes = [description]
+  }
+}
+
+# The rule that once covered the compute layer alone is kept, not recreated.
+moved {
+  from = aws_vpc_security_group_ingress_rule.kubelet
+  to   = aws_vpc_security_group_ingress_rule.kubelet["compute"]
+}
+
+# The pod network (flannel's VXLAN) spans every node: control-plane nodes run pods too (webhooks
+# and aggregated APIs must be reachable from the API servers).
+resource "aws_vpc_security_group_ingress_rule" "pod_network" {
+  for_each                     = { for pair in setproduct(local.layers, local.layers) : "${pair[0]}<-${pair[1]}" => pair }
+  security_group_id            = aws_security_group.layer[each.value[0]].id
+  description                  = "Pod network (VXLAN) from the ${each.value[1]} layer"
+  ip_protocol                  = "udp"
+  from_port                    = 8472
+  to_port                      = 8472
+  referenced_security_group_id = aws_security_group.layer[each.value[1]].id
 
   # The sandbox's emulator drops descriptions of rules that reference a group; a description
   # is documentation only, so ignoring later edits keeps an unchanged run a no-op there.

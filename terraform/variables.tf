@@ -74,11 +74,12 @@ variable "compute_flavor" {
 
 variable "coreos_image" {
   type        = string
-  description = "AMI id every node boots (any cloud-init distribution; the name is kept from the seed). Example: \"ami-0abcdef1234567890\"."
+  default     = ""
+  description = "AMI id every node boots instead of the publisher's image of node_os (it must run node_os; the name is kept from the seed); empty uses node_os. Example: \"ami-0abcdef1234567890\"."
 
   validation {
-    condition     = can(regex("^ami-([0-9a-f]{8}|[0-9a-f]{17})$", var.coreos_image))
-    error_message = "coreos_image must be an AMI id such as \"ami-0abcdef1234567890\"."
+    condition     = var.coreos_image == "" || can(regex("^ami-([0-9a-f]{8}|[0-9a-f]{17})$", var.coreos_image))
+    error_message = "coreos_image must be empty or an AMI id such as \"ami-0abcdef1234567890\"."
   }
 }
 
@@ -256,6 +257,28 @@ variable "key_algorithm" {
   validation {
     condition     = contains(["ecdsa-p256", "rsa-2048"], var.key_algorithm)
     error_message = "key_algorithm must be \"ecdsa-p256\" or \"rsa-2048\"."
+  }
+}
+
+variable "node_os" {
+  type        = string
+  default     = "debian-12"
+  description = "Operating system of every node: \"debian-12\", \"ubuntu-24.04\" or \"al2023\". With coreos_image empty, nodes boot the publisher's latest image of it (its public SSM parameter), resolved when a group is created and kept until node_os changes. Example: \"debian-12\"."
+
+  validation {
+    condition     = contains(["debian-12", "ubuntu-24.04", "al2023"], var.node_os)
+    error_message = "node_os must be \"debian-12\", \"ubuntu-24.04\" or \"al2023\"."
+  }
+}
+
+variable "artifact_mirror" {
+  type        = string
+  default     = ""
+  description = "Where nodes download the pinned binaries instead of upstream: an https://, http:// or s3:// URL laid out as <mirror>/<upstream host>/<upstream path> (e.g. <mirror>/dl.k8s.io/release/v1.33.5/bin/linux/amd64/kubelet); every file is checked against the same sha256 pins. Empty downloads from upstream. Example: \"s3://my-artifacts/kubeplat\"."
+
+  validation {
+    condition     = var.artifact_mirror == "" || can(regex("^(https?://[^/\\s]+|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/[^\\s]*)?$", var.artifact_mirror))
+    error_message = "artifact_mirror must be empty or an https://, http:// or s3://bucket/prefix URL."
   }
 }
 

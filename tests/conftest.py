@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,23 +88,16 @@ def terraform_cli_config(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     yield config
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real moto server (the sandbox's AWS emulator) on 127.0.0.1, for the whole session."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
+def start_emulator(log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """The sandbox's emulator (moto's server with the publishers' images) on a free loopback
+    port, answering; (its process, its endpoint). The caller terminates it."""
     pytest.importorskip("moto.server", reason="the sandbox extra (moto[server]) is not installed")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with log.open("wb") as handle:
+    with open(log or os.devnull, "wb") as handle:
         server = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "kubeplat.sandbox_world", "-H", "127.0.0.1", "-p", str(port)],
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
@@ -107,14 +106,46 @@ def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     while True:
         try:
             urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            break
+            return server, endpoint
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:
                 server.kill()
-                raise RuntimeError(
-                    f"moto server did not start: {log.read_text()[-2000:]}"
-                ) from None
-            time.sleep(0.2)
+                output = log.read_text()[-2000:] if log else ""
+                raise RuntimeError(f"moto server did not start: {output}") from None
+            time.sleep(0.1)
+
+
+def enforce_iam(endpoint: str, user: str, allowed: list[str]) -> dict[str, str]:
+    """Create an IAM user who may do only `allowed`, then make the emulator enforce IAM (for
+    the whole server, from now on); the user's access key."""
+    import boto3
+
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name="eu-west-1",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+    )
+    iam.create_user(UserName=user)
+    statement = {"Effect": "Allow", "Action": allowed, "Resource": "*"}
+    policy = {"Version": "2012-10-17", "Statement": [statement]}
+    iam.put_user_policy(UserName=user, PolicyName="limited", PolicyDocument=json.dumps(policy))
+    keys = iam.create_access_key(UserName=user)["AccessKey"]
+    enforce = urllib.request.Request(
+        f"{endpoint}/moto-api/reset-auth",
+        data=b"0",
+        method="POST",
+        headers={"Content-Type": "text/plain"},
+    )
+    urllib.request.urlopen(enforce)
+    return {"id": keys["AccessKeyId"], "secret": keys["SecretAccessKey"]}
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real moto server (the sandbox's AWS emulator) on 127.0.0.1, for the whole session."""
+    server, endpoint = start_emulator(tmp_path_factory.mktemp("moto") / "moto.log")
     yield endpoint
     server.terminate()
     server.wait(timeout=10)

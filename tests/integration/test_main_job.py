@@ -111,11 +111,12 @@ def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
         block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]  # type: ignore[attr-defined]
         assert all(block.values())
 
-    # 5. A changed template (the compute layer's CNI configuration) rolls exactly that group.
+    # 5. A changed template (etcd's configuration, which only the secure layer has) rolls
+    # exactly that group.
     templates = tmp_path / "templates"
     shutil.copytree(REPO / "templates", templates)
-    net = templates / "partials" / "node" / "flannel-net-conf.json.j2"
-    net.write_text(net.read_text().replace('"vxlan"', '"host-gw"'))
+    etcd_conf = templates / "partials" / "node" / "etcd.conf.yml.j2"
+    etcd_conf.write_text(etcd_conf.read_text() + "\n# a changed template\n")
     changed = kubeplat(
         {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)},
         "plan",
@@ -127,8 +128,8 @@ def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
     )
     assert changed.returncode == 2, changed.stderr[-3000:]
     report = json.loads(changed.stdout)
-    assert report["rolls"] == ["compute"]
-    assert report["uploads"] == ["cloudconfig/worker"]
+    assert report["rolls"] == ["secure"]
+    assert report["uploads"] == ["cloudconfig/master"]
 
     # Day two (issue 7): instances, kubeconfig, ssh, manifests push.
     check_day_two(user, tmp_path)
@@ -191,7 +192,7 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
 
     templates = tmp_path / "templates-manifests"
     shutil.copytree(REPO / "templates", templates)
-    proxy = templates / "manifests" / "compute" / "kube-proxy.yaml.j2"
+    proxy = templates / "manifests" / "node" / "kube-proxy.yaml.j2"  # every layer runs it
     proxy.write_text(
         proxy.read_text().replace("- --cluster-cidr", "- --v=2\n        - --cluster-cidr")
     )
@@ -199,17 +200,16 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
         {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)}, "manifests", "push", "-e", "example"
     )
     assert pushed.returncode == 0, pushed.stderr
-    assert pushed.stdout.split() == ["manifests/compute/kube-proxy.yaml"]
-    assert "nodes pick them up within 10 s" in pushed.stderr
+    proxies = ["manifests/compute/kube-proxy.yaml", "manifests/secure/kube-proxy.yaml"]
+    assert pushed.stdout.split() == proxies
+    assert "nodes pick them up within 10 s (control-plane nodes one at a time)" in pushed.stderr
     again = kubeplat(
         {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)}, "manifests", "push", "-e", "example"
     )
     assert again.returncode == 0 and again.stdout == ""
     assert "nothing uploaded" in again.stderr
     # Back to the shipped templates, so the environment is as `up` left it.
-    assert kubeplat(user, "manifests", "push", "-e", "example").stdout.split() == [
-        "manifests/compute/kube-proxy.yaml"
-    ]
+    assert kubeplat(user, "manifests", "push", "-e", "example").stdout.split() == proxies
 
 
 @pytest.mark.parametrize(

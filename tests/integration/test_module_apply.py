@@ -92,6 +92,8 @@ def check_groups_and_instances(workdir: Path, files: dict[str, bytes]) -> None:
             running[layer] = running.get(layer, 0) + 1
     assert running == {"secure": 3, "compute": 2}
     templates = boto3.client("ec2").describe_launch_templates()["LaunchTemplates"]
+    templates = [t for t in templates if t["LaunchTemplateName"].startswith("example-")]
+    assert len(templates) == 2
     for template in templates:
         data = boto3.client("ec2").describe_launch_template_versions(
             LaunchTemplateId=template["LaunchTemplateId"]
@@ -161,5 +163,17 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
     assert not allowed(compute, "s3:GetObject", f"{obj}/pki/secure/etcd/peer.key")
     assert not allowed(compute, "s3:GetObject", f"{obj}/cloudconfig/master")
     assert not allowed(secure, "s3:GetObject", f"{obj}/cloudconfig/worker")
+    # Each node reports its bootstrap under its own layer's status prefix, and may mark only
+    # an instance of its own group unhealthy (so that the group replaces it).
+    group = "arn:aws:autoscaling:{}:123456789012:autoScalingGroup:{}:autoScalingGroupName/{}"
+    for layer, policy, other in (("secure", secure, "compute"), ("compute", compute, "secure")):
+        status = f"{obj}/status/{layer}/i-0123/bootstrap.json"
+        assert allowed(policy, "s3:PutObject", status)
+        assert not allowed(policy, "s3:PutObject", f"{obj}/status/{other}/i-0123/bootstrap.json")
+        assert not allowed(policy, "s3:PutObject", f"{obj}/cloudconfig/{layer}")
+        own = group.format(env.aws_region, "0c1d", f"{env.environment}-{env.platform}-{layer}")
+        theirs = group.format(env.aws_region, "0c1d", f"{env.environment}-{env.platform}-{other}")
+        assert allowed(policy, "autoscaling:SetInstanceHealth", own)
+        assert not allowed(policy, "autoscaling:SetInstanceHealth", theirs)
     # …and out of other environments sharing the bucket.
     assert not allowed(secure, "s3:GetObject", f"{bucket}/prod/pki/secure/etcd/peer.key")

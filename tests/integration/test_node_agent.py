@@ -13,7 +13,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from kubeplat import node_agent
+from kubeplat.node import agent as node_agent
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ def test_running_agent_picks_up_a_change_within_one_interval(s3, tmp_path: Path,
     interval = 2.0
     agent = subprocess.Popen(
         [
-            sys.executable, node_agent.__file__, "--bucket", BUCKET, "--prefix", PREFIX,
+            sys.executable, "-m", "kubeplat.node", "agent", "--bucket", BUCKET, "--prefix", PREFIX,
             "--target", str(target), "--region", "eu-west-1", "--interval", str(interval),
         ],
         env={**os.environ},

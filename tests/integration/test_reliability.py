@@ -17,6 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from tests.conftest import enforce_iam, start_emulator
 from tests.integration.sandbox_user import checkout, kubeplat
 
 pytestmark = pytest.mark.integration
@@ -256,25 +257,8 @@ def test_missing_state_bucket_without_permission_to_create_it(
     user: dict[str, str], tmp_path: Path
 ) -> None:
     """moto's IAM enforcement: the caller may read but not create buckets."""
-    import json
-    import socket
-    import urllib.request
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    endpoint = f"http://127.0.0.1:{port}"
+    server, endpoint = start_emulator()
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         admin = {
             "endpoint_url": endpoint,
             "region_name": "eu-west-1",
@@ -285,8 +269,6 @@ def test_missing_state_bucket_without_permission_to_create_it(
         kms.create_alias(
             AliasName="alias/kubeplat-example", TargetKeyId=kms.create_key()["KeyMetadata"]["KeyId"]
         )
-        iam = boto3.client("iam", **admin)
-        iam.create_user(UserName="ci")
         allowed = [
             "sts:GetCallerIdentity",
             "kms:*",
@@ -294,27 +276,13 @@ def test_missing_state_bucket_without_permission_to_create_it(
             "s3:GetObject",
             "iam:ListAccountAliases",
         ]
-        policy = {
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": allowed, "Resource": "*"}],
-        }
-        iam.put_user_policy(
-            UserName="ci", PolicyName="read-only", PolicyDocument=json.dumps(policy)
-        )
-        keys = iam.create_access_key(UserName="ci")["AccessKey"]
-        enforce = urllib.request.Request(
-            f"{endpoint}/moto-api/reset-auth",
-            data=b"0",
-            method="POST",
-            headers={"Content-Type": "text/plain"},
-        )
-        urllib.request.urlopen(enforce)
+        keys = enforce_iam(endpoint, "ci", allowed)
         write_env(user, "noperm", sandbox="false")
         caller = {
             **user,
             "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": keys["AccessKeyId"],
-            "AWS_SECRET_ACCESS_KEY": keys["SecretAccessKey"],
+            "AWS_ACCESS_KEY_ID": keys["id"],
+            "AWS_SECRET_ACCESS_KEY": keys["secret"],
         }
         result = kubeplat(caller, "plan", "-e", "noperm")
         assert result.returncode == 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import py_compile
+import re
 import shutil
 import subprocess
 import sys
@@ -110,7 +112,7 @@ def test_kubectl_reads_every_kubeconfig(bundle: dict[str, bytes], tmp_path: Path
 def test_every_script_parses(bundle: dict[str, bytes], tmp_path: Path) -> None:
     scripts = {n: d.decode() for n, d in bundle.items() if n.startswith("userdata/")}
     scripts.update({k: v for k, v in node_files(bundle).items() if v.startswith("#!")})
-    assert len(scripts) >= 6
+    assert len(scripts) >= 5
     for name, text in scripts.items():
         path = write(tmp_path, name.replace(":", "_"), text)
         if text.startswith("#!/bin/sh"):
@@ -132,18 +134,37 @@ def test_every_script_parses(bundle: dict[str, bytes], tmp_path: Path) -> None:
             raise AssertionError(f"{name}: unknown interpreter {text.splitlines()[0]}")
     # The Python heredoc inside each user-data stub parses too.
     for name in (n for n in bundle if n.startswith("userdata/")):
-        body = bundle[name].decode().split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
-        compile(body, name, "exec")
+        found = re.search(r"<<'PY'[^\n]*\n(.*?)\nPY\n", bundle[name].decode(), re.DOTALL)
+        assert found, name
+        compile(found[1], name, "exec")
+    # And so does every module of the node programs each layer ships.
+    modules = {k: v for k, v in node_files(bundle).items() if "/kubeplat_node/" in k}
+    assert any(k.endswith("/kubeplat_node/bootstrap.py") for k in modules)
+    for name, text in modules.items():
+        compile(text, name, "exec")
 
 
 def test_systemd_units_are_complete(bundle: dict[str, bytes]) -> None:
     import configparser
 
-    units = {k: v for k, v in node_files(bundle).items() if k.endswith(".service")}
+    files = node_files(bundle)
+    units = {k: v for k, v in files.items() if k.endswith(".service")}
     assert len(units) >= 4
+    # The units the bootstrap starts (node.json) are started by it alone, once the node is
+    # ready for them: nothing enables them. Every other unit starts at boot.
+    started = set()
+    for key, text in files.items():
+        if key.endswith(":/etc/kubeplat/node.json"):
+            node = json.loads(text)
+            started |= {f"{key.split(':')[0]}:{u}" for u in node["services"] + node["background"]}
+    assert started
     for name, text in units.items():
         parser = configparser.ConfigParser(strict=False, interpolation=None)
         parser.read_string(text.replace("\\\n", " "))
         assert parser.get("Service", "ExecStart").startswith("/"), name
-        assert parser.get("Install", "WantedBy") == "multi-user.target", name
         assert parser.get("Unit", "Description"), name
+        layer, _, path = name.partition(":")
+        if f"{layer}:{path.rsplit('/', 1)[1]}" in started:
+            assert not parser.has_section("Install"), name
+        else:
+            assert parser.get("Install", "WantedBy") == "multi-user.target", name

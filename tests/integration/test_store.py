@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def test_uploads_only_changed_objects_sse_kms(store: BucketStore) -> None:
 
 def stub_program(userdata: bytes, root: Path) -> str:
     """The Python the user-data stub runs, with its node paths moved under `root`."""
-    body = userdata.decode().split("<<'PY'\n", 1)[1].split("\nPY\n", 1)[0]
+    found = re.search(r"<<'PY'[^\n]*\n(.*?)\nPY\n", userdata.decode(), re.DOTALL)
+    assert found, "no Python in the stub"
+    body = found[1]
     return body.replace("/var/lib/kubeplat", str(root / "var")).replace(
         "/etc/kubernetes/pki", str(root / "pki")
     )

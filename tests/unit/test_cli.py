@@ -101,7 +101,7 @@ def test_even_etcd_warning_still_succeeds(kubeplat, environments: Path, monkeypa
     result = kubeplat("validate", "-e", "example")
     assert result.code == 0, result.err
     assert (
-        "Warning: environments/example.tfvars:20: secure_asg_max: 4 etcd members is even"
+        "Warning: environments/example.tfvars:19: secure_asg_max: 4 etcd members is even"
         in result.err
     )
     assert "Terraform not found: module not checked" in result.err

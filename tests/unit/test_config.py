@@ -133,6 +133,19 @@ def problems_of(environments: Path, text: str, name: str = "dev") -> list[str]:
             r"kms_master_id: 'my key' is not a KMS key id, ARN or alias",
         ),
         ({"topology": '"mesh"'}, r"topology: 'mesh' is not a topology"),
+        # node operating system and artifact mirror
+        (
+            {"node_os": '"debian12"'},
+            r"node_os: 'debian12' is not a supported operating system \(hint: did you mean 'debian-12'\?\)",
+        ),
+        (
+            {"node_os": '"windows"'},
+            r"node_os: 'windows' is not a supported .*use one of: debian-12, ubuntu-24.04, al2023",
+        ),
+        (
+            {"artifact_mirror": '"ftp://mirror.example.com"'},
+            r"artifact_mirror: 'ftp://mirror.example.com' is not an https://, http:// or s3:// URL",
+        ),
         (
             {"kubernetes_version": '"v1.30"'},
             r"kubernetes_version: 'v1.30' is not a Kubernetes version",
@@ -260,3 +273,20 @@ def test_seed_sample_names_every_unfilled_variable(environments: Path) -> None:
 
 def test_workdir_is_beside_environments(environments: Path, tmp_path: Path) -> None:
     assert config.load("example").workdir == tmp_path.resolve() / ".kubeplat" / "example"
+
+
+def test_node_os_and_artifact_mirror_are_read(environments: Path) -> None:
+    write_env(
+        environments,
+        "dev",
+        variant(node_os='"al2023"', artifact_mirror='"s3://my-artifacts/kubeplat"'),
+    )
+    env = config.load("dev")
+    assert (env.node_os, env.artifact_mirror) == ("al2023", "s3://my-artifacts/kubeplat")
+    write_env(environments, "dev", variant(node_os=None, coreos_image=None))
+    defaults = config.load("dev")
+    assert (defaults.node_os, defaults.coreos_image, defaults.artifact_mirror) == (
+        "debian-12",
+        "",
+        "",
+    )

@@ -72,7 +72,8 @@ def test_cloudconfigs_are_standard_and_hold_no_secret(
         assert "coreos" not in document
         assert b"PRIVATE KEY" not in text and files["bootstrap-token"] not in text
         paths = [f["path"] for f in document["write_files"]]
-        assert "/opt/kubeplat/bin/kubeplat-agent" in paths
+        assert "/opt/kubeplat/bin/kubeplat-node" in paths
+        assert "packages" not in document  # installed per operating system by the bootstrap
 
 
 def test_stub_names_its_configuration_by_digest(
@@ -118,7 +119,11 @@ def test_separate_topology_adds_a_control_plane_layer(
     out = render.bundle(separate, files)
     assert "cloudconfig/control-plane" in out and "userdata/control-plane" in out
     assert "manifests/control-plane/kube-apiserver.yaml" in out
-    assert not any(n.startswith("manifests/secure/") for n in out)
+    # The etcd layer runs no control plane, but is on the pod network like every node.
+    assert sorted(n for n in out if n.startswith("manifests/secure/")) == [
+        "manifests/secure/kube-flannel.yaml",
+        "manifests/secure/kube-proxy.yaml",
+    ]
     assert (
         b"--etcd-servers=https://secure.example.example.internal:2379"
         in out["manifests/control-plane/kube-apiserver.yaml"]
@@ -140,7 +145,7 @@ def test_admin_kubeconfig(env: config.Environment, files: dict[str, bytes]) -> N
 
 
 def test_etcd_discovery_plan() -> None:
-    from kubeplat import node_etcd
+    from kubeplat.node import etcd as node_etcd
 
     live = {"i-a": "ip-10-0-0-1.x", "i-b": "ip-10-0-0-2.x", "i-c": "ip-10-0-0-3.x"}
     state, cluster, remove, add = node_etcd.plan("i-a", "ip-10-0-0-1.x", live, None)
@@ -162,6 +167,13 @@ def test_etcd_discovery_plan() -> None:
         cluster
         == "i-a=https://ip-10-0-0-1.x:2380,i-b=https://ip-10-0-0-2.x:2380,i-d=https://ip-10-0-0-4.x:2380"
     )
+    # i-c boots after i-a and i-b formed the cluster it is listed in (added, not started yet):
+    # it starts as that member, and adds nothing (a second add of its peer URL would fail).
+    existing[2] = {"ID": "3", "name": "", "peerURLs": ["https://ip-10-0-0-3.x:2380"]}
+    live = {"i-a": "ip-10-0-0-1.x", "i-b": "ip-10-0-0-2.x", "i-c": "ip-10-0-0-3.x"}
+    state, cluster, remove, add = node_etcd.plan("i-c", "ip-10-0-0-3.x", live, existing)
+    assert (state, remove, add) == ("existing", [], [])
+    assert cluster.endswith("i-c=https://ip-10-0-0-3.x:2380")
 
 
 def test_render_cli_writes_layout_twice_identically(

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """kubeplat etcd discovery: join or form the secure layer's etcd cluster as the group changes.
 
 Runs on each secure-layer instance before etcd starts (python3 and boto3 from the distribution).
@@ -21,23 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-IMDS = "http://169.254.169.254/latest"
-
-
-def imds(path: str) -> str:
-    """Read instance metadata with IMDSv2 (the launch template requires tokens)."""
-    token_request = urllib.request.Request(
-        f"{IMDS}/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}
-    )
-    token = urllib.request.urlopen(token_request, timeout=5).read().decode()
-    request = urllib.request.Request(f"{IMDS}/{path}", headers={"X-aws-ec2-metadata-token": token})
-    return str(urllib.request.urlopen(request, timeout=5).read().decode())
+from . import aws
 
 
 def live_members(ec2: Any, environment: str) -> dict[str, str]:
@@ -88,16 +75,25 @@ def plan(
         cluster = ",".join(f"{iid}=https://{dns}:2380" for iid, dns in sorted(live.items()))
         return "new", cluster, [], []
     live_hosts = set(live.values()) | {host}
+    mine = f"https://{host}:2380"
+
+    def is_me(member: dict[str, Any]) -> bool:
+        # A member started by this instance has its name; one that another member added for
+        # it (listed in the cluster it formed, not started yet) has no name but its peer URL.
+        return member.get("name") == me or (
+            not member.get("name") and mine in member.get("peerURLs", [])
+        )
+
     remove = [
         m["ID"]
         for m in existing
-        if m.get("name") != me
+        if not is_me(m)
         and not any(f"//{h}:" in url for h in live_hosts for url in m.get("peerURLs", []))
     ]
-    kept = [m for m in existing if m["ID"] not in remove and m.get("name") != me]
+    kept = [m for m in existing if m["ID"] not in remove and not is_me(m)]
     entries = [f"{m['name']}={m['peerURLs'][0]}" for m in kept if m.get("name")]
-    entries.append(f"{me}=https://{host}:2380")
-    add = [] if any(m.get("name") == me for m in existing) else [me]
+    entries.append(f"{me}={mine}")
+    add = [] if any(is_me(m) for m in existing) else [me]
     return "existing", ",".join(sorted(entries)), remove, add
 
 
@@ -112,12 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if (args.data_dir / "member").is_dir() and args.output.exists():
         print("etcd-discover: data directory exists; restarting as the same member")
         return 0
-    import boto3
-
-    region = imds("meta-data/placement/region")
-    me = imds("meta-data/instance-id")
-    host = imds("meta-data/local-hostname")
-    ec2 = boto3.client("ec2", region_name=region)
+    identity = aws.Identity.read()
+    region, me, host = identity.region, identity.instance_id, identity.hostname
+    ec2 = aws.client("ec2", region)
     deadline = time.monotonic() + args.timeout
     while True:
         live = live_members(ec2, args.environment)
@@ -129,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 existing = json.loads(listed.stdout).get("members", [])
                 for member in existing:
                     member["ID"] = format(int(member["ID"]), "x")
-        wanted = _desired(boto3.client("autoscaling", region_name=region), me)
+        wanted = _desired(aws.client("autoscaling", region), me)
         if existing is not None or len(live) >= wanted:
             break
         if time.monotonic() > deadline:
@@ -164,7 +157,3 @@ def _desired(autoscaling: Any, instance_id: str) -> int:
         return 1
     group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=groups[:1])
     return int(group["AutoScalingGroups"][0]["DesiredCapacity"])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

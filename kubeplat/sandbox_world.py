@@ -1,0 +1,127 @@
+"""The sandbox's emulator, with the public world every AWS account sees.
+
+A real account can read the operating-system publishers' images and the public SSM parameters
+that name their latest ones (`/aws/service/debian/…`, `/aws/service/canonical/…`). The emulator
+(moto) knows Amazon Linux's but not Debian's or Ubuntu's, and refuses to create parameters under
+`/aws/`, so this module adds them before it serves: an environment that names `node_os` resolves
+its image in the sandbox exactly as it does on AWS. The images are records (nothing boots in the
+emulator); their ids are kubeplat's own, recognisable by their `0deb12…` and `0ab2404…` digits.
+
+Run by `kubeplat.sandbox` as `python -m kubeplat.sandbox_world -H 127.0.0.1 -p PORT`; any
+argument is moto's server's own.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC
+from typing import Any
+
+# (SSM parameter, image): the publishers' naming, kubeplat's ids.
+PUBLISHED: tuple[tuple[str, dict[str, Any]], ...] = (
+    (
+        "/aws/service/debian/release/12/latest/amd64",
+        {
+            "ami_id": "ami-0deb1200000000a64",
+            "owner_id": "136693071363",
+            "name": "debian-12-amd64-20261101-2000",
+            "description": "Debian 12 (20261101-2000) (kubeplat sandbox record)",
+            "architecture": "x86_64",
+            "root_device_name": "/dev/xvda",
+        },
+    ),
+    (
+        "/aws/service/debian/release/12/latest/arm64",
+        {
+            "ami_id": "ami-0deb1200000000a32",
+            "owner_id": "136693071363",
+            "name": "debian-12-arm64-20261101-2000",
+            "description": "Debian 12 (20261101-2000) (kubeplat sandbox record)",
+            "architecture": "arm64",
+            "root_device_name": "/dev/xvda",
+        },
+    ),
+    (
+        "/aws/service/canonical/ubuntu/server/24.04/stable/current/amd64/hvm/ebs-gp3/ami-id",
+        {
+            "ami_id": "ami-0ab24040000000a64",
+            "owner_id": "099720109477",
+            "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-20261101",
+            "description": "Canonical, Ubuntu, 24.04, amd64 noble image (kubeplat sandbox record)",
+            "architecture": "x86_64",
+            "root_device_name": "/dev/sda1",
+        },
+    ),
+    (
+        "/aws/service/canonical/ubuntu/server/24.04/stable/current/arm64/hvm/ebs-gp3/ami-id",
+        {
+            "ami_id": "ami-0ab24040000000a32",
+            "owner_id": "099720109477",
+            "name": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-arm64-server-20261101",
+            "description": "Canonical, Ubuntu, 24.04, arm64 noble image (kubeplat sandbox record)",
+            "architecture": "arm64",
+            "root_device_name": "/dev/sda1",
+        },
+    ),
+)
+
+
+def publish() -> None:
+    """Add the images and parameters to moto's backends (every account and region)."""
+    from datetime import datetime
+
+    from moto.ec2.models import amis
+    from moto.ssm import models as ssm
+
+    released = datetime(2026, 11, 1, tzinfo=UTC)
+
+    for _, image in PUBLISHED:
+        amis.AMIS.append(
+            {
+                **image,
+                "state": "available",
+                "public": True,
+                "image_location": "kubeplat-sandbox",
+                "root_device_type": "ebs",
+                "image_type": "machine",
+                "platform": None,
+                "virtualization_type": "hvm",
+                "hypervisor": "xen",
+                "sriov": "simple",
+            }
+        )
+    original = ssm.ParameterDict._check_loading_status
+
+    def check_loading_status(self: Any, key: str) -> None:
+        original(self, key)
+        if str(key or "").startswith(("/aws/service/debian", "/aws/service/canonical")):
+            for name, image in PUBLISHED:
+                if not dict.__contains__(self, name):  # moto's own `in` would come back here
+                    dict.__getitem__(self, name).append(
+                        ssm.Parameter(  # type: ignore[abstract]
+                            account_id=self.account_id,
+                            name=name,
+                            value=image["ami_id"],
+                            parameter_type="String",
+                            description=None,
+                            allowed_pattern=None,
+                            keyid=None,
+                            last_modified_date=released,
+                            version=1,
+                            data_type="aws:ec2:image",
+                        )
+                    )
+
+    ssm.ParameterDict._check_loading_status = check_loading_status  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """moto's server, after `publish`."""
+    from moto import server
+
+    publish()
+    server.main(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    main()
