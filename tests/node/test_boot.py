@@ -1,0 +1,394 @@
+"""Nodes that boot: the user data Terraform put in the sandbox's launch templates, booted for real.
+
+A sandbox `up` (the real Terraform and AWS provider against moto) builds an environment in
+us-east-1 whose `artifact_mirror` is the tier's mirror. Then every instance the emulator's
+autoscaling groups started is booted as a Debian 12 systemd container (harness.py) with that
+instance's own id, private address and DNS name, and its launch template's user data. The
+nodes reach the sandbox (S3, EC2, KMS, Auto Scaling) through AWS_ENDPOINT_URL, relayed into the
+VPC at 10.0.240.1, and download their pinned binaries from the mirror at 10.0.240.2
+(mirror.py): Debian's containerd, runc and CNI plugins and upstream's etcd are real;
+kubelet and kubectl are STAND-INS (no kubelet can be had here) that check what a kubelet reads
+and stay up. So the control plane's static pods do not run: nothing here contacts an API server.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+import yaml
+
+from kubeplat import config as kubeplat_config
+from tests.conftest import REPO
+from tests.integration.sandbox_user import kubeplat, make_user, stop_sandbox
+from tests.node import mirror
+from tests.node.harness import Node, NodeSpec, World
+
+pytestmark = pytest.mark.node_boot
+
+REGION = "us-east-1"  # moto names instances ip-….ec2.internal, as EC2 does in this region
+SANDBOX_IP = "10.0.240.1"  # the emulator, relayed from the host's loopback
+MIRROR_IP = "10.0.240.2"  # the artifact mirror
+BOOTED = 900  # seconds a node may take from power-on to a finished bootstrap (bounds a hang)
+
+ENVIRONMENT = f"""\
+sandbox                  = true
+aws_account              = "123456789012"
+aws_region               = "{REGION}"
+aws_profile              = ""
+compute_asg_grace_period = 60
+compute_asg_max          = 2
+compute_asg_min          = 1
+compute_flavor           = "t3.small"
+dns_zone_name            = "boot.internal"
+environment              = "boot"
+etcd_flavor              = "t3.small"
+kms_master_id            = "alias/kubeplat-boot"
+kubeapi_access_list      = "127.0.0.1,10.0.0.0/8"
+platform                 = "kube"
+secrets_bucket_name      = "kubeplat-boot-secrets"
+secure_asg_max           = 3
+secure_asg_min           = 3
+ssh_access_list          = "127.0.0.1"
+terraform_bucket_name    = "kubeplat-boot-terraform"
+topology                 = "stacked"
+node_os                  = "debian-12"
+artifact_mirror          = "http://{MIRROR_IP}"
+"""
+
+
+@dataclass
+class Launched:
+    """One instance the sandbox's autoscaling group started, and its launch template."""
+
+    layer: str
+    group: str
+    instance_id: str
+    private_ip: str
+    hostname: str
+    user_data: bytes
+
+
+@dataclass
+class Cluster:
+    user: dict[str, str]
+    aws: dict[str, Any]
+    world: World
+    mirror: list[Any]  # requests the mirror answered
+    nodes: dict[str, Node]  # by instance id
+    launched: dict[str, Launched]
+    mirror_root: Path
+
+    def layer(self, name: str) -> list[Node]:
+        return [self.nodes[i] for i, info in self.launched.items() if info.layer == name]
+
+
+def pinned(user: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """kubeplat as shipped, but with the tier mirror's digests as its pins (pinned_kubeplat.py)."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "tests/node/pinned_kubeplat.py"), *args],
+        cwd=user["CHECKOUT"],
+        env=user,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+
+
+def launched(aws: dict[str, Any]) -> dict[str, Launched]:
+    """Every instance of the environment's groups, with the user data its template holds."""
+    found: dict[str, Launched] = {}
+    groups = aws["autoscaling"].describe_auto_scaling_groups()["AutoScalingGroups"]
+    for group in groups:
+        tags = {t["Key"]: t["Value"] for t in group["Tags"]}
+        if tags.get("Environment") != "boot":
+            continue
+        template = group["LaunchTemplate"]
+        version = aws["ec2"].describe_launch_template_versions(
+            LaunchTemplateId=template["LaunchTemplateId"], Versions=[template["Version"]]
+        )["LaunchTemplateVersions"][0]
+        user_data = base64.b64decode(version["LaunchTemplateData"]["UserData"])
+        ids = [i["InstanceId"] for i in group["Instances"]]
+        reservations = aws["ec2"].describe_instances(InstanceIds=ids)["Reservations"]
+        for instance in [i for r in reservations for i in r["Instances"]]:
+            found[instance["InstanceId"]] = Launched(
+                tags["Layer"],
+                group["AutoScalingGroupName"],
+                instance["InstanceId"],
+                instance["PrivateIpAddress"],
+                instance["PrivateDnsName"],
+                user_data,
+            )
+    return found
+
+
+def boot(world: World, info: Launched) -> Node:
+    return world.boot(
+        NodeSpec(
+            instance_id=info.instance_id,
+            private_ip=info.private_ip,
+            hostname=info.hostname,
+            user_data=info.user_data,
+            region=REGION,
+            role=f"kubeplat-boot-{info.layer}",
+            environment={"AWS_ENDPOINT_URL": f"http://{SANDBOX_IP}"},
+        )
+    )
+
+
+def bootstrap_status(node: Node) -> dict[str, Any] | None:
+    try:
+        return dict(json.loads(node.read("/var/lib/kubeplat/status.json")))
+    except (OSError, ValueError):
+        return None
+
+
+def wait_bootstrap(
+    node: Node, timeout: float = BOOTED, after: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The node's bootstrap record once it has ended (done or failed); with `after`, a record
+    of a later run than that one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = bootstrap_status(node)
+        later = after is None or (status and status["steps"] != after["steps"])
+        if status and later and status.get("state") in ("done", "failed"):
+            return status
+        time.sleep(2)
+    raise AssertionError(
+        f"{node.spec.instance_id}: bootstrap still running after {timeout:.0f}s: "
+        f"{bootstrap_status(node)}\n{node.journal('kubeplat-bootstrap.service')[-4000:]}"
+    )
+
+
+def explain(node: Node) -> str:
+    """What to read when a node did not come up: its bootstrap's journal and failed units."""
+    return (
+        f"{node.spec.instance_id} ({node.spec.private_ip}) failed units {node.failed_units()}\n"
+        + node.journal("kubeplat-bootstrap.service")[-6000:]
+    )
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    node_rootfs: Path, runtime_debs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    home = tmp_path_factory.mktemp("boot")
+    user = make_user(home)
+    environments = Path(user["CHECKOUT"]) / "environments"
+    (environments / "boot.tfvars").write_text(ENVIRONMENT)
+    env = kubeplat_config.load_file(environments / "boot.tfvars")
+    mirror_root = home / "mirror" / "files"
+    mirror.build(mirror_root, runtime_debs, env.kubernetes_version, env.etcd_version)
+    user["KUBEPLAT_TEST_PINS"] = str(mirror_root.parent / "pins.json")
+    try:
+        up = pinned(user, "up", "-e", "boot", "--auto-approve")
+        assert up.returncode == 0, up.stderr[-4000:]
+        endpoint = kubeplat(user, "sandbox", "status").stdout.strip()
+        port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)", endpoint)[1])  # type: ignore[index]
+        aws = {
+            name: boto3.client(
+                name,
+                endpoint_url=endpoint,
+                region_name=REGION,
+                aws_access_key_id="sandbox",
+                aws_secret_access_key="sandbox",
+            )
+            for name in ("s3", "ec2", "autoscaling")
+        }
+        instances = launched(aws)
+        assert sorted(i.layer for i in instances.values()) == ["compute"] + ["secure"] * 3
+        with World(subnet="10.0.0.0/16", root=node_rootfs) as world:
+            world.expose(port, SANDBOX_IP, 80)
+            requests = world.serve_files(mirror_root, MIRROR_IP)
+            nodes = {i: boot(world, info) for i, info in instances.items()}
+            yield Cluster(user, aws, world, requests, nodes, instances, mirror_root)
+        assert world.leftovers() == []
+    finally:
+        stop_sandbox(user)
+
+
+def etcdctl(node: Node, *args: str, endpoints: str = "") -> subprocess.CompletedProcess[str]:
+    """etcdctl on a secure node, as the API server's etcd client (its own certificate)."""
+    pki = "/etc/kubernetes/pki"
+    return node.run(
+        "etcdctl",
+        f"--endpoints={endpoints or 'https://127.0.0.1:2379'}",
+        f"--cacert={pki}/etcd/ca.crt",
+        f"--cert={pki}/apiserver-etcd-client.crt",
+        f"--key={pki}/apiserver-etcd-client.key",
+        *args,
+        timeout=60,
+    )
+
+
+def rendered(cluster: Cluster, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """layer → path → the write_files entry `kubeplat render` gives that layer."""
+    out = tmp_path / "bundle"
+    result = pinned(cluster.user, "render", "-e", "boot", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    files = {}
+    for layer, name in (("secure", "master"), ("compute", "worker")):
+        config = yaml.safe_load((out / "cloudconfig" / name).read_text())
+        files[layer] = {item["path"]: item for item in config["write_files"]}
+    return files
+
+
+def keys_in(node: Node) -> list[str]:
+    """Every file on the node's disk, or in its /run and /tmp, that holds a private key."""
+    found = []
+    upper = node.dir / "upper"
+    for path in upper.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                if b"PRIVATE KEY-----" in path.read_bytes():
+                    found.append("/" + str(path.relative_to(upper)))
+    memory = node.run("grep", "-rlsI", "PRIVATE KEY-----", "/run", "/tmp", "/var/tmp", "/dev/shm")
+    return sorted(found + memory.stdout.split())
+
+
+def test_every_node_boots_its_launch_template(cluster: Cluster) -> None:
+    for node in cluster.nodes.values():
+        status = wait_bootstrap(node)
+        assert status["state"] == "done", explain(node)
+        steps = {s["name"]: s["state"] for s in status["steps"]}
+        assert set(steps.values()) == {"done"}, steps
+        assert node.wait_cloud_init()["status"] == "done"
+        assert node.failed_units() == [], explain(node)
+        assert node.run("systemctl", "is-active", "kubelet", "containerd").returncode == 0
+    # Every binary came from the environment's mirror, once per node, and passed its pin.
+    for node in cluster.nodes.values():
+        fetched = [r.path for r in cluster.mirror if r.client == node.spec.private_ip]
+        # Workers need no kubectl and no etcd.
+        wanted = 6 if cluster.launched[node.spec.instance_id].layer == "secure" else 4
+        assert len(fetched) == len(set(fetched)) == wanted, fetched
+        assert node.run("/usr/local/bin/etcdctl", "version").returncode == (
+            0 if wanted == 6 else 127
+        )
+
+
+def test_files_and_modes_as_rendered(cluster: Cluster, tmp_path: Path) -> None:
+    files = rendered(cluster, tmp_path)
+    for instance, node in cluster.nodes.items():
+        layer = cluster.launched[instance].layer
+        assert len(files[layer]) > 20
+        for path, item in files[layer].items():
+            assert node.read(path).decode() == item["content"], (instance, path)
+            mode = node.path(path).stat().st_mode & 0o777
+            assert mode == int(item["permissions"], 8), (instance, path, oct(mode))
+        # What the bootstrap wrote from its templates: kubelet reads the resolver list of
+        # systemd-resolved (not its 127.0.0.53 stub), and its token-bearing kubeconfig is 0600.
+        config = yaml.safe_load(node.read("/var/lib/kubelet/config.yaml"))
+        assert config["resolvConf"] == "/run/systemd/resolve/resolv.conf"
+        assert b"127.0.0.53" not in node.read(config["resolvConf"])
+        assert node.path("/etc/kubernetes/bootstrap-kubelet.conf").stat().st_mode & 0o777 == 0o600
+        # The kubelet STAND-IN checked its flags and files and is running.
+        seen = json.loads(node.read("/run/kubelet-standin.json"))
+        assert seen["args"]["config"] == "/var/lib/kubelet/config.yaml"
+
+
+def test_private_keys_only_where_their_component_runs(cluster: Cluster) -> None:
+    pki = "/etc/kubernetes/pki/"
+    for instance, node in cluster.nodes.items():
+        layer = cluster.launched[instance].layer
+        keys = keys_in(node)
+        assert all(k.startswith((pki, "/var/lib/kubeplat/")) for k in keys), keys
+        for key in keys:
+            assert node.path(key).stat().st_mode & 0o777 == 0o600, key
+        assert node.path(pki).stat().st_mode & 0o777 == 0o700
+        if layer == "compute":
+            assert keys == [], keys  # a worker joins with its token; it holds no key of ours
+        else:
+            assert f"{pki}etcd/peer.key" in keys and f"{pki}apiserver.key" in keys
+            # The CAs' keys never leave the operator's side (pki/locked), nor admin's.
+            for locked in ("ca.key", "etcd/ca.key", "front-proxy-ca.key", "admin.key"):
+                assert pki + locked not in keys
+        assert "PRIVATE KEY" not in node.journal()
+
+
+def test_secure_nodes_form_one_etcd_cluster_over_tls(cluster: Cluster) -> None:
+    secure = cluster.layer("secure")
+    names = {n.spec.instance_id: n.spec.hostname for n in secure}
+    listed = etcdctl(secure[0], "member", "list", "-w", "json")
+    assert listed.returncode == 0, listed.stderr
+    members = json.loads(listed.stdout)["members"]
+    assert {m["name"]: m["peerURLs"] for m in members} == {
+        i: [f"https://{host}:2380"] for i, host in names.items()
+    }
+    everyone = ",".join(f"https://{host}:2379" for host in names.values())
+    health = etcdctl(secure[1], "endpoint", "health", "-w", "json", endpoints=everyone)
+    assert health.returncode == 0, health.stdout + health.stderr
+    assert [h["health"] for h in json.loads(health.stdout)] == [True] * 3
+    # A write through one member is read through another.
+    assert etcdctl(secure[0], "put", "/kubeplat-test", "booted").returncode == 0
+    got = etcdctl(secure[2], "get", "/kubeplat-test", "--print-value-only")
+    assert got.stdout.strip() == "booted"
+
+
+def test_each_node_publishes_its_record(cluster: Cluster) -> None:
+    s3 = cluster.aws["s3"]
+    for instance, info in cluster.launched.items():
+        key = f"boot/status/{info.layer}/{instance}/bootstrap.json"
+        record = json.loads(s3.get_object(Bucket="kubeplat-boot-secrets", Key=key)["Body"].read())
+        assert record["state"] == "done" and record["instance"] == instance
+    printed = cluster.layer("compute")[0].run("/opt/kubeplat/bin/kubeplat-node", "status")
+    assert printed.returncode == 0, printed.stderr
+    assert "done" in printed.stdout and "binaries" in printed.stdout
+
+
+def test_a_reboot_reruns_the_bootstrap_and_changes_nothing(cluster: Cluster) -> None:
+    node = cluster.layer("compute")[0]
+    before = len(cluster.mirror)
+    first = wait_bootstrap(node)
+    node.restart()
+    status = wait_bootstrap(node, after=first)
+    assert status["state"] == "done", explain(node)
+    steps = {s["name"]: s.get("note", "") for s in status["steps"]}
+    assert steps["binaries"] == "all present", steps
+    assert len(cluster.mirror) == before  # nothing downloaded again
+    assert node.failed_units() == []
+
+
+def test_a_failed_bootstrap_is_retried_then_reported_unhealthy(cluster: Cluster) -> None:
+    """A broken kubelet on the mirror: the new instance fetches it twice, refuses it, marks
+    itself unhealthy, so that its group replaces it, and says why (journal, file, bucket)."""
+    kubernetes, etcd_version = (
+        json.loads((cluster.mirror_root.parent / "pins.json").read_text())["kubernetes"],
+        json.loads((cluster.mirror_root.parent / "pins.json").read_text())["etcd"],
+    )
+    kubelet = mirror.path_of(cluster.mirror_root, "kubelet", kubernetes, etcd_version)
+    kubelet.write_bytes(kubelet.read_bytes() + b"# tampered\n")
+    autoscaling = cluster.aws["autoscaling"]
+    group = next(i.group for i in cluster.launched.values() if i.layer == "compute")
+    autoscaling.set_desired_capacity(AutoScalingGroupName=group, DesiredCapacity=2)
+    new = {i: v for i, v in launched(cluster.aws).items() if i not in cluster.launched}
+    assert len(new) == 1
+    (info,) = new.values()
+    node = boot(cluster.world, info)
+    status = wait_bootstrap(node)
+    assert status["state"] == "failed"
+    assert "binaries" in status["error"] and "sha256" in status["error"], status["error"]
+    path = urlsplit(mirror.upstream(kubernetes, etcd_version)["kubelet"]).path
+    asked = [r for r in cluster.mirror if r.client == info.private_ip and r.path.endswith(path)]
+    assert len(asked) == 2  # fetched, refused, fetched once more, refused for good
+    health = autoscaling.describe_auto_scaling_instances(InstanceIds=[info.instance_id])
+    assert health["AutoScalingInstances"][0]["HealthStatus"].upper() == "UNHEALTHY"
+    assert node.failed_units() == ["kubeplat-bootstrap.service"]
+    assert "sha256" in node.journal("kubeplat-bootstrap.service")
+    key = f"boot/status/compute/{info.instance_id}/bootstrap.json"
+    body = cluster.aws["s3"].get_object(Bucket="kubeplat-boot-secrets", Key=key)["Body"].read()
+    assert json.loads(body)["state"] == "failed"
