@@ -1,6 +1,10 @@
 locals {
   node_layers = { for name, layer in merge(local.secure_layers, local.compute_layer) : name => layer if contains(local.layers, name) }
 
+  # Each layer's instance type alone: what the image choice below depends on, and nothing
+  # else (node_layers also names subnets and target groups, which an image must not wait for).
+  node_flavors = { for name in local.layers : name => name == "compute" ? var.compute_flavor : var.etcd_flavor }
+
   # Each layer's architecture, from its instance type (Graviton types are arm64 only).
   node_arch = { for layer, type in data.aws_ec2_instance_type.node : layer => contains(type.supported_architectures, "x86_64") ? "x86_64" : "arm64" }
 
@@ -23,20 +27,20 @@ locals {
 
 # What each layer's instance type is (its architectures).
 data "aws_ec2_instance_type" "node" {
-  for_each      = local.node_layers
-  instance_type = each.value.flavor
+  for_each      = local.node_flavors
+  instance_type = each.value
 }
 
 # The publisher's latest image of node_os for each layer, unless coreos_image names one.
 data "aws_ssm_parameter" "image" {
-  for_each = var.coreos_image == "" ? local.node_layers : {}
+  for_each = var.coreos_image == "" ? local.node_flavors : {}
   name     = local.image_parameters[var.node_os][local.node_arch[each.key]]
 }
 
 # The image each layer boots, kept once chosen: a publisher's new release does not roll the
 # nodes; a change of node_os, coreos_image or architecture does.
 resource "terraform_data" "image" {
-  for_each         = local.node_layers
+  for_each         = local.node_flavors
   input            = var.coreos_image != "" ? var.coreos_image : data.aws_ssm_parameter.image[each.key].insecure_value
   triggers_replace = [var.node_os, var.coreos_image, local.node_arch[each.key]]
 
@@ -48,7 +52,7 @@ resource "terraform_data" "image" {
 # The image's own description: its root device (/dev/xvda on Debian and Amazon Linux,
 # /dev/sda1 on Ubuntu), which the encrypted root volume must name to replace it.
 data "aws_ami" "node" {
-  for_each = local.node_layers
+  for_each = local.node_flavors
 
   filter {
     name   = "image-id"
