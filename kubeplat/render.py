@@ -240,7 +240,7 @@ def node_config(env: Environment, layer: Layer) -> dict[str, Any]:
     ]
     services = ["containerd.service", "kubelet.service", "kubeplat-agent.service"]
     if layer.etcd:
-        services.insert(0, "etcd.service")
+        services[:0] = ["etcd.service", "kubeplat-etcd-watch.service"]
     return {
         "environment": env.environment,
         "layer": layer.name,
@@ -328,6 +328,16 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
         files += [
             ("/etc/etcd/etcd.conf.yml.tmpl", "0644", _render(part + "etcd.conf.yml.j2", ctx)),
             (units + "etcd.service", "0644", _render(part + "etcd.service.j2", ctx)),
+            (
+                units + "kubeplat-etcd-member.service",
+                "0644",
+                _render(part + "kubeplat-etcd-member.service.j2", ctx),
+            ),
+            (
+                units + "kubeplat-etcd-watch.service",
+                "0644",
+                _render(part + "kubeplat-etcd-watch.service.j2", ctx),
+            ),
         ]
     if layer.control_plane:
         local = f"https://127.0.0.1:{cluster.API_PORT}"

@@ -152,6 +152,32 @@ data "aws_iam_policy_document" "node" {
       resources = ["*"]
     }
   }
+
+  dynamic "statement" {
+    # The etcd members' formation record: read by every member, written once (a conditional
+    # put) by the first that forms the cluster.
+    for_each = each.key == "secure" ? [1] : []
+    content {
+      sid       = "EtcdFormationRecord"
+      actions   = ["s3:GetObject", "s3:PutObject"]
+      resources = ["${local.bucket_arn}/${var.environment}/etcd/formation.json"]
+    }
+  }
+
+  dynamic "statement" {
+    # …and whether it exists (without s3:ListBucket, S3 answers a missing object with 403).
+    for_each = each.key == "secure" ? [1] : []
+    content {
+      sid       = "FindEtcdFormationRecord"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      condition {
+        test     = "StringEquals"
+        variable = "s3:prefix"
+        values   = ["${var.environment}/etcd/formation.json"]
+      }
+    }
+  }
 }
 
 # The policy above, attached to the layer's role.

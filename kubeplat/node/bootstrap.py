@@ -8,7 +8,7 @@ boot and on every reboot. Each step checks before it changes, so a rerun is quic
   kernel    overlay and br_netfilter present; forwarding and bridge netfilter switched on
   binaries  every pinned binary present with its pinned sha256 (`fetch`)
   configure files that depend on this machine (kubelet's resolv.conf, the bootstrap token)
-  etcd      (secure layer) the membership program decides how this member starts
+  etcd      (secure layer) the membership unit has decided how this member starts
   services  containerd, kubelet, etcd, the agent: started, and running
   addons    (control plane) the addon service started in the background, not waited for
 
@@ -136,12 +136,11 @@ class Bootstrap:
         return ", ".join(done) or "nothing to configure"
 
     def etcd(self) -> str:
-        from . import etcd
-
-        code = etcd.main(["--environment", self.config["environment"]])
-        if code != 0:
-            raise RuntimeError(f"etcd membership exited {code} (see its lines above)")
-        return "member configuration written"
+        # The membership program is a unit of its own, restarted with back-off; it returns
+        # once it has decided how this member starts (it may wait for the group, another
+        # member's join or quorum, saying why in its journal).
+        _run(["systemctl", "start", "kubeplat-etcd-member.service"], timeout=1700)
+        return "membership decided (journalctl -u kubeplat-etcd-member)"
 
     def services(self) -> str:
         units = list(self.config["services"])

@@ -14,7 +14,7 @@ from pathlib import Path
 COMMANDS = {
     "bootstrap": ("bootstrap", "bring this node to what its layer needs (every boot)"),
     "agent": ("agent", "keep the layer's manifests in step with the secrets bucket"),
-    "etcd-member": ("etcd", "decide how this etcd member starts (join or form)"),
+    "etcd-member": ("etcd", "prepare: decide how this etcd member starts; watch: promote, prune"),
     "status": ("", "print this node's bootstrap record"),
 }
 

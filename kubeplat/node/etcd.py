@@ -1,34 +1,290 @@
-"""kubeplat etcd discovery: join or form the secure layer's etcd cluster as the group changes.
+"""kubeplat etcd membership: the secure layer's cluster is formed once, members join one at a
+time, and members whose instance is gone are removed while quorum holds.
 
-Runs on each secure-layer instance before etcd starts (python3 and boto3 from the distribution).
-Members are the running instances of the environment's secure autoscaling group, found through
-the EC2 API by tag, and are addressed by their EC2 private DNS names (covered by the etcd
-certificates' wildcard SAN).
+Two commands, each run by its own systemd unit, restarted with back-off:
 
-- If an existing member answers, this instance joins it: members whose instance is gone are
-  removed first (so a replaced instance never breaks quorum accounting), then this one is added,
-  and etcd starts with `initial-cluster-state: existing`.
-- Otherwise, once as many instances run as the group wants, they form a new cluster together.
-- After a reboot (a data directory exists) nothing changes: etcd restarts as the member it was.
+  etcd-member prepare  (kubeplat-etcd-member.service, before etcd.service): decide how this
+                       instance's etcd starts, and write its configuration;
+  etcd-member watch    (kubeplat-etcd-watch.service, beside etcd.service): promote this member
+                       once it has caught up (it joins as a learner), and on the leader remove
+                       members whose instance is gone.
 
-It writes /etc/etcd/etcd.conf.yml from the rendered template, replacing @NAME@, @HOST@,
-@INITIAL_CLUSTER@ and @STATE@.
+A member's name is its instance id. `prepare` looks at the environment's running secure
+instances (EC2), asks the other instances' etcd for the member list and for a quorum read, and
+reads the environment's formation record (`<prefix>/etcd/formation.json` in the secrets
+bucket), then decides (`decide`, pure):
+
+- a data directory exists: etcd restarts as the member it was;
+- a member answers and this instance is one (added before it last stopped): start `existing`;
+- a member answers with quorum: remove the members whose instance is gone, add this one as a
+  learner (etcd holds one learner at a time, so joins go one by one; another joiner's learner
+  means wait), start `existing`;
+- a member answers without quorum: quorum is lost. Say so and wait; never form a cluster;
+- nobody answers and the formation record names this instance: the cluster is being formed
+  (or all its members restart): start `new` with the record's members and token;
+- nobody answers and a record exists without this instance: the cluster formed before is
+  unreachable. Say so and wait; never form a second one (restore from a snapshot instead);
+- nobody answers and no record exists: once the group's desired number of instances run, the
+  lowest instance ids propose the record; the first conditional write wins and fixes the
+  members and the cluster token for good.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import subprocess
+import sys
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import aws
 
+PEER_PORT = 2380
+CLIENT_PORT = 2379
+RECOVERY = "see kubeplat's README, 'etcd: when quorum is lost'"
+
+
+def say(message: str) -> None:
+    print(f"kubeplat etcd: {message}", flush=True)
+
+
+@dataclass
+class Member:
+    id: str  # hexadecimal, as etcdctl takes it
+    name: str  # the instance id; "" while added but not started
+    peer_urls: list[str]
+    learner: bool = False
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> Member:
+        return cls(
+            format(int(raw["ID"]), "x"),
+            raw.get("name", ""),
+            list(raw.get("peerURLs", [])),
+            bool(raw.get("isLearner", False)),
+        )
+
+
+@dataclass
+class Seen:
+    """What one round of `prepare` observed."""
+
+    me: str
+    host: str
+    live: dict[str, str]  # instance id → private DNS name, the running secure instances
+    desired: int
+    members: list[Member] | None  # None: no member answered
+    quorum: bool = False  # a linearizable read succeeded
+    record: dict[str, Any] | None = None  # the formation record
+    reachable: int = 0  # other members whose etcd answers at all (a status needs no quorum)
+
+
+@dataclass
+class Decision:
+    action: str  # restart, start, join, propose, wait
+    message: str
+    state: str = ""  # new or existing
+    cluster: dict[str, str] = field(default_factory=dict)  # name → peer URL
+    remove: list[Member] = field(default_factory=list)
+    token: str = ""
+
+    @property
+    def initial_cluster(self) -> str:
+        return ",".join(f"{name}={url}" for name, url in sorted(self.cluster.items()))
+
+
+def peer_url(host: str) -> str:
+    return f"https://{host}:{PEER_PORT}"
+
+
+def _host_of(url: str) -> str:
+    return url.split("//", 1)[-1].rsplit(":", 1)[0]
+
+
+def gone(member: Member, live: dict[str, str]) -> bool:
+    """The member's instance no longer runs (by its name, or for a member added but never
+    started, by its peer address)."""
+    if member.name:
+        return member.name not in live
+    hosts = set(live.values())
+    return not any(_host_of(url) in hosts for url in member.peer_urls)
+
+
+def entries(members: Iterable[Member]) -> dict[str, str]:
+    """initial-cluster entries of members: etcd matches them to the cluster by peer URL, so a
+    member not started yet (no name) goes by its id."""
+    return {m.name or m.id: m.peer_urls[0] for m in members}
+
+
+def decide(seen: Seen) -> Decision:
+    mine = peer_url(seen.host)
+    if seen.members is not None:
+        me = [m for m in seen.members if m.name == seen.me or (not m.name and mine in m.peer_urls)]
+        others = [m for m in seen.members if m not in me]
+        if me:
+            return Decision(
+                "start",
+                "this instance is already a member: starting as it",
+                "existing",
+                {**entries(others), seen.me: mine},
+                token=_token(seen),
+            )
+        if not seen.quorum:
+            return _quorum_lost(f"{len(seen.members)} members")
+        stale = [m for m in others if gone(m, seen.live)]
+        joining = [m for m in others if m.learner and m not in stale]
+        if joining:
+            names = ", ".join(m.name or m.peer_urls[0] for m in joining)
+            return Decision("wait", f"{names} is joining; members join one at a time")
+        return Decision(
+            "join",
+            f"joining as a learner ({len(others) - len(stale)} members"
+            + (f", removing {len(stale)} whose instance is gone" if stale else "")
+            + ")",
+            "existing",
+            {**entries(m for m in others if m not in stale), seen.me: mine},
+            stale,
+            _token(seen),
+        )
+    if seen.reachable:
+        return _quorum_lost(f"{seen.reachable} answering")
+    record = seen.record
+    if record is not None:
+        members = dict(record["members"])
+        if seen.me in members:
+            return Decision(
+                "start",
+                f"forming the cluster recorded at {record.get('formed', '?')}",
+                "new",
+                members,
+                token=str(record["token"]),
+            )
+        return Decision(
+            "wait",
+            f"no member of the cluster formed at {record.get('formed', '?')} answers; this "
+            "instance is not one of its first members, so it waits for them. If they are all "
+            "gone, the data is only in the snapshots; never forming a second cluster; " + RECOVERY,
+        )
+    if len(seen.live) < seen.desired:
+        return Decision(
+            "wait", f"{len(seen.live)} of {seen.desired} instances run; forming when all do"
+        )
+    first = sorted(seen.live)[: seen.desired]
+    if seen.me not in first:
+        return Decision("wait", "not one of the first members; waiting for them to form")
+    return Decision(
+        "propose",
+        f"proposing the cluster of {', '.join(first)}",
+        "new",
+        {iid: peer_url(seen.live[iid]) for iid in first},
+        token="kubeplat-" + secrets.token_hex(8),
+    )
+
+
+def _quorum_lost(counted: str) -> Decision:
+    return Decision(
+        "wait",
+        f"etcd has lost quorum: members answer but cannot agree ({counted}); not joining, and "
+        "never forming a second cluster; " + RECOVERY,
+    )
+
+
+def _token(seen: Seen) -> str:
+    return str((seen.record or {}).get("token", ""))
+
+
+# --- what the decisions act on ------------------------------------------------------------
+
+
+@dataclass
+class Etcdctl:
+    """etcdctl with the node's client certificate."""
+
+    pki: Path
+    binary: str = "etcdctl"
+
+    def __call__(self, endpoints: list[str], *args: str, timeout: float = 30) -> Any:
+        command = [
+            self.binary,
+            f"--endpoints={','.join(endpoints)}",
+            f"--cacert={self.pki}/etcd/ca.crt",
+            f"--cert={self.pki}/etcd/healthcheck-client.crt",
+            f"--key={self.pki}/etcd/healthcheck-client.key",
+            "--dial-timeout=3s",
+            "--command-timeout=10s",
+            *args,
+        ]
+        try:
+            return subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(command, 124, "", "etcdctl timed out")
+
+    def members(self, endpoints: list[str]) -> list[Member] | None:
+        listed = self(endpoints, "member", "list", "-w", "json")
+        if listed.returncode != 0 or not endpoints:
+            return None
+        return [Member.parse(m) for m in json.loads(listed.stdout).get("members", [])]
+
+    def reachable(self, endpoints: list[str]) -> int:
+        """How many of the endpoints' etcd answer at all (a status needs no quorum)."""
+        answer = self(endpoints, "endpoint", "status", "-w", "json")
+        try:
+            return len(json.loads(answer.stdout or "[]"))
+        except ValueError:
+            return 0
+
+    def quorum(self, endpoints: list[str]) -> bool:
+        """A linearizable read succeeds: a quorum of members agrees."""
+        probe = self(endpoints, "get", "--consistency=l", "/kubeplat/quorum-probe")
+        return bool(endpoints) and probe.returncode == 0
+
+
+class Formation:
+    """The environment's formation record: written once (a conditional put), read by all."""
+
+    def __init__(self, s3: Any, bucket: str, prefix: str) -> None:
+        self.s3, self.bucket, self.key = s3, bucket, f"{prefix}/etcd/formation.json"
+
+    def read(self) -> dict[str, Any] | None:
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key, MaxKeys=1)
+        if not listed.get("KeyCount"):
+            return None
+        body = self.s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+        return dict(json.loads(body))
+
+    def create(self, record: dict[str, Any]) -> bool:
+        """Write the record unless one exists; False when another was first."""
+
+        def only_if_absent(request: Any, **_: Any) -> None:
+            request.headers["If-None-Match"] = "*"  # older botocore has no IfNoneMatch
+
+        event = "before-sign.s3.PutObject"
+        self.s3.meta.events.register(event, only_if_absent)
+        try:
+            self.s3.put_object(
+                Bucket=self.bucket, Key=self.key, Body=json.dumps(record, indent=1).encode()
+            )
+        except Exception as exc:
+            status = getattr(exc, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412):
+                return False
+            raise
+        finally:
+            self.s3.meta.events.unregister(event, only_if_absent)
+        return True
+
 
 def live_members(ec2: Any, environment: str) -> dict[str, str]:
-    """Instance id → private DNS name of the environment's running secure instances."""
+    """Instance id → private DNS name of the environment's pending and running secure instances."""
     members: dict[str, str] = {}
     paginator = ec2.get_paginator("describe_instances")
     filters = [
@@ -44,116 +300,183 @@ def live_members(ec2: Any, environment: str) -> dict[str, str]:
     return members
 
 
-def etcdctl(endpoints: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    pki = "/etc/kubernetes/pki"
-    return subprocess.run(
-        [
-            "etcdctl",
-            f"--endpoints={','.join(endpoints)}",
-            f"--cacert={pki}/etcd/ca.crt",
-            f"--cert={pki}/etcd/healthcheck-client.crt",
-            f"--key={pki}/etcd/healthcheck-client.key",
-            "--dial-timeout=3s",
-            "--command-timeout=10s",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-
-
-def plan(
-    me: str, host: str, live: dict[str, str], existing: list[dict[str, Any]] | None
-) -> tuple[str, str, list[str], list[str]]:
-    """Decide how to start: (state, initial-cluster, member ids to remove, names to add).
-
-    Pure, so it is tested without AWS: `existing` is the member list of a running cluster,
-    or None when no member answered.
-    """
-    if existing is None:
-        cluster = ",".join(f"{iid}=https://{dns}:2380" for iid, dns in sorted(live.items()))
-        return "new", cluster, [], []
-    live_hosts = set(live.values()) | {host}
-    mine = f"https://{host}:2380"
-
-    def is_me(member: dict[str, Any]) -> bool:
-        # A member started by this instance has its name; one that another member added for
-        # it (listed in the cluster it formed, not started yet) has no name but its peer URL.
-        return member.get("name") == me or (
-            not member.get("name") and mine in member.get("peerURLs", [])
-        )
-
-    remove = [
-        m["ID"]
-        for m in existing
-        if not is_me(m)
-        and not any(f"//{h}:" in url for h in live_hosts for url in m.get("peerURLs", []))
-    ]
-    kept = [m for m in existing if m["ID"] not in remove and not is_me(m)]
-    entries = [f"{m['name']}={m['peerURLs'][0]}" for m in kept if m.get("name")]
-    entries.append(f"{me}={mine}")
-    add = [] if any(is_me(m) for m in existing) else [me]
-    return "existing", ",".join(sorted(entries)), remove, add
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--environment", required=True)
-    parser.add_argument("--template", type=Path, default=Path("/etc/etcd/etcd.conf.yml.tmpl"))
-    parser.add_argument("--output", type=Path, default=Path("/etc/etcd/etcd.conf.yml"))
-    parser.add_argument("--data-dir", type=Path, default=Path("/var/lib/etcd"))
-    parser.add_argument("--timeout", type=float, default=900)
-    args = parser.parse_args(argv)
-    if (args.data_dir / "member").is_dir() and args.output.exists():
-        print("etcd-discover: data directory exists; restarting as the same member")
-        return 0
-    identity = aws.Identity.read()
-    region, me, host = identity.region, identity.instance_id, identity.hostname
-    ec2 = aws.client("ec2", region)
-    deadline = time.monotonic() + args.timeout
-    while True:
-        live = live_members(ec2, args.environment)
-        others = [f"https://{dns}:2379" for iid, dns in sorted(live.items()) if iid != me]
-        existing = None
-        if others:
-            listed = etcdctl(others, "member", "list", "-w", "json")
-            if listed.returncode == 0:
-                existing = json.loads(listed.stdout).get("members", [])
-                for member in existing:
-                    member["ID"] = format(int(member["ID"]), "x")
-        wanted = _desired(aws.client("autoscaling", region), me)
-        if existing is not None or len(live) >= wanted:
-            break
-        if time.monotonic() > deadline:
-            print(f"etcd-discover: only {len(live)} of {wanted} members after {args.timeout}s")
-            return 1
-        time.sleep(5)
-    state, cluster, remove, add = plan(me, host, live, existing)
-    for member_id in remove:
-        etcdctl(others, "member", "remove", member_id)
-    for name in add:
-        added = etcdctl(others, "member", "add", name, f"--peer-urls=https://{host}:2380")
-        if added.returncode != 0:
-            print(f"etcd-discover: member add failed: {added.stderr.strip()}")
-            return 1
-    text = args.template.read_text()
-    for key, value in (
-        ("@NAME@", me),
-        ("@HOST@", host),
-        ("@INITIAL_CLUSTER@", cluster),
-        ("@STATE@", state),
-    ):
-        text = text.replace(key, value)
-    args.output.write_text(text)
-    print(f"etcd-discover: {state} cluster {cluster}")
-    return 0
-
-
-def _desired(autoscaling: Any, instance_id: str) -> int:
+def desired(autoscaling: Any, instance_id: str) -> int:
     found = autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id])
     groups = [i["AutoScalingGroupName"] for i in found.get("AutoScalingInstances", [])]
     if not groups:
         return 1
     group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=groups[:1])
     return int(group["AutoScalingGroups"][0]["DesiredCapacity"])
+
+
+class Node:
+    """This instance and the services `prepare` and `watch` talk to."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        identity = aws.Identity.read()
+        self.me, self.host, self.region = identity.instance_id, identity.hostname, identity.region
+        self.environment = args.environment
+        self.ec2 = aws.client("ec2", self.region)
+        self.autoscaling = aws.client("autoscaling", self.region)
+        self.formation = Formation(aws.client("s3", self.region), args.bucket, args.prefix)
+        self.etcdctl = Etcdctl(args.pki, args.etcdctl)
+
+    def look(self) -> Seen:
+        live = live_members(self.ec2, self.environment)
+        others = [
+            f"https://{dns}:{CLIENT_PORT}" for iid, dns in sorted(live.items()) if iid != self.me
+        ]
+        members = self.etcdctl.members(others) if others else None
+        return Seen(
+            self.me,
+            self.host,
+            live,
+            desired(self.autoscaling, self.me),
+            members,
+            self.etcdctl.quorum(others) if members is not None else False,
+            self.formation.read(),
+            self.etcdctl.reachable(others) if others and members is None else 0,
+        )
+
+    def act(self, decision: Decision, seen: Seen) -> bool:
+        """Carry a decision out; True when the configuration may be written."""
+        others = [
+            f"https://{d}:{CLIENT_PORT}" for i, d in sorted(seen.live.items()) if i != self.me
+        ]
+        if decision.action == "propose":
+            record = {
+                "token": decision.token,
+                "members": decision.cluster,
+                "formed": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "by": self.me,
+            }
+            if self.formation.create(record):
+                say(f"formation record written: {decision.initial_cluster}")
+            else:
+                say("another instance wrote the formation record first: following it")
+            return False  # decide again, from the record
+        if decision.action == "join":
+            for member in decision.remove:
+                removed = self.etcdctl(others, "member", "remove", member.id)
+                if removed.returncode != 0:
+                    say(f"removing {member.name or member.id} failed: {removed.stderr.strip()}")
+                    return False
+                say(f"removed member {member.name or member.id} (its instance is gone)")
+            added = self.etcdctl(
+                others, "member", "add", self.me, f"--peer-urls={peer_url(self.host)}", "--learner"
+            )
+            if added.returncode != 0:
+                say(f"adding this member failed: {added.stderr.strip()}")
+                return False
+        return decision.action in ("start", "join")
+
+
+def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
+    if (args.data_dir / "member").is_dir() and args.output.exists():
+        say("a data directory exists: etcd restarts as the member it was")
+        return 0
+    node = Node(args)
+    pause, last = 5.0, ""
+    while True:
+        try:
+            seen = node.look()
+            decision = decide(seen)
+            if decision.message != last:
+                say(decision.message)
+                last = decision.message
+            if node.act(decision, seen):
+                break
+        except Exception as exc:  # AWS or etcd unreachable for now: try again
+            say(f"{type(exc).__name__}: {exc}; trying again in {pause:.0f}s")
+        sleep(pause)
+        pause = min(pause * 1.5, 30.0)
+    write_config(args, node.me, node.host, decision)
+    say(f"{decision.state} cluster {decision.initial_cluster}")
+    return 0
+
+
+def write_config(args: argparse.Namespace, name: str, host: str, decision: Decision) -> None:
+    text = args.template.read_text()
+    for key, value in (
+        ("@NAME@", name),
+        ("@HOST@", host),
+        ("@INITIAL_CLUSTER@", decision.initial_cluster),
+        ("@STATE@", decision.state),
+        ("@TOKEN@", decision.token or f"kubeplat-{args.environment}"),
+    ):
+        text = text.replace(key, value)
+    temporary = args.output.with_name(f".{args.output.name}.new")
+    temporary.write_text(text)
+    os.replace(temporary, args.output)
+
+
+def watch(args: argparse.Namespace, rounds: int | None = None) -> int:
+    """Promote this member once it has caught up; on the leader, remove members whose
+    instance is gone (etcd refuses a removal that would lose quorum)."""
+    node = Node(args)
+    done = 0
+    while rounds is None or done < rounds:
+        done += 1
+        try:
+            _watch_round(node)
+        except Exception as exc:
+            say(f"watch: {type(exc).__name__}: {exc}")
+        if rounds is None or done < rounds:
+            time.sleep(args.interval)
+    return 0
+
+
+def _watch_round(node: Node) -> None:
+    local = [f"https://{node.host}:{CLIENT_PORT}"]
+    status = node.etcdctl(local, "endpoint", "status", "-w", "json")
+    if status.returncode != 0:
+        return  # etcd is not up (yet)
+    found = json.loads(status.stdout)[0]["Status"]
+    mine = format(int(found["header"]["member_id"]), "x")
+    if found.get("isLearner"):
+        # A learner serves no member API: ask the voting members to promote it (they refuse
+        # until it has caught up with the leader; the next round tries again).
+        live = live_members(node.ec2, node.environment)
+        others = [f"https://{d}:{CLIENT_PORT}" for i, d in sorted(live.items()) if i != node.me]
+        promoted = node.etcdctl(others, "member", "promote", mine)
+        if promoted.returncode == 0:
+            say("promoted to a voting member")
+        return
+    if format(int(found["leader"]), "x") != mine:
+        return
+    members = node.etcdctl.members(local)
+    live = live_members(node.ec2, node.environment)
+    if members is None or node.me not in live:
+        return  # an answer that does not list this instance is not to be trusted
+    for member in members:
+        if member.name != node.me and member.id != mine and gone(member, live):
+            removed = node.etcdctl(local, "member", "remove", member.id)
+            if removed.returncode == 0:
+                say(f"removed member {member.name or member.id}: its instance is gone")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubeplat-node etcd-member", description=__doc__)
+    parser.add_argument("command", choices=("prepare", "watch"), nargs="?", default="prepare")
+    parser.add_argument("--environment", required=True)
+    parser.add_argument("--bucket", required=True)
+    parser.add_argument("--prefix", required=True)
+    env = os.environ.get
+    parser.add_argument(
+        "--pki", type=Path, default=Path(env("KUBEPLAT_PKI", "/etc/kubernetes/pki"))
+    )
+    parser.add_argument("--template", type=Path, default=Path("/etc/etcd/etcd.conf.yml.tmpl"))
+    parser.add_argument("--output", type=Path, default=Path("/etc/etcd/etcd.conf.yml"))
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(env("KUBEPLAT_ETCD_DATA", "/var/lib/etcd"))
+    )
+    parser.add_argument("--etcdctl", default=env("KUBEPLAT_ETCDCTL", "etcdctl"))
+    parser.add_argument("--interval", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    if args.command == "watch":
+        return watch(args)
+    return prepare(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

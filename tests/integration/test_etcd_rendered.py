@@ -46,12 +46,14 @@ def test_rendered_etcd_configuration_forms_a_tls_cluster(
     processes = []
     try:
         for m in members:
-            # What etcd-discover does on a node, with this machine's addresses and ports.
+            # What kubeplat-etcd-member does on a node, with this machine's addresses and ports
+            # (tests/node/test_etcd_members.py runs the program itself).
             text = (
                 template.replace("@NAME@", m.name)
                 .replace("@HOST@", "127.0.0.1")
                 .replace("@INITIAL_CLUSTER@", initial)
                 .replace("@STATE@", "new")
+                .replace("@TOKEN@", "kubeplat-0123456789abcdef")
                 .replace("0.0.0.0", "127.0.0.1")
                 .replace(":2379", f":{m.client_port}")
                 .replace(":2380", f":{m.peer_port}")

@@ -125,10 +125,14 @@ def allowed(policy: dict[str, Any], action: str, resource: str, prefix: str | No
             return False
         if not any(fnmatch.fnmatchcase(resource, r) for r in resources):
             return False
-        condition = statement.get("Condition", {}).get("StringLike", {}).get("s3:prefix")
-        if condition is not None:
-            values = condition if isinstance(condition, list) else [condition]
+        conditions = statement.get("Condition", {})
+        like = conditions.get("StringLike", {}).get("s3:prefix")
+        if like is not None:
+            values = like if isinstance(like, list) else [like]
             return prefix is not None and any(fnmatch.fnmatchcase(prefix, v) for v in values)
+        equals = conditions.get("StringEquals", {}).get("s3:prefix")
+        if equals is not None:
+            return prefix in (equals if isinstance(equals, list) else [equals])
         return True
 
     statements = policy["Statement"]
@@ -175,5 +179,13 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
         theirs = group.format(env.aws_region, "0c1d", f"{env.environment}-{env.platform}-{other}")
         assert allowed(policy, "autoscaling:SetInstanceHealth", own)
         assert not allowed(policy, "autoscaling:SetInstanceHealth", theirs)
+    # The etcd members' formation record: the secure layer reads and writes it, nobody else.
+    record = f"{obj}/etcd/formation.json"
+    assert allowed(secure, "s3:PutObject", record) and allowed(secure, "s3:GetObject", record)
+    assert allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/etcd/formation.json")
+    assert not allowed(compute, "s3:PutObject", record)
+    assert not allowed(compute, "s3:GetObject", record)
+    assert not allowed(secure, "s3:PutObject", f"{obj}/etcd/other.json")
+    assert not allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/etcd/")
     # …and out of other environments sharing the bucket.
     assert not allowed(secure, "s3:GetObject", f"{bucket}/prod/pki/secure/etcd/peer.key")

@@ -48,3 +48,14 @@ def world(node_rootfs: Path) -> Iterator[World]:
     with World(root=node_rootfs) as opened:
         yield opened
     assert opened.leftovers() == []
+
+
+@pytest.fixture
+def network() -> Iterator[World]:
+    """A fresh VPC for instances without containers (World.attach): no image needed."""
+    reason = missing_prerequisites(image=False)
+    if reason:
+        _unavailable(reason)
+    with World() as opened:
+        yield opened
+    assert opened.leftovers() == []

@@ -143,10 +143,14 @@ def _until(check: Callable[[], Any], timeout: float, what: str, interval: float 
         time.sleep(interval)
 
 
-def missing_prerequisites() -> str | None:
-    """Why node tests cannot run here, or None when they can (for pytest.skip)."""
+def missing_prerequisites(image: bool = True) -> str | None:
+    """Why node tests cannot run here, or None when they can (for pytest.skip); image=False
+    for tests that attach instances without containers (World.attach)."""
     if os.geteuid() != 0:
         return "node tests need root (namespaces, overlayfs, systemd-nspawn)"
+    if not image:
+        missing = [name for name in ("ip", "nsenter") if shutil.which(name) is None]
+        return f"missing programs: {', '.join(missing)}" if missing else None
     needed = ["systemd-nspawn", "nsenter", "ip", "mount", "umount"]
     if not _cached_rootfs().is_dir():
         needed.append("debootstrap")
@@ -874,6 +878,97 @@ class Node:
 _NO_IPV6 = "for k in all default; do echo 1 > /proc/sys/net/ipv6/conf/$k/disable_ipv6; done"
 
 
+class Host:
+    """An instance without a container: a network namespace holding the instance's address,
+    for programs a test runs directly (etcd and its membership program, say).
+
+    Programs run with `ip netns exec`, which also gives them the VPC resolver as
+    /etc/resolv.conf (from /etc/netns/NAME/, created here and deleted on stop).
+    """
+
+    def __init__(self, world: World, spec: NodeSpec, name: str) -> None:
+        self.world, self.spec, self.name = world, spec, name
+        self.mac = "0e:00:" + ":".join(f"{int(b):02x}" for b in spec.private_ip.split("."))
+        self.dir = world.dir / name
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._undo = contextlib.ExitStack()
+
+    def _start(self) -> None:
+        name, world, undo = self.name, self.world, self._undo
+        _run("ip", "netns", "add", name)
+        undo.callback(_run, "ip", "netns", "delete", name)
+        _in_netns(name, _NO_IPV6)
+        veth = ("link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", name)
+        _run("ip", "-n", world.netns, *veth)
+        _run("ip", "-n", world.netns, "link", "set", name, "master", "br0", "up")
+        inside = ("ip", "-n", name)
+        _run(*inside, "link", "set", "eth0", "address", self.mac)
+        _run(*inside, "link", "set", "lo", "up")
+        _run(
+            *inside,
+            "addr",
+            "add",
+            f"{self.spec.private_ip}/{world.subnet.prefixlen}",
+            "dev",
+            "eth0",
+        )
+        _run(*inside, "link", "set", "eth0", "up")
+        _run(*inside, "route", "add", f"{IMDS_IP}/32", "dev", "eth0", "scope", "link")
+        _run(*inside, "route", "add", "default", "via", world.gateway)
+        etc = Path("/etc/netns") / name
+        etc.mkdir(parents=True)
+        undo.callback(shutil.rmtree, etc, True)
+        (etc / "resolv.conf").write_text(f"nameserver {world.resolver}\n")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        undo.callback(self._kill)
+
+    def popen(
+        self, argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """Start a program in the instance's network (its output appended to log)."""
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                ["ip", "netns", "exec", self.name, *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+        self.processes.append(process)
+        return process
+
+    def run(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a program in the instance's network and wait for it."""
+        return subprocess.run(
+            ["ip", "netns", "exec", self.name, *argv],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **(env or {})},
+            timeout=timeout,
+            check=False,
+        )
+
+    def kill(self, process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Stop one program (its whole session) and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+
+    def _kill(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                self.kill(process)
+        self.processes.clear()
+
+    def stop(self) -> None:
+        """Power the instance off: its programs killed, its namespace deleted."""
+        self._undo.close()
+
+
 def _remove_cgroup(cgroup: Path) -> None:
     """rmdir a cgroup and whatever nspawn or the container's systemd made below it."""
     for directory, _subdirs, _files in os.walk(cgroup, topdown=False):
@@ -897,6 +992,7 @@ class World:
         self.netns = f"{self.prefix}w"
         self.dir = SCRATCH / self.prefix
         self.nodes: list[Node] = []
+        self.hosts: list[Host] = []
         self.instances: dict[str, Instance] = {}  # by private IP
         self.imds_log: list[Request] = []
         self.dns_names: dict[str, str] = {}
@@ -983,9 +1079,11 @@ class World:
 
     def reverse(self, ip: str) -> str | None:
         """What the VPC resolver answers for a PTR query: the private DNS name of an instance."""
-        for node in self.nodes:
-            if node.spec.private_ip == ip:
-                return node.spec.hostname
+        if ip not in self.instances:
+            return None
+        for machine in reversed([*self.nodes, *self.hosts]):  # the latest holder of the address
+            if machine.spec.private_ip == ip:
+                return machine.spec.hostname
         return None
 
     def add_dns(self, name: str, ip: str) -> None:
@@ -1043,6 +1141,26 @@ class World:
         node._start()
         return node
 
+    def attach(self, spec: NodeSpec) -> Host:
+        """Start an instance without a container (Host): its IMDS record, DNS name, network."""
+        ip = ipaddress.IPv4Address(spec.private_ip)
+        reserved = {self.gateway, self.resolver, *self.instances}
+        if ip not in self.subnet or str(ip) in reserved or ip == self.subnet.broadcast_address:
+            raise HarnessError(f"{ip} is not a free address in {self.subnet}")
+        host = Host(self, spec, f"{self.prefix}h{len(self.hosts)}")
+        self.instances[spec.private_ip] = Instance(_instance_tree(spec, host.mac, self.subnet))
+        self.add_dns(spec.hostname, spec.private_ip)
+        self.hosts.append(host)
+        self._undo.callback(host.stop)
+        host._start()
+        return host
+
+    def detach(self, host: Host) -> None:
+        """Terminate an instance started by attach: its address is free again afterwards."""
+        host.stop()
+        self.instances.pop(host.spec.private_ip, None)
+        self.dns_names.pop(host.spec.hostname.lower(), None)
+
     def leftovers(self) -> list[str]:
         """What of this world is still on the host: namespaces, mounts, cgroups, processes."""
         netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
@@ -1050,6 +1168,7 @@ class World:
         found += [f"mount {point}" for point in _mounts_under(self.dir)]
         found += [f"cgroup {c}" for r in _cgroup_roots() for c in r.glob(f"{self.prefix}*")]
         found += [f"nspawn of {node.name}" for node in self.nodes if node.running]
+        found += [f"/etc/netns/{h.name}" for h in self.hosts if Path("/etc/netns", h.name).exists()]
         return found + ([f"directory {self.dir}"] if self.dir.exists() else [])
 
 
@@ -1098,9 +1217,17 @@ def clean(prefix: str = "kpt") -> list[str]:
         _remove_tree(world)
         removed.append(f"directory {world}")
     netns = os.listdir("/run/netns") if os.path.isdir("/run/netns") else []
+    ours = {os.stat(f"/run/netns/{n}").st_ino for n in netns if n.startswith(prefix)}
+    for proc in Path("/proc").glob("[0-9]*"):  # programs run in a Host's network (etcd…)
+        with contextlib.suppress(OSError):
+            if os.stat(proc / "ns" / "net").st_ino in ours:
+                os.kill(int(proc.name), signal.SIGKILL)
     for name in sorted(n for n in netns if n.startswith(prefix)):
         _run("ip", "netns", "delete", name)
         removed.append(f"netns {name}")
+    for etc in sorted(Path("/etc/netns").glob(f"{prefix}*")) if Path("/etc/netns").is_dir() else []:
+        shutil.rmtree(etc)
+        removed.append(f"directory {etc}")
     return removed
 
 

@@ -144,38 +144,6 @@ def test_admin_kubeconfig(env: config.Environment, files: dict[str, bytes]) -> N
     assert document["users"][0]["user"]["client-key-data"]
 
 
-def test_etcd_discovery_plan() -> None:
-    from kubeplat.node import etcd as node_etcd
-
-    live = {"i-a": "ip-10-0-0-1.x", "i-b": "ip-10-0-0-2.x", "i-c": "ip-10-0-0-3.x"}
-    state, cluster, remove, add = node_etcd.plan("i-a", "ip-10-0-0-1.x", live, None)
-    assert state == "new" and remove == [] and add == []
-    assert (
-        cluster
-        == "i-a=https://ip-10-0-0-1.x:2380,i-b=https://ip-10-0-0-2.x:2380,i-c=https://ip-10-0-0-3.x:2380"
-    )
-    # i-c was replaced by i-d: the dead member is removed and the new one added.
-    existing = [
-        {"ID": "1", "name": "i-a", "peerURLs": ["https://ip-10-0-0-1.x:2380"]},
-        {"ID": "2", "name": "i-b", "peerURLs": ["https://ip-10-0-0-2.x:2380"]},
-        {"ID": "3", "name": "i-c", "peerURLs": ["https://ip-10-0-0-3.x:2380"]},
-    ]
-    live = {"i-a": "ip-10-0-0-1.x", "i-b": "ip-10-0-0-2.x", "i-d": "ip-10-0-0-4.x"}
-    state, cluster, remove, add = node_etcd.plan("i-d", "ip-10-0-0-4.x", live, existing)
-    assert (state, remove, add) == ("existing", ["3"], ["i-d"])
-    assert (
-        cluster
-        == "i-a=https://ip-10-0-0-1.x:2380,i-b=https://ip-10-0-0-2.x:2380,i-d=https://ip-10-0-0-4.x:2380"
-    )
-    # i-c boots after i-a and i-b formed the cluster it is listed in (added, not started yet):
-    # it starts as that member, and adds nothing (a second add of its peer URL would fail).
-    existing[2] = {"ID": "3", "name": "", "peerURLs": ["https://ip-10-0-0-3.x:2380"]}
-    live = {"i-a": "ip-10-0-0-1.x", "i-b": "ip-10-0-0-2.x", "i-c": "ip-10-0-0-3.x"}
-    state, cluster, remove, add = node_etcd.plan("i-c", "ip-10-0-0-3.x", live, existing)
-    assert (state, remove, add) == ("existing", [], [])
-    assert cluster.endswith("i-c=https://ip-10-0-0-3.x:2380")
-
-
 def test_render_cli_writes_layout_twice_identically(
     kubeplat, environments: Path, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,113 @@
+"""The etcd membership program's decisions (kubeplat/node/etcd.py `decide`), one per situation
+an autoscaling group creates. Pure: what each round saw goes in, what to do comes out. The
+node-level tier (tests/node/test_etcd_members.py) runs the same program against real etcd."""
+
+from __future__ import annotations
+
+from kubeplat.node.etcd import Member, Seen, decide
+
+A, B, C, D = "i-0a", "i-0b", "i-0c", "i-0d"
+HOST = {A: "ip-10-0-0-1.ec2.internal", B: "ip-10-0-0-2.ec2.internal"}
+HOST.update({C: "ip-10-0-0-3.ec2.internal", D: "ip-10-0-0-4.ec2.internal"})
+
+
+def url(iid: str) -> str:
+    return f"https://{HOST[iid]}:2380"
+
+
+def member(iid: str, number: int, name: str | None = None, learner: bool = False) -> Member:
+    return Member(format(number, "x"), iid if name is None else name, [url(iid)], learner)
+
+
+def seen(me: str, live: list[str], members: list[Member] | None = None, **more: object) -> Seen:
+    return Seen(me, HOST[me], {i: HOST[i] for i in live}, 3, members, **more)  # type: ignore[arg-type]
+
+
+RECORD = {"token": "kubeplat-0123", "members": {A: url(A), B: url(B), C: url(C)}, "formed": "T"}
+
+
+def test_formation_waits_for_the_whole_group_then_the_first_ids_propose() -> None:
+    assert decide(seen(A, [A, B])).action == "wait"
+    proposal = decide(seen(B, [A, B, C]))
+    assert proposal.action == "propose" and proposal.state == "new"
+    assert proposal.cluster == {A: url(A), B: url(B), C: url(C)}
+    assert proposal.token.startswith("kubeplat-")
+    # With a fourth instance already running, only the group's first three form.
+    assert decide(seen(D, [A, B, C, D])).action == "wait"
+
+
+def test_the_record_fixes_members_and_token() -> None:
+    started = decide(seen(C, [A, B, C], record=RECORD))
+    assert (started.action, started.state, started.token) == ("start", "new", "kubeplat-0123")
+    assert started.cluster == RECORD["members"]
+
+
+def test_never_a_second_cluster_over_a_record() -> None:
+    # The whole group was replaced: nobody answers, and none of these formed the cluster.
+    waiting = decide(seen(D, [D], record=RECORD))
+    assert waiting.action == "wait"
+    assert "never forming a second cluster" in waiting.message
+    assert "when quorum is lost" in waiting.message
+
+
+def test_one_replaced_joins_as_a_learner_after_the_gone_member_is_removed() -> None:
+    members = [member(A, 1), member(B, 2), member(C, 3)]
+    joined = decide(seen(D, [A, B, D], members, quorum=True, record=RECORD))
+    assert (joined.action, joined.state) == ("join", "existing")
+    assert [m.name for m in joined.remove] == [C]
+    assert joined.cluster == {A: url(A), B: url(B), D: url(D)}
+
+
+def test_no_quorum_means_wait_and_never_form() -> None:
+    # Two of three replaced at once: the survivor answers, but cannot reach a quorum.
+    members = [member(A, 1), member(B, 2), member(C, 3)]
+    waiting = decide(seen(D, [A, D], members, quorum=False, record=RECORD))
+    assert waiting.action == "wait" and "lost quorum" in waiting.message
+    assert waiting.remove == []
+
+
+def test_joins_go_one_at_a_time() -> None:
+    members = [member(A, 1), member(B, 2), member(C, 3, learner=True)]
+    waiting = decide(seen(D, [A, B, C, D], members, quorum=True))
+    assert waiting.action == "wait" and f"{C} is joining" in waiting.message
+
+
+def test_a_learner_whose_instance_died_is_removed_by_the_next_joiner() -> None:
+    # C was added (as a learner, never started: no name) and its instance died during boot.
+    members = [member(A, 1), member(B, 2), member(C, 3, name="", learner=True)]
+    joined = decide(seen(D, [A, B, D], members, quorum=True))
+    assert joined.action == "join" and [m.id for m in joined.remove] == ["3"]
+
+
+def test_an_instance_already_added_starts_as_that_member() -> None:
+    # Added before it last stopped (no name until it starts): it must not be added twice.
+    members = [member(A, 1), member(B, 2), member(C, 3, name="", learner=True)]
+    started = decide(seen(C, [A, B, C], members, quorum=True))
+    assert (started.action, started.state) == ("start", "existing")
+    assert started.cluster == {A: url(A), B: url(B), C: url(C)}
+    # A member added but not started goes into initial-cluster under its id (no name yet).
+    members = [member(A, 1), member(B, 2, name=""), member(C, 3)]
+    assert decide(seen(C, [A, B, C], members, quorum=True)).cluster == {
+        A: url(A),
+        "2": url(B),
+        C: url(C),
+    }
+
+
+def test_a_reused_private_address_is_another_member() -> None:
+    # D got the address C had: the member named C (D's peer URL) is gone and is removed.
+    HOST[D] = HOST[C]
+    try:
+        members = [member(A, 1), member(B, 2), member(C, 3)]
+        joined = decide(seen(D, [A, B, D], members, quorum=True))
+        assert joined.action == "join" and [m.name for m in joined.remove] == [C]
+        assert joined.cluster[D] == url(C)
+    finally:
+        HOST[D] = "ip-10-0-0-4.ec2.internal"
+
+
+def test_members_that_answer_but_list_nothing_have_lost_quorum() -> None:
+    # etcd 3.5 lists members only with quorum: a lone survivor answers a status, nothing more.
+    waiting = decide(seen(D, [A, D], None, record=RECORD, reachable=1))
+    assert waiting.action == "wait" and "lost quorum" in waiting.message
+    assert "never forming a second cluster" in waiting.message
