@@ -108,6 +108,9 @@ class Environment:
     ssh_public_key: str
     node_os: str
     artifact_mirror: str
+    etcd_snapshot_minutes: int
+    etcd_snapshot_keep: int
+    etcd_snapshot_max_age_days: int
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -574,6 +577,15 @@ def _check_sizes(values: Mapping[str, Any]) -> Iterator[_Finding]:
     grace = values.get("compute_asg_grace_period")
     if isinstance(grace, int) and grace < 0:
         yield "compute_asg_grace_period", f"is {grace}; it must be 0 or more", "e.g. 300", False
+    for name, low, high, example in (
+        ("etcd_snapshot_minutes", 5, 1440, "30"),
+        ("etcd_snapshot_keep", 1, None, "48"),
+        ("etcd_snapshot_max_age_days", 1, None, "7"),
+    ):
+        value = values.get(name)
+        if isinstance(value, int) and (value < low or (high is not None and value > high)):
+            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+            yield name, f"is {value}; it must be {bounds}", f"e.g. {name} = {example}", False
     for name in ("secure_asg_min", "secure_asg_max"):
         count = values.get(name)
         if isinstance(count, int) and count > 0 and count % 2 == 0:

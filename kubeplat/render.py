@@ -154,6 +154,9 @@ def base_context(env: Environment) -> dict[str, Any]:
         "prefix": env.environment,
         "kubernetes_version": env.kubernetes_version,
         "etcd_version": env.etcd_version,
+        "etcd_snapshot_minutes": env.etcd_snapshot_minutes,
+        "etcd_snapshot_keep": env.etcd_snapshot_keep,
+        "etcd_snapshot_max_age_days": env.etcd_snapshot_max_age_days,
         "api_url": f"https://{env.api_dns_name}",
         "api_port": cluster.API_PORT,
         "etcd_client_port": cluster.ETCD_CLIENT_PORT,
@@ -240,7 +243,11 @@ def node_config(env: Environment, layer: Layer) -> dict[str, Any]:
     ]
     services = ["containerd.service", "kubelet.service", "kubeplat-agent.service"]
     if layer.etcd:
-        services[:0] = ["etcd.service", "kubeplat-etcd-watch.service"]
+        services[:0] = [
+            "etcd.service",
+            "kubeplat-etcd-watch.service",
+            "kubeplat-etcd-snapshot.timer",
+        ]
     return {
         "environment": env.environment,
         "layer": layer.name,
@@ -337,6 +344,16 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
                 units + "kubeplat-etcd-watch.service",
                 "0644",
                 _render(part + "kubeplat-etcd-watch.service.j2", ctx),
+            ),
+            (
+                units + "kubeplat-etcd-snapshot.service",
+                "0644",
+                _render(part + "kubeplat-etcd-snapshot.service.j2", ctx),
+            ),
+            (
+                units + "kubeplat-etcd-snapshot.timer",
+                "0644",
+                _render(part + "kubeplat-etcd-snapshot.timer.j2", ctx),
             ),
         ]
     if layer.control_plane:

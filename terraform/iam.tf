@@ -165,6 +165,30 @@ data "aws_iam_policy_document" "node" {
   }
 
   dynamic "statement" {
+    # The leader's etcd snapshots, and their retention (nodes never read them back).
+    for_each = each.key == "secure" ? [1] : []
+    content {
+      sid       = "WriteEtcdSnapshots"
+      actions   = ["s3:PutObject", "s3:DeleteObject"]
+      resources = ["${local.bucket_arn}/${var.environment}/etcd-backups/*"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = each.key == "secure" ? [1] : []
+    content {
+      sid       = "ListEtcdSnapshots"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      condition {
+        test     = "StringEquals"
+        variable = "s3:prefix"
+        values   = ["${var.environment}/etcd-backups/"]
+      }
+    }
+  }
+
+  dynamic "statement" {
     # …and whether it exists (without s3:ListBucket, S3 answers a missing object with 403).
     for_each = each.key == "secure" ? [1] : []
     content {

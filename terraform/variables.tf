@@ -287,3 +287,36 @@ variable "ssh_public_key" {
   default     = ""
   description = "Path (relative to the environment file) of an existing SSH public key to install on the nodes; empty generates an ed25519 key pair for the environment. Example: \"~/.ssh/id_rsa.pub\"."
 }
+
+variable "etcd_snapshot_minutes" {
+  type        = number
+  default     = 30
+  description = "Minutes between etcd snapshots: the secure layer's leader saves one, KMS-encrypted, to <environment>/etcd-backups/ in the secrets bucket. Example: 30."
+
+  validation {
+    condition     = var.etcd_snapshot_minutes >= 5 && var.etcd_snapshot_minutes <= 1440 && floor(var.etcd_snapshot_minutes) == var.etcd_snapshot_minutes
+    error_message = "etcd_snapshot_minutes must be a whole number from 5 to 1440."
+  }
+}
+
+variable "etcd_snapshot_keep" {
+  type        = number
+  default     = 48
+  description = "How many etcd snapshots to keep (the newest; one is always kept); older ones beyond etcd_snapshot_max_age_days go too. Example: 48."
+
+  validation {
+    condition     = var.etcd_snapshot_keep >= 1 && floor(var.etcd_snapshot_keep) == var.etcd_snapshot_keep
+    error_message = "etcd_snapshot_keep must be a whole number, 1 or more."
+  }
+}
+
+variable "etcd_snapshot_max_age_days" {
+  type        = number
+  default     = 7
+  description = "Days after which an etcd snapshot is deleted, even within etcd_snapshot_keep (the newest is always kept). Example: 7."
+
+  validation {
+    condition     = var.etcd_snapshot_max_age_days >= 1 && floor(var.etcd_snapshot_max_age_days) == var.etcd_snapshot_max_age_days
+    error_message = "etcd_snapshot_max_age_days must be a whole number of days, 1 or more."
+  }
+}

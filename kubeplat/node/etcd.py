@@ -1,13 +1,15 @@
 """kubeplat etcd membership: the secure layer's cluster is formed once, members join one at a
 time, and members whose instance is gone are removed while quorum holds.
 
-Two commands, each run by its own systemd unit, restarted with back-off:
+Three commands, each run by its own systemd unit:
 
   etcd-member prepare  (kubeplat-etcd-member.service, before etcd.service): decide how this
                        instance's etcd starts, and write its configuration;
   etcd-member watch    (kubeplat-etcd-watch.service, beside etcd.service): promote this member
                        once it has caught up (it joins as a learner), and on the leader remove
-                       members whose instance is gone.
+                       members whose instance is gone;
+  etcd-member snapshot (kubeplat-etcd-snapshot.timer): on the leader, save a snapshot to
+                       <prefix>/etcd-backups/ in the secrets bucket and apply the retention.
 
 A member's name is its instance id. `prepare` looks at the environment's running secure
 instances (EC2), asks the other instances' etcd for the member list and for a quorum read, and
@@ -455,9 +457,68 @@ def _watch_round(node: Node) -> None:
                 say(f"removed member {member.name or member.id}: its instance is gone")
 
 
+def snapshot(args: argparse.Namespace, now: datetime | None = None) -> int:
+    """On the leader only: save a snapshot, upload it to <prefix>/etcd-backups/ (encrypted with
+    the bucket's key), then delete snapshots beyond --keep or older than --max-age-days (the
+    newest always stays). On any other member: nothing."""
+    node = Node(args)
+    local = [f"https://{node.host}:{CLIENT_PORT}"]
+    status = node.etcdctl(local, "endpoint", "status", "-w", "json")
+    if status.returncode != 0:
+        say(f"snapshot: etcd does not answer here: {status.stderr.strip()[-300:]}")
+        return 1
+    found = json.loads(status.stdout)[0]["Status"]
+    if found["leader"] != found["header"]["member_id"]:
+        say("snapshot: not the leader; the leader takes it")
+        return 0
+    now = now or datetime.now(timezone.utc)
+    backups = f"{args.prefix}/etcd-backups/"
+    key = f"{backups}{now.strftime('%Y%m%dT%H%M%SZ')}-{node.me}.db"
+    target = args.data_dir.parent / ".kubeplat-snapshot.db"
+    try:
+        saved = node.etcdctl(local, "snapshot", "save", str(target), timeout=600)
+        if saved.returncode != 0:
+            say(f"snapshot: saving failed: {saved.stderr.strip()[-300:]}")
+            return 1
+        s3 = node.formation.s3
+        with target.open("rb") as body:
+            s3.put_object(Bucket=args.bucket, Key=key, Body=body)
+    finally:
+        target.unlink(missing_ok=True)
+    say(f"snapshot: saved s3://{args.bucket}/{key} ({found.get('dbSize', '?')} bytes of data)")
+    for old in expired(list_snapshots(s3, args.bucket, backups), args.keep, args.max_age_days, now):
+        s3.delete_object(Bucket=args.bucket, Key=old)
+        say(f"snapshot: deleted {old} (retention)")
+    return 0
+
+
+def list_snapshots(s3: Any, bucket: str, prefix: str) -> list[tuple[str, datetime]]:
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            found.append((item["Key"], item["LastModified"]))
+    return found
+
+
+def expired(
+    snapshots: list[tuple[str, datetime]], keep: int, max_age_days: int, now: datetime
+) -> list[str]:
+    """The snapshots retention deletes: beyond the newest `keep`, or older than the age; the
+    newest one never."""
+    newest_first = sorted(snapshots, key=lambda s: s[0], reverse=True)
+    oldest = now.timestamp() - max_age_days * 86400
+    return [
+        key
+        for index, (key, modified) in enumerate(newest_first)
+        if index > 0 and (index >= keep or modified.timestamp() < oldest)
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubeplat-node etcd-member", description=__doc__)
-    parser.add_argument("command", choices=("prepare", "watch"), nargs="?", default="prepare")
+    parser.add_argument(
+        "command", choices=("prepare", "watch", "snapshot"), nargs="?", default="prepare"
+    )
     parser.add_argument("--environment", required=True)
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--prefix", required=True)
@@ -472,9 +533,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--etcdctl", default=env("KUBEPLAT_ETCDCTL", "etcdctl"))
     parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--keep", type=int, default=48)
+    parser.add_argument("--max-age-days", type=int, default=7)
     args = parser.parse_args(argv)
     if args.command == "watch":
         return watch(args)
+    if args.command == "snapshot":
+        return snapshot(args)
     return prepare(args)
 
 

@@ -187,5 +187,14 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
     assert not allowed(compute, "s3:GetObject", record)
     assert not allowed(secure, "s3:PutObject", f"{obj}/etcd/other.json")
     assert not allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/etcd/")
+    # etcd snapshots: the secure layer writes and prunes them, and never reads one back.
+    snapshot = f"{obj}/etcd-backups/20261202T120000Z-i-0a.db"
+    assert allowed(secure, "s3:PutObject", snapshot) and allowed(
+        secure, "s3:DeleteObject", snapshot
+    )
+    assert allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/etcd-backups/")
+    assert not allowed(secure, "s3:GetObject", snapshot)
+    assert not allowed(compute, "s3:PutObject", snapshot)
+    assert not allowed(secure, "s3:DeleteObject", f"{obj}/pki/secure/etcd/peer.key")
     # …and out of other environments sharing the bucket.
     assert not allowed(secure, "s3:GetObject", f"{bucket}/prod/pki/secure/etcd/peer.key")

@@ -158,9 +158,12 @@ def test_systemd_units_are_complete(bundle: dict[str, bytes]) -> None:
             node = json.loads(text)
             started |= {f"{key.split(':')[0]}:{u}" for u in node["services"] + node["background"]}
     assert started
-    # …and so are the units those require (etcd's membership unit, before etcd).
-    for name, text in units.items():
-        required = re.findall(r"^Requires=(.*)$", text, re.MULTILINE)
+    # …and so are the units those require (etcd's membership unit, before etcd) or trigger
+    # (a timer's service).
+    for name, text in {
+        k: v for k, v in files.items() if k.endswith((".service", ".timer"))
+    }.items():
+        required = re.findall(r"^(?:Requires|Unit)=(.*)$", text, re.MULTILINE)
         layer = name.partition(":")[0]
         if f"{layer}:{name.rsplit('/', 1)[1]}" in started:
             started |= {f"{layer}:{unit}" for line in required for unit in line.split()}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -458,4 +459,88 @@ def test_the_whole_group_replaced_refuses_to_form_again(group: Group) -> None:
         assert member.etcd is None
     assert group.record() == record
     group.views()
+    assert group.clusters_seen == {cluster}
+
+
+def test_snapshots_from_the_leader_restore_with_the_keys(group: Group, tmp_path: Path) -> None:
+    """A backup that cannot be restored is not a backup: restore one and read the keys."""
+    cluster = formed(group)
+    group.put("/kubeplat/in-the-snapshot", "yes")
+    env = {"AWS_ENDPOINT_URL": f"http://{SANDBOX_IP}"}
+    prefix = f"{group.name}/etcd-backups/"
+    s3 = group.aws["s3"]
+
+    def snapshots() -> list[str]:
+        listed = s3.list_objects_v2(Bucket=group.bucket, Prefix=prefix).get("Contents", [])
+        return sorted(item["Key"] for item in listed)
+
+    for round_ in range(3):  # the timer fires on every member; only the leader saves
+        for member in group.members.values():
+            ran = member.host.run([*member.node_args("snapshot"), "--keep", "2"], env=env)
+            assert ran.returncode == 0, ran.stdout + ran.stderr
+        assert len(snapshots()) == min(round_ + 1, 2)
+        time.sleep(1.1)  # snapshot names are by the second
+    newest = snapshots()[-1]
+    saved = tmp_path / "snapshot.db"
+    saved.write_bytes(s3.get_object(Bucket=group.bucket, Key=newest)["Body"].read())
+    # Restore it as etcd's own tools do, into a new single-member cluster on loopback.
+    with socket.socket() as one, socket.socket() as two:
+        one.bind(("127.0.0.1", 0))
+        two.bind(("127.0.0.1", 0))
+        peer, client = one.getsockname()[1], two.getsockname()[1]
+    bins, data = _etcd_binaries(), tmp_path / "restored"
+    initial = f"restored=http://127.0.0.1:{peer}"
+    restore = subprocess.run(
+        [
+            str(bins / "etcdutl"),
+            "snapshot",
+            "restore",
+            str(saved),
+            f"--data-dir={data}",
+            "--name=restored",
+            f"--initial-cluster={initial}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert restore.returncode == 0, restore.stderr
+    with (tmp_path / "restored.log").open("wb") as log:
+        etcd = subprocess.Popen(
+            [
+                str(bins / "etcd"),
+                f"--data-dir={data}",
+                "--name=restored",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster={initial}",
+                f"--listen-client-urls=http://127.0.0.1:{client}",
+                f"--advertise-client-urls=http://127.0.0.1:{client}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def read() -> str:
+            got = subprocess.run(
+                [
+                    str(bins / "etcdctl"),
+                    f"--endpoints=http://127.0.0.1:{client}",
+                    "get",
+                    "/kubeplat/in-the-snapshot",
+                    "--print-value-only",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            return got.stdout.strip()
+
+        assert until(read, 60, "the restored etcd", group) == "yes"
+    finally:
+        etcd.terminate()
+        etcd.wait(timeout=30)
     assert group.clusters_seen == {cluster}

@@ -4,6 +4,8 @@ node-level tier (tests/node/test_etcd_members.py) runs the same program against 
 
 from __future__ import annotations
 
+from datetime import UTC
+
 from kubeplat.node.etcd import Member, Seen, decide
 
 A, B, C, D = "i-0a", "i-0b", "i-0c", "i-0d"
@@ -111,3 +113,23 @@ def test_members_that_answer_but_list_nothing_have_lost_quorum() -> None:
     waiting = decide(seen(D, [A, D], None, record=RECORD, reachable=1))
     assert waiting.action == "wait" and "lost quorum" in waiting.message
     assert "never forming a second cluster" in waiting.message
+
+
+def test_snapshot_retention_keeps_the_newest_always() -> None:
+    from datetime import datetime, timedelta
+
+    from kubeplat.node.etcd import expired
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+
+    def snap(hours_ago: float) -> tuple[str, datetime]:
+        at = now - timedelta(hours=hours_ago)
+        return f"dev/etcd-backups/{at.strftime('%Y%m%dT%H%M%SZ')}-i-0a.db", at
+
+    snapshots = [snap(h) for h in (0.5, 1, 1.5, 2)]
+    assert expired(snapshots, keep=2, max_age_days=7, now=now) == [snapshots[2][0], snapshots[3][0]]
+    old = [snap(24 * 10), snap(24 * 9), snap(24 * 1)]
+    assert expired(old, keep=48, max_age_days=7, now=now) == [old[1][0], old[0][0]]
+    # Even when every snapshot is too old, the newest stays.
+    ancient = [snap(24 * 30), snap(24 * 31)]
+    assert expired(ancient, keep=48, max_age_days=7, now=now) == [ancient[1][0]]
