@@ -335,6 +335,50 @@ def instances(state: State, env: str, layer: str | None, output_format: str) -> 
         console.status(f"no instances in {env}", "warn")
 
 
+@cli.group()
+def etcd() -> None:
+    """The secure layer's etcd: its members, health and snapshots."""
+
+
+@etcd.command("status")
+@env_option
+@_output_option
+@click.pass_obj
+def etcd_status(state: State, env: str, output_format: str) -> None:
+    """Members, leader, health, database size, which instance each member is, stale members,
+    and the latest snapshot, as the secure nodes report them to the bucket."""
+    from kubeplat import etcdstatus, ops
+
+    found = ops.etcd_status(env, state.env_dir, sandbox=state.sandbox)
+    if output_format == "json":
+        console.data_json(found.as_json())
+        return
+    console.table(
+        ["instance", "state", "member", "role", "db size", "reported"],
+        [
+            [r.instance_id, r.state, r.member or "-", r.role,
+             f"{r.db_size / 1048576:.1f} MiB" if r.db_size else "-", etcdstatus.age(r.reported)]
+            for r in found.rows
+        ],
+        title="etcd members",
+    )  # fmt: skip
+    quorum = {True: "yes", False: "NO (see README 'etcd: when quorum is lost')", None: "unknown"}
+    console.status(f"cluster {found.cluster or '?'}: quorum {quorum[found.quorum]}", "info")
+    if found.formed:
+        console.status(f"formed {found.formed.get('formed', '?')} by {found.formed.get('by', '?')}")
+    else:
+        console.status("no formation record: the cluster has not been formed yet", "warn")
+    if found.stale:
+        console.status(f"members whose instance is gone: {', '.join(found.stale)}", "warn")
+    snapshot = (
+        f"{found.latest_snapshot} ({etcdstatus.age(found.latest_snapshot_time)}), "
+        f"{found.snapshots} kept"
+        if found.snapshots
+        else "none yet"
+    )
+    console.status(f"latest snapshot: {snapshot}")
+
+
 @cli.command()
 @env_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")

@@ -336,6 +336,21 @@ def instances(
     return inventory.instances(connected.aws, connected.env.environment, layer)
 
 
+def etcd_status(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> Any:
+    """The secure layer's etcd, from its members' reports in the bucket (etcdstatus)."""
+    from kubeplat import etcdstatus, inventory, pipeline
+
+    connected = pipeline.connect(env, env_dir, sandbox, start=False)
+    running = {
+        i.instance_id: i.state
+        for i in inventory.instances(connected.aws, connected.env.environment, "secure")
+        if i.state in ("pending", "running")
+    }
+    return etcdstatus.read(
+        connected.aws, connected.env.secrets_bucket_name, connected.env.environment, running
+    )
+
+
 def kubeconfig(
     env: str, env_dir: str | None = None, *, sandbox: bool = False, out: Path | None = None
 ) -> Path:

@@ -46,7 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from . import aws
+from . import aws, health
 
 PEER_PORT = 2380
 CLIENT_PORT = 2379
@@ -322,6 +322,8 @@ class Node:
         self.autoscaling = aws.client("autoscaling", self.region)
         self.formation = Formation(aws.client("s3", self.region), args.bucket, args.prefix)
         self.etcdctl = Etcdctl(args.pki, args.etcdctl)
+        self.reporter = health.Reporter(args.bucket, args.prefix, "secure", identity)
+        self.reported: tuple[str, float] = ("", 0.0)
 
     def look(self) -> Seen:
         live = live_members(self.ec2, self.environment)
@@ -432,10 +434,22 @@ def _watch_round(node: Node) -> None:
     local = [f"https://{node.host}:{CLIENT_PORT}"]
     status = node.etcdctl(local, "endpoint", "status", "-w", "json")
     if status.returncode != 0:
+        _publish(node, {"member": "", "answers": False})
         return  # etcd is not up (yet)
     found = json.loads(status.stdout)[0]["Status"]
     mine = format(int(found["header"]["member_id"]), "x")
-    if found.get("isLearner"):
+    leader = format(int(found.get("leader", 0)), "x")
+    report: dict[str, Any] = {
+        "answers": True,
+        "member": mine,
+        "leader": leader,
+        "learner": bool(found.get("isLearner")),
+        "db_size": int(found.get("dbSize", 0)),
+        "raft_index": int(found.get("raftIndex", 0)),
+        "cluster": format(int(found["header"]["cluster_id"]), "x"),
+    }
+    if report["learner"]:
+        _publish(node, report)
         # A learner serves no member API: ask the voting members to promote it (they refuse
         # until it has caught up with the leader; the next round tries again).
         live = live_members(node.ec2, node.environment)
@@ -444,9 +458,16 @@ def _watch_round(node: Node) -> None:
         if promoted.returncode == 0:
             say("promoted to a voting member")
         return
-    if format(int(found["leader"]), "x") != mine:
-        return
+    report["quorum"] = node.etcdctl.quorum(local)
     members = node.etcdctl.members(local)
+    if members is not None:
+        report["members"] = [
+            {"id": m.id, "name": m.name, "peer": m.peer_urls[0], "learner": m.learner}
+            for m in members
+        ]
+    _publish(node, report)
+    if leader != mine:
+        return
     live = live_members(node.ec2, node.environment)
     if members is None or node.me not in live:
         return  # an answer that does not list this instance is not to be trusted
@@ -455,6 +476,18 @@ def _watch_round(node: Node) -> None:
             removed = node.etcdctl(local, "member", "remove", member.id)
             if removed.returncode == 0:
                 say(f"removed member {member.name or member.id}: its instance is gone")
+
+
+def _publish(node: Node, report: dict[str, Any], every_s: float = 60.0) -> None:
+    """`status/secure/INSTANCE/etcd.json`, for `kubeplat etcd status`: when it changes, and
+    at least every minute (its `updated` says how fresh it is)."""
+    text = json.dumps(report, sort_keys=True)
+    last, when = node.reported
+    if text == last and time.monotonic() - when < every_s:
+        return
+    stamped = {**report, "updated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    if node.reporter.publish("etcd", stamped):
+        node.reported = (text, time.monotonic())
 
 
 def snapshot(args: argparse.Namespace, now: datetime | None = None) -> int:
@@ -468,7 +501,7 @@ def snapshot(args: argparse.Namespace, now: datetime | None = None) -> int:
         say(f"snapshot: etcd does not answer here: {status.stderr.strip()[-300:]}")
         return 1
     found = json.loads(status.stdout)[0]["Status"]
-    if found["leader"] != found["header"]["member_id"]:
+    if found.get("leader", 0) != found["header"]["member_id"]:
         say("snapshot: not the leader; the leader takes it")
         return 0
     now = now or datetime.now(timezone.utc)

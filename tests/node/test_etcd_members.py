@@ -17,6 +17,7 @@ replaced), that no second cluster is formed and the journal says why and what to
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -97,6 +98,7 @@ class Member:
     prepare: subprocess.Popen[bytes] | None = None
     etcd: subprocess.Popen[bytes] | None = None
     watch: subprocess.Popen[bytes] | None = None
+    powered: bool = False
 
     @property
     def log(self) -> Path:
@@ -118,13 +120,23 @@ class Member:
         env = {"AWS_ENDPOINT_URL": f"http://{SANDBOX_IP}"}
         self.prepare = self.host.popen(self.node_args("prepare"), self.log, env)
 
+        prepare, self.powered = self.prepare, True
+
         def after_prepare() -> None:
-            assert self.prepare is not None
-            if self.prepare.wait() != 0:
+            if prepare.wait() != 0:
                 return
             etcd = [str(_etcd_binaries() / "etcd"), f"--config-file={self.host.dir}/etcd.conf.yml"]
             self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
             self.watch = self.host.popen(self.node_args("watch"), self.log, env)
+            # etcd.service has Restart=always, RestartSec=5: a member whose first start fails
+            # (a peer not answering yet, say) is started again, as systemd would.
+            while self.powered and prepare is self.prepare:
+                running = self.etcd
+                if running is not None and running.poll() is not None and self.powered:
+                    time.sleep(5)
+                    if self.powered and self.etcd is running:
+                        self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
+                time.sleep(1)
 
         threading.Thread(target=after_prepare, daemon=True).start()
 
@@ -137,6 +149,7 @@ class Member:
         self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
 
     def power_off(self) -> None:
+        self.powered = False
         for process in (self.prepare, self.etcd, self.watch):
             if process is not None and process.poll() is None:
                 self.host.kill(process)
@@ -182,6 +195,8 @@ class Group:
     aws: dict[str, Any]
     files: dict[str, bytes]
     template: str
+    env_dir: Path = Path()
+    emulator: str = ""
     bucket: str = "kubeplat-members-secrets"
     members: dict[str, Member] = field(default_factory=dict)
     clusters_seen: set[int] = field(default_factory=set)
@@ -287,6 +302,37 @@ class Group:
         member = next(m for m in self.members.values() if m.etcd is not None)
         return member.etcdctl("get", key, "--print-value-only").stdout.strip()
 
+    def status(self) -> dict[str, Any]:
+        """`kubeplat etcd status -o json`, as an operator runs it (against the emulator)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ENDPOINT_URL=self.emulator,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+        )
+        ran = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "kubeplat",
+                "--env-dir",
+                str(self.env_dir),
+                "etcd",
+                "status",
+                "-e",
+                self.name,
+                "-o",
+                "json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert ran.returncode == 0, ran.stderr
+        return dict(json.loads(ran.stdout))
+
     def record(self) -> dict[str, Any] | None:
         try:
             body = self.aws["s3"].get_object(
@@ -345,7 +391,7 @@ def group(
         LaunchTemplateName=f"{name}-kube-secure",
         LaunchTemplateData={"ImageId": "ami-0deb1200000000a64", "InstanceType": "t3.small"},
     )["LaunchTemplate"]["LaunchTemplateId"]
-    made = Group(name, network, aws, files, template)
+    made = Group(name, network, aws, files, template, environments, emulator)
     aws["autoscaling"].create_auto_scaling_group(
         AutoScalingGroupName=made.asg,
         LaunchTemplate={"LaunchTemplateId": template_id, "Version": "$Latest"},
@@ -380,6 +426,18 @@ def test_three_form_one_cluster_exactly_once(group: Group) -> None:
     writers = [m for m in group.members.values() if "formation record written" in m.journal()]
     assert len(writers) == 1, group.explain()
     assert group.clusters_seen == {cluster}
+
+    # What an operator sees, from the members' reports in the bucket.
+    def reported() -> dict[str, Any] | None:
+        shown = group.status()
+        return shown if all(r["member"] for r in shown["members"]) else None
+
+    shown = until(reported, SETTLE, "every member's report", group)
+    assert sorted(r["instance_id"] for r in shown["members"]) == sorted(group.members)
+    assert sorted(r["role"] for r in shown["members"]) == ["follower", "follower", "leader"]
+    assert shown["quorum"] is True and shown["stale_members"] == []
+    assert shown["cluster"] == format(cluster, "x")
+    assert shown["formed"]["by"] == writers[0].instance_id
 
 
 def test_a_reboot_keeps_the_member(group: Group) -> None:
@@ -434,6 +492,8 @@ def test_two_of_three_replaced_at_once_never_forms_a_second_cluster(group: Group
     group.views()
     assert group.clusters_seen == {cluster}
     assert survivor.status() is not None  # the survivor still runs, waiting for recovery
+    # The operator is told (from the survivor's report) that quorum is lost.
+    until(lambda: group.status()["quorum"] is False, SETTLE, "quorum lost in the status", group)
     # The README's recovery, step by step: the survivor restarts once as a cluster of one with
     # its data; the waiting instances then join it, one at a time.
     conf = survivor.host.dir / "etcd.conf.yml"

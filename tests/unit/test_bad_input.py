@@ -19,6 +19,7 @@ COMMANDS = [
     ("kubeconfig",),
     ("ssh", "--print", "i-1"),
     ("manifests", "push"),
+    ("etcd", "status"),
 ]
 
 BROKEN_FILES = {
