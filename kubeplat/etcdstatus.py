@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kubeplat.aws import Aws, errors
+from kubeplat.node.etcd import Formation, list_snapshots
 
 
 @dataclass
@@ -67,14 +68,8 @@ def read(aws: Aws, bucket: str, environment: str, running: dict[str, str]) -> Et
                 if name == "etcd.json":
                     body = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
                     reports[instance] = json.loads(body)
-        formed = _formation(s3, bucket, f"{environment}/etcd/formation.json")
-        snapshots = sorted(
-            (item["Key"], item["LastModified"])
-            for page in s3.get_paginator("list_objects_v2").paginate(
-                Bucket=bucket, Prefix=f"{environment}/etcd-backups/"
-            )
-            for item in page.get("Contents", [])
-        )
+        formed = Formation(s3, bucket, environment).read()
+        snapshots = sorted(list_snapshots(s3, bucket, f"{environment}/etcd-backups/"))
     rows = []
     for instance in sorted(set(running) | set(reports)):
         report = reports.get(instance, {})
@@ -95,14 +90,15 @@ def read(aws: Aws, bucket: str, environment: str, running: dict[str, str]) -> Et
         else:
             continue  # a report of an instance that is gone: shown as a stale member instead
         rows.append(row)
-    voting = [reports[r.instance_id] for r in rows if r.role in ("leader", "follower")]
+    # A voting member with no leader answers too: it is the surest sign that quorum is lost.
+    voting = [reports[r.instance_id] for r in rows if r.role in ("leader", "follower", "no leader")]
     newest = max(voting, key=lambda r: r.get("updated", ""), default=None)
     members = (newest or {}).get("members", [])
     stale = [m.get("name") or m.get("id", "?") for m in members if m.get("name") not in running]
     latest = snapshots[-1] if snapshots else ("", None)
     return EtcdStatus(
         rows,
-        None if newest is None else bool(newest.get("quorum")),
+        None if newest is None else bool(newest.get("quorum")) and newest.get("leader", "0") != "0",
         (newest or {}).get("cluster", ""),
         formed,
         stale,
@@ -110,13 +106,6 @@ def read(aws: Aws, bucket: str, environment: str, running: dict[str, str]) -> Et
         latest[0],
         latest[1].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if latest[1] else "",
     )
-
-
-def _formation(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
-    listed = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1)
-    if not listed.get("KeyCount"):
-        return None
-    return dict(json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read()))
 
 
 def age(stamp: str, now: datetime | None = None) -> str:

@@ -16,11 +16,12 @@ from kubeplat.aws import Aws
 pytestmark = pytest.mark.integration
 
 BUCKET = "kubeplat-status-secrets"
+LOST = "kubeplat-status-lost"
 
 
-def report(s3: object, instance: str, **fields: object) -> None:
+def report(s3: object, instance: str, bucket: str = BUCKET, **fields: object) -> None:
     body = json.dumps({"answers": True, "updated": "2026-12-02T12:00:00Z", **fields}).encode()
-    s3.put_object(Bucket=BUCKET, Key=f"dev/status/secure/{instance}/etcd.json", Body=body)  # type: ignore[attr-defined]
+    s3.put_object(Bucket=bucket, Key=f"dev/status/secure/{instance}/etcd.json", Body=body)  # type: ignore[attr-defined]
 
 
 def test_status_from_the_members_reports(aws: str) -> None:
@@ -68,3 +69,23 @@ def test_age_reads_like_a_person_would() -> None:
     assert etcdstatus.age(at(timedelta(minutes=5)), now) == "5m ago"
     assert etcdstatus.age(at(timedelta(hours=3)), now) == "3h ago"
     assert etcdstatus.age("", now) == "-"
+
+
+def test_a_member_without_a_leader_means_quorum_is_lost(aws: str) -> None:
+    """Two of three instances replaced at once: the survivor answers, has no leader, and its
+    linearizable probe fails. The status says quorum is lost (not 'unknown')."""
+    connection = Aws(boto3.Session(), "eu-west-1", aws)
+    s3 = connection.client("s3")
+    s3.create_bucket(Bucket=LOST, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    members = [{"id": "a1", "name": "i-0a", "peer": "https://a:2380", "learner": False}]
+    report(s3, "i-0a", LOST, member="a1", leader="0", quorum=False, members=members, cluster="f00d")
+    report(s3, "i-0b", LOST, answers=False, member="")
+    report(s3, "i-0c", LOST, answers=False, member="")
+
+    found = etcdstatus.read(
+        connection, LOST, "dev", dict.fromkeys(["i-0a", "i-0b", "i-0c"], "running")
+    )
+
+    roles = {r.instance_id: r.role for r in found.rows}
+    assert roles == {"i-0a": "no leader", "i-0b": "down", "i-0c": "down"}
+    assert found.quorum is False
