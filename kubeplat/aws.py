@@ -87,6 +87,18 @@ def connect(env: Environment, sandbox_env: dict[str, str] | None = None) -> Aws:
     return Aws(session, env.aws_region, endpoint, False, dict(child))
 
 
+# The codes AWS (and the emulator) answer "this caller may not" with.
+DENIED_CODES = ("AccessDenied", "AccessDeniedException", "403", "Forbidden")
+
+
+def denied(exc: Any) -> bool:
+    """A ClientError that says the caller may not (by its code, or its HTTP status alone: the
+    emulator answers some JSON services' denials with a bare 403)."""
+    code = exc.response.get("Error", {}).get("Code")
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in DENIED_CODES or status == 403
+
+
 @contextlib.contextmanager
 def errors(action: str, aws: Aws | None = None) -> Iterator[None]:
     """Turn botocore's exceptions raised while doing `action` into one-line AwsErrors."""
@@ -128,7 +140,7 @@ def errors(action: str, aws: Aws | None = None) -> Iterator[None]:
             "UnrecognizedClientException",
         ):
             hint = "your AWS credentials are not valid for this account"
-        elif code in ("AccessDenied", "AccessDeniedException", "403", "Forbidden"):
+        elif code in DENIED_CODES:
             hint = "the caller lacks permission for this; see README (permissions)"
         else:
             hint = "see AWS's message above"

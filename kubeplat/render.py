@@ -282,6 +282,11 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
     ctx = _layer_context(env, layer)
     part = "partials/node/"
     units = "/etc/systemd/system/"
+
+    def unit(name: str) -> tuple[str, str, str]:
+        """A systemd unit, from the template of the same name."""
+        return (units + name, "0644", _render(part + name + ".j2", ctx))
+
     node_cert = "/var/lib/kubelet/pki/kubelet-client-current.pem"
     files: list[tuple[str, str, str]] = [
         *_node_programs(),
@@ -290,19 +295,11 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
             "0644",
             json.dumps(node_config(env, layer), indent=1, sort_keys=True) + "\n",
         ),
-        (
-            units + "kubeplat-bootstrap.service",
-            "0644",
-            _render(part + "kubeplat-bootstrap.service.j2", ctx),
-        ),
-        (
-            units + "kubeplat-agent.service",
-            "0644",
-            _render(part + "kubeplat-agent.service.j2", ctx),
-        ),
-        (units + "containerd.service", "0644", _render(part + "containerd.service.j2", ctx)),
+        unit("kubeplat-bootstrap.service"),
+        unit("kubeplat-agent.service"),
+        unit("containerd.service"),
         ("/etc/containerd/config.toml", "0644", _render(part + "containerd.toml.j2", ctx)),
-        (units + "kubelet.service", "0644", _render(part + "kubelet.service.j2", ctx)),
+        unit("kubelet.service"),
         (
             "/etc/kubeplat/kubelet-config.yaml",
             "0644",
@@ -334,27 +331,11 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
     if layer.etcd:
         files += [
             ("/etc/etcd/etcd.conf.yml.tmpl", "0644", _render(part + "etcd.conf.yml.j2", ctx)),
-            (units + "etcd.service", "0644", _render(part + "etcd.service.j2", ctx)),
-            (
-                units + "kubeplat-etcd-member.service",
-                "0644",
-                _render(part + "kubeplat-etcd-member.service.j2", ctx),
-            ),
-            (
-                units + "kubeplat-etcd-watch.service",
-                "0644",
-                _render(part + "kubeplat-etcd-watch.service.j2", ctx),
-            ),
-            (
-                units + "kubeplat-etcd-snapshot.service",
-                "0644",
-                _render(part + "kubeplat-etcd-snapshot.service.j2", ctx),
-            ),
-            (
-                units + "kubeplat-etcd-snapshot.timer",
-                "0644",
-                _render(part + "kubeplat-etcd-snapshot.timer.j2", ctx),
-            ),
+            unit("etcd.service"),
+            unit("kubeplat-etcd-member.service"),
+            unit("kubeplat-etcd-watch.service"),
+            unit("kubeplat-etcd-snapshot.service"),
+            unit("kubeplat-etcd-snapshot.timer"),
         ]
     if layer.control_plane:
         local = f"https://127.0.0.1:{cluster.API_PORT}"
@@ -374,11 +355,7 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
             )
         files += [
             ("/opt/kubeplat/bin/apply-addons", "0755", _render(part + "apply-addons.sh.j2", ctx)),
-            (
-                units + "kubeplat-addons.service",
-                "0644",
-                _render(part + "kubeplat-addons.service.j2", ctx),
-            ),
+            unit("kubeplat-addons.service"),
         ]
         for name, text in sorted(_addons(env).items()):
             files.append((f"/etc/kubernetes/addons/{name}", "0644", text))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kubeplat.aws import Aws, AwsError, errors
+from kubeplat.aws import Aws, AwsError, denied, errors
 
 if TYPE_CHECKING:
     from kubeplat.config import Environment
@@ -192,7 +192,7 @@ def volume_key_access(aws: Aws, env: Environment, key: dict[str, Any]) -> bool:
                     iam.create_service_linked_role(AWSServiceName="autoscaling.amazonaws.com")
                     created = True
                 except ClientError as failed:
-                    if _denied(failed):
+                    if denied(failed):
                         raise AwsError(
                             f"the account has no {AUTOSCALING_ROLE} role yet and this caller "
                             "may not create it, so no node could launch with an encrypted volume",
@@ -201,7 +201,7 @@ def volume_key_access(aws: Aws, env: Environment, key: dict[str, Any]) -> bool:
                         ) from None
                     if not _taken(failed):  # else another run created it meanwhile: as wanted
                         raise
-            elif not _denied(exc):
+            elif not denied(exc):
                 raise  # may not look: the grant below still tells
     with errors(f"granting Auto Scaling the use of {env.kms_master_id}", aws):
         try:
@@ -211,7 +211,7 @@ def volume_key_access(aws: Aws, env: Environment, key: dict[str, Any]) -> bool:
                 for grant in page.get("Grants", [])
             ]
         except ClientError as exc:
-            if not _denied(exc):
+            if not denied(exc):
                 raise
             grants = []  # may not list: a create with our grant's name is idempotent anyway
         if any(
@@ -228,7 +228,7 @@ def volume_key_access(aws: Aws, env: Environment, key: dict[str, Any]) -> bool:
                 Name=GRANT_NAME,
             )
         except ClientError as exc:
-            if not _denied(exc):
+            if not denied(exc):
                 raise
             raise AwsError(
                 f"the KMS key {env.kms_master_id} does not let Auto Scaling encrypt the nodes' "
@@ -236,13 +236,6 @@ def volume_key_access(aws: Aws, env: Environment, key: dict[str, Any]) -> bool:
                 hint,
             ) from None
     return True
-
-
-def _denied(exc: Any) -> bool:
-    """An AWS answer that says the caller may not (by its code, or its HTTP status alone)."""
-    code = exc.response.get("Error", {}).get("Code")
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in ("AccessDenied", "AccessDeniedException") or status == 403
 
 
 def _taken(exc: Any) -> bool:

@@ -11,6 +11,32 @@ data "aws_partition" "current" {}
 
 locals {
   bucket_arn = "arn:${data.aws_partition.current.partition}:s3:::${var.secrets_bucket_name}"
+  # The secure layer's etcd objects in the secrets bucket: the members' formation record, read
+  # by every member and written once (a conditional put) by the first that forms the cluster,
+  # and whether it exists (without s3:ListBucket, S3 answers a missing object with 403); the
+  # leader's snapshots and their retention (nodes never read them back).
+  etcd_statements = {
+    EtcdFormationRecord = {
+      actions   = ["s3:GetObject", "s3:PutObject"]
+      resources = ["${local.bucket_arn}/${var.environment}/etcd/formation.json"]
+      prefix    = null
+    }
+    FindEtcdFormationRecord = {
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      prefix    = "${var.environment}/etcd/formation.json"
+    }
+    WriteEtcdSnapshots = {
+      actions   = ["s3:PutObject", "s3:DeleteObject"]
+      resources = ["${local.bucket_arn}/${var.environment}/etcd-backups/*"]
+      prefix    = null
+    }
+    ListEtcdSnapshots = {
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      prefix    = "${var.environment}/etcd-backups/"
+    }
+  }
   # What each layer may read: its configuration, the common CA certificates, its own PKI, its
   # manifests and its nodes' status reports. Nothing else; pki/locked/ is denied outright.
   readable = {
@@ -154,51 +180,20 @@ data "aws_iam_policy_document" "node" {
   }
 
   dynamic "statement" {
-    # The etcd members' formation record: read by every member, written once (a conditional
-    # put) by the first that forms the cluster.
-    for_each = each.key == "secure" ? [1] : []
+    # etcd's own objects, for the secure layer only (local.etcd_statements).
+    for_each = { for sid, s in local.etcd_statements : sid => s if each.key == "secure" }
     content {
-      sid       = "EtcdFormationRecord"
-      actions   = ["s3:GetObject", "s3:PutObject"]
-      resources = ["${local.bucket_arn}/${var.environment}/etcd/formation.json"]
-    }
-  }
+      sid       = statement.key
+      actions   = statement.value.actions
+      resources = statement.value.resources
 
-  dynamic "statement" {
-    # The leader's etcd snapshots, and their retention (nodes never read them back).
-    for_each = each.key == "secure" ? [1] : []
-    content {
-      sid       = "WriteEtcdSnapshots"
-      actions   = ["s3:PutObject", "s3:DeleteObject"]
-      resources = ["${local.bucket_arn}/${var.environment}/etcd-backups/*"]
-    }
-  }
-
-  dynamic "statement" {
-    for_each = each.key == "secure" ? [1] : []
-    content {
-      sid       = "ListEtcdSnapshots"
-      actions   = ["s3:ListBucket"]
-      resources = [local.bucket_arn]
-      condition {
-        test     = "StringEquals"
-        variable = "s3:prefix"
-        values   = ["${var.environment}/etcd-backups/"]
-      }
-    }
-  }
-
-  dynamic "statement" {
-    # …and whether it exists (without s3:ListBucket, S3 answers a missing object with 403).
-    for_each = each.key == "secure" ? [1] : []
-    content {
-      sid       = "FindEtcdFormationRecord"
-      actions   = ["s3:ListBucket"]
-      resources = [local.bucket_arn]
-      condition {
-        test     = "StringEquals"
-        variable = "s3:prefix"
-        values   = ["${var.environment}/etcd/formation.json"]
+      dynamic "condition" {
+        for_each = statement.value.prefix == null ? [] : [statement.value.prefix]
+        content {
+          test     = "StringEquals"
+          variable = "s3:prefix"
+          values   = [condition.value]
+        }
       }
     }
   }

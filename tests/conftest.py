@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,6 +114,22 @@ def start_emulator(log: Path | None = None) -> tuple[subprocess.Popen[bytes], st
                 output = log.read_text()[-2000:] if log else ""
                 raise RuntimeError(f"moto server did not start: {output}") from None
             time.sleep(0.1)
+
+
+def emulator_clients(endpoint: str, region: str) -> dict[str, Any]:
+    """boto3 clients of the services the node tests look at, against the emulator."""
+    import boto3
+
+    return {
+        name: boto3.client(
+            name,
+            endpoint_url=endpoint,
+            region_name=region,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        for name in ("s3", "ec2", "autoscaling")
+    }
 
 
 def enforce_iam(endpoint: str, user: str, allowed: list[str]) -> dict[str, str]:

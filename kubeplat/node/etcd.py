@@ -231,8 +231,10 @@ class Etcdctl:
             return subprocess.CompletedProcess(command, 124, "", "etcdctl timed out")
 
     def members(self, endpoints: list[str]) -> list[Member] | None:
+        if not endpoints:
+            return None
         listed = self(endpoints, "member", "list", "-w", "json")
-        if listed.returncode != 0 or not endpoints:
+        if listed.returncode != 0:
             return None
         return [Member.parse(m) for m in json.loads(listed.stdout).get("members", [])]
 
@@ -246,8 +248,10 @@ class Etcdctl:
 
     def quorum(self, endpoints: list[str]) -> bool:
         """A linearizable read succeeds: a quorum of members agrees."""
+        if not endpoints:
+            return False
         probe = self(endpoints, "get", "--consistency=l", "/kubeplat/quorum-probe")
-        return bool(endpoints) and probe.returncode == 0
+        return bool(probe.returncode == 0)
 
 
 class Formation:
@@ -325,11 +329,13 @@ class Node:
         self.reporter = health.Reporter(args.bucket, args.prefix, "secure", identity)
         self.reported: tuple[str, float] = ("", 0.0)
 
+    def peers(self, live: dict[str, str]) -> list[str]:
+        """The client URLs of the other running instances' etcd."""
+        return [f"https://{d}:{CLIENT_PORT}" for i, d in sorted(live.items()) if i != self.me]
+
     def look(self) -> Seen:
         live = live_members(self.ec2, self.environment)
-        others = [
-            f"https://{dns}:{CLIENT_PORT}" for iid, dns in sorted(live.items()) if iid != self.me
-        ]
+        others = self.peers(live)
         members = self.etcdctl.members(others) if others else None
         return Seen(
             self.me,
@@ -344,9 +350,7 @@ class Node:
 
     def act(self, decision: Decision, seen: Seen) -> bool:
         """Carry a decision out; True when the configuration may be written."""
-        others = [
-            f"https://{d}:{CLIENT_PORT}" for i, d in sorted(seen.live.items()) if i != self.me
-        ]
+        others = self.peers(seen.live)
         if decision.action == "propose":
             record = {
                 "token": decision.token,
@@ -453,7 +457,7 @@ def _watch_round(node: Node) -> None:
         # A learner serves no member API: ask the voting members to promote it (they refuse
         # until it has caught up with the leader; the next round tries again).
         live = live_members(node.ec2, node.environment)
-        others = [f"https://{d}:{CLIENT_PORT}" for i, d in sorted(live.items()) if i != node.me]
+        others = node.peers(live)
         promoted = node.etcdctl(others, "member", "promote", mine)
         if promoted.returncode == 0:
             say("promoted to a voting member")

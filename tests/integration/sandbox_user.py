@@ -31,18 +31,23 @@ def checkout(path: Path) -> Path:
 
 
 def kubeplat(
-    user: dict[str, str], *args: str, cwd: str | None = None
+    user: dict[str, str],
+    *args: str,
+    cwd: str | None = None,
+    program: tuple[str, ...] = (sys.executable, "-m", "kubeplat"),
+    timeout: float = 1200,
 ) -> subprocess.CompletedProcess[str]:
-    """Run kubeplat as that user, without a terminal (as in CI)."""
+    """Run kubeplat (or `program`, a kubeplat of the tests') as that user, without a terminal
+    (as in CI)."""
     return subprocess.run(
-        [sys.executable, "-m", "kubeplat", *args],
+        [*program, *args],
         cwd=cwd or user["CHECKOUT"],
         env=user,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         check=False,
-        timeout=1200,
+        timeout=timeout,
     )
 
 

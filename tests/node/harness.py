@@ -597,6 +597,28 @@ def _cgroup_roots() -> list[Path]:
     return [Path("/sys/fs/cgroup")] if Path("/sys/fs/cgroup/cgroup.procs").exists() else []
 
 
+def _pids_in(cgroups: Sequence[Path]) -> list[int]:
+    """Every process in these cgroups and the cgroups below them."""
+    pids: set[int] = set()
+    for cgroup in cgroups:
+        # os.walk, not rglob: the container's systemd adds and removes cgroups meanwhile.
+        for directory, _subdirs, _files in os.walk(cgroup):
+            with contextlib.suppress(OSError, ValueError):
+                pids.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
+    return sorted(pids)
+
+
+def _leader_of(name: str) -> int | None:
+    """A container's PID 1: the process in its cgroup whose innermost PID is 1."""
+    for pid in _pids_in([root / name for root in _cgroup_roots()]):
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            found = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
+            if found and len(found[1].split()) > 1 and found[1].split()[-1] == "1":
+                return pid
+    return None
+
+
 class Node:
     """One booted instance: a systemd-nspawn container in its own network namespace.
 
@@ -701,25 +723,13 @@ class Node:
             target.write_text(content)
 
     def _cgroup_pids(self) -> list[int]:
-        pids: set[int] = set()
-        for root in _cgroup_roots():
-            # os.walk, not rglob: the container's systemd adds and removes cgroups meanwhile.
-            for directory, _subdirs, _files in os.walk(root / self.name):
-                with contextlib.suppress(OSError):
-                    pids.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
-        return sorted(pids)
+        return _pids_in([root / self.name for root in _cgroup_roots()])
 
     def _find_leader(self) -> int | None:
-        """The container's PID 1: the process in its cgroup whose innermost PID is 1."""
+        """The container's PID 1 (fails at once when nspawn has exited)."""
         if not self.running:
             raise HarnessError(f"{self.name}: systemd-nspawn exited:\n{self.console_log()[-3000:]}")
-        for pid in self._cgroup_pids():
-            with contextlib.suppress(OSError):
-                status = Path(f"/proc/{pid}/status").read_text()
-                found = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
-                if found and len(found[1].split()) > 1 and found[1].split()[-1] == "1":
-                    return pid
-        return None
+        return _leader_of(self.name)
 
     def _power_off(self, timeout: float = 30) -> None:
         """SIGTERM to nspawn (the container halts); SIGKILL after timeout; reap what is left."""
@@ -1192,15 +1202,8 @@ def clean(prefix: str = "kpt") -> list[str]:
     removed: list[str] = []
     cgroups = [c for root in _cgroup_roots() for c in root.glob(f"{prefix}*")]
 
-    def pids() -> set[int]:
-        found: set[int] = set()
-        for cgroup in cgroups:
-            for directory, _subdirs, _files in os.walk(cgroup):
-                with contextlib.suppress(OSError, ValueError):
-                    found.update(
-                        int(p) for p in Path(directory, "cgroup.procs").read_text().split()
-                    )
-        return found
+    def pids() -> list[int]:
+        return _pids_in(cgroups)
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids():
@@ -1233,18 +1236,13 @@ def clean(prefix: str = "kpt") -> list[str]:
 
 def enter(name: str, command: Sequence[str] = ("/bin/bash",)) -> int:
     """Run a command (a shell) in a running node, e.g. `python -m tests.node.harness enter
-    kpt1a2bn0`: its PID 1 is the process in its cgroup whose innermost PID is 1."""
-    for root in _cgroup_roots():
-        for directory, _subdirs, _files in os.walk(root / name):
-            with contextlib.suppress(OSError):
-                for pid in Path(directory, "cgroup.procs").read_text().split():
-                    status = Path(f"/proc/{pid}/status").read_text()
-                    found = re.search(r"^NSpid:\s+(.*)$", status, re.MULTILINE)
-                    if found and len(found[1].split()) > 1 and found[1].split()[-1] == "1":
-                        nsenter = ["nsenter", f"--target={pid}", "--mount", "--uts", "--ipc"]
-                        nsenter += ["--net", "--pid", "--root", "--wd", "--", *command]
-                        env = {"PATH": PATH, "LANG": "C.UTF-8", "TERM": os.environ.get("TERM", "")}
-                        return subprocess.call(nsenter, env=env)
+    kpt1a2bn0`."""
+    pid = _leader_of(name)
+    if pid is not None:
+        nsenter = ["nsenter", f"--target={pid}", "--mount", "--uts", "--ipc"]
+        nsenter += ["--net", "--pid", "--root", "--wd", "--", *command]
+        env = {"PATH": PATH, "LANG": "C.UTF-8", "TERM": os.environ.get("TERM", "")}
+        return subprocess.call(nsenter, env=env)
     print(f"no running node named {name}", file=sys.stderr)
     return 1
 

@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import boto3
 import pytest
 import yaml
 
 from kubeplat import config as kubeplat_config
-from tests.conftest import REPO
+from tests.conftest import REPO, emulator_clients
 from tests.integration.sandbox_user import kubeplat, make_user, stop_sandbox
 from tests.node import mirror
 from tests.node.harness import Node, NodeSpec, World
@@ -97,16 +96,8 @@ class Cluster:
 
 def pinned(user: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """kubeplat as shipped, but with the tier mirror's digests as its pins (pinned_kubeplat.py)."""
-    return subprocess.run(
-        [sys.executable, str(REPO / "tests/node/pinned_kubeplat.py"), *args],
-        cwd=user["CHECKOUT"],
-        env=user,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
+    program = (sys.executable, str(REPO / "tests/node/pinned_kubeplat.py"))
+    return kubeplat(user, *args, program=program, timeout=1800)
 
 
 def launched(aws: dict[str, Any]) -> dict[str, Launched]:
@@ -200,16 +191,7 @@ def cluster(
         assert up.returncode == 0, up.stderr[-4000:]
         endpoint = kubeplat(user, "sandbox", "status").stdout.strip()
         port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)", endpoint)[1])  # type: ignore[index]
-        aws = {
-            name: boto3.client(
-                name,
-                endpoint_url=endpoint,
-                region_name=REGION,
-                aws_access_key_id="sandbox",
-                aws_secret_access_key="sandbox",
-            )
-            for name in ("s3", "ec2", "autoscaling")
-        }
+        aws = emulator_clients(endpoint, REGION)
         instances = launched(aws)
         assert sorted(i.layer for i in instances.values()) == ["compute"] + ["secure"] * 3
         with World(subnet="10.0.0.0/16", root=node_rootfs) as world:

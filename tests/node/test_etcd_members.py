@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
 from kubeplat import config, pki, render
-from tests.conftest import start_emulator
+from tests.conftest import emulator_clients, start_emulator
 from tests.node.harness import Host, NodeSpec, World
 from tests.node.mirror import _etcd_binaries
 
@@ -73,19 +72,6 @@ def emulator() -> Iterator[str]:
     yield endpoint
     server.terminate()
     server.wait(timeout=10)
-
-
-def clients(endpoint: str) -> dict[str, Any]:
-    return {
-        name: boto3.client(
-            name,
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-        for name in ("ec2", "autoscaling", "s3")
-    }
 
 
 @dataclass
@@ -376,7 +362,7 @@ def group(
         for f in cloudconfig["write_files"]
         if f["path"] == "/etc/etcd/etcd.conf.yml.tmpl"
     )
-    aws = clients(emulator)
+    aws = emulator_clients(emulator, REGION)
     network.expose(int(emulator.rsplit(":", 1)[1]), SANDBOX_IP, 80)
     try:
         aws["s3"].create_bucket(Bucket="kubeplat-members-secrets")
