@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,9 @@ def _show_plan(report: Any) -> None:
         "warn" if report.destroy else "info",
     )
     if report.rolls:
-        console.status(f"will roll: {', '.join(report.rolls)} (instance refresh)", "warn")
+        console.status(f"will roll: {', '.join(report.rolls)}", "warn")
+        for line in report.roll_order:
+            console.status(f"  {line}", "warn")
     if report.uploads:
         console.status(f"node configuration to upload: {', '.join(report.uploads)}", "info")
     if not report.changes:
@@ -377,6 +379,66 @@ def etcd_status(state: State, env: str, output_format: str) -> None:
         else "none yet"
     )
     console.status(f"latest snapshot: {snapshot}")
+
+
+def _timeout_option(
+    least: int, default: int, help: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--timeout",
+        "timeout_s",
+        type=click.IntRange(min=least),
+        default=default,
+        show_default=True,
+        help=help,
+    )
+
+
+@etcd.command("backup")
+@env_option
+@_timeout_option(10, 300, "Seconds to wait for the leader's snapshot.")
+@click.pass_obj
+def etcd_backup(state: State, env: str, timeout_s: int) -> None:
+    """A snapshot now: the leader saves it to ENV/etcd-backups/ in the secrets bucket."""
+    from kubeplat import ops
+
+    key = ops.etcd_backup(env, state.env_dir, sandbox=state.sandbox, timeout_s=timeout_s)
+    console.status(f"snapshot saved: {key}", "ok")
+    console.data(key)
+
+
+@etcd.command("restore")
+@env_option
+@click.option(
+    "--snapshot",
+    required=True,
+    help="The snapshot's key (ENV/etcd-backups/NAME.db) or file name, as `etcd status` shows.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Restore even though etcd has quorum (what was written since the snapshot is lost).",
+)
+@_timeout_option(
+    0, 900, "Seconds to wait for every member to run the restored cluster; 0: no wait."
+)
+@click.pass_obj
+def etcd_restore(state: State, env: str, snapshot: str, force: bool, timeout_s: int) -> None:
+    """Disaster recovery: every running secure instance restores the snapshot, and they form
+    the cluster again with its data. Each member's previous data is kept on its disk."""
+    from kubeplat import ops
+
+    record = ops.etcd_restore(
+        env,
+        snapshot,
+        state.env_dir,
+        sandbox=state.sandbox,
+        force=force,
+        timeout_s=timeout_s or None,
+        progress=lambda line: console.status(line, "info"),
+    )
+    done = "restored" if timeout_s else "restore recorded (the members restore it now)"
+    console.status(f"{done}: {record['restore']['from']} (generation {record['generation']})", "ok")
 
 
 @cli.command()

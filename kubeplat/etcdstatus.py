@@ -27,6 +27,7 @@ class MemberRow:
     role: str = "-"  # leader, follower, learner, no leader, down, no report
     db_size: int = 0
     reported: str = ""  # when the report was written
+    generation: int = 0  # of the formation record its data belongs to (a restore adds one)
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -42,6 +43,7 @@ class EtcdStatus:
     snapshots: int = 0
     latest_snapshot: str = ""
     latest_snapshot_time: str = ""
+    reports: int = 0  # etcd reports in the bucket, of running instances or not
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ def read(aws: Aws, bucket: str, environment: str, running: dict[str, str]) -> Et
         if instance in running and report:
             row.member, row.reported = report.get("member", ""), report.get("updated", "")
             row.db_size = int(report.get("db_size", 0))
+            row.generation = int(report.get("generation", 0))
             if not report.get("answers"):
                 row.role = "down"
             elif report.get("learner"):
@@ -105,6 +108,7 @@ def read(aws: Aws, bucket: str, environment: str, running: dict[str, str]) -> Et
         len(snapshots),
         latest[0],
         latest[1].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if latest[1] else "",
+        len(reports),
     )
 
 

@@ -173,6 +173,7 @@ class PlanReport:
     rolls: list[str]
     uploads: list[str]
     plan_file: str | None
+    roll_order: list[str]
 
     @property
     def changes(self) -> bool:
@@ -187,6 +188,7 @@ class PlanReport:
             "change": self.change,
             "destroy": self.destroy,
             "rolls": self.rolls,
+            "roll_order": self.roll_order,
             "uploads": self.uploads,
             "plan_file": self.plan_file,
             "changes": self.changes,
@@ -196,16 +198,32 @@ class PlanReport:
 def _report(
     prepared: pipeline.Prepared, summary: pipeline.PlanSummary, plan_file: Path | None
 ) -> PlanReport:
+    from kubeplat import inventory, pipeline
+
+    env, order = prepared.env, []
+    if summary.rolls:
+        running = [
+            (i.layer, i.instance_id)
+            for i in inventory.instances(prepared.aws, env.environment)
+            if i.state in ("pending", "running")
+        ]
+        order = pipeline.roll_order(
+            summary.rolls,
+            running,
+            sandbox=prepared.aws.sandbox,
+            stacked=env.topology == "stacked",
+        )
     return PlanReport(
         prepared.account,
-        prepared.env.aws_region,
-        prepared.env.environment,
+        env.aws_region,
+        env.environment,
         summary.add,
         summary.change,
         summary.destroy,
         summary.rolls,
         prepared.pending,
         str(plan_file) if plan_file else None,
+        order,
     )
 
 
@@ -348,6 +366,37 @@ def etcd_status(env: str, env_dir: str | None = None, *, sandbox: bool = False) 
     }
     return etcdstatus.read(
         connected.aws, connected.env.secrets_bucket_name, connected.env.environment, running
+    )
+
+
+def etcd_backup(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, timeout_s: float = 300
+) -> str:
+    """Ask the etcd leader for a snapshot (through the bucket); its key once saved."""
+    from kubeplat import etcdrecovery, pipeline
+
+    store = pipeline.deployed(env, env_dir, sandbox).store
+    return etcdrecovery.backup(store, etcdrecovery.running_members(store), timeout_s)
+
+
+def etcd_restore(
+    env: str,
+    snapshot: str,
+    env_dir: str | None = None,
+    *,
+    sandbox: bool = False,
+    force: bool = False,
+    timeout_s: float | None = 900,
+    progress: Callable[[str], None] = lambda _: None,
+) -> dict[str, Any]:
+    """Restore the secure layer's etcd from one of its snapshots; the new formation record."""
+    from kubeplat import etcdrecovery, pipeline
+
+    store = pipeline.deployed(env, env_dir, sandbox).store
+    key = etcdrecovery.snapshot_key(store, snapshot)
+    running = etcdrecovery.running_members(store)
+    return etcdrecovery.restore(
+        store, key, running, force=force, timeout_s=timeout_s, progress=progress
     )
 
 

@@ -335,6 +335,44 @@ def summarize(lines: Iterable[str]) -> PlanSummary:
     return summary
 
 
+# How each layer's instance refresh goes (terraform/secure.tf and compute.tf: min healthy %).
+_PACE = {
+    "control-plane": "at least half of them in service throughout",
+    "compute": "at least 90% of them in service throughout",
+}
+
+
+def roll_order(
+    rolls: Iterable[str], running: Iterable[tuple[str, str]], *, sandbox: bool, stacked: bool
+) -> list[str]:
+    """In words, how each rolling group will be replaced; `running` holds (layer, instance id)
+    of the instances that run now."""
+    found = []
+    for layer in sorted(rolls, key=lambda name: ("secure", "control-plane").index(name)
+                        if name in ("secure", "control-plane") else 2):  # fmt: skip
+        if sandbox:
+            found.append(
+                f"{layer}: the sandbox has no instance refresh: only instances launched from "
+                "now on get the new template"
+            )
+            continue
+        ids = sorted(i for lay, i in running if lay == layer)
+        plural = "s" if len(ids) != 1 else ""
+        which = f"{len(ids)} instance{plural} ({', '.join(ids)})" if ids else "its instances"
+        if layer == "secure":
+            found.append(
+                f"secure (etcd{' and the control plane' if stacked else ''}): {which} replaced "
+                "one at a time (AWS picks the order); each new instance goes in service only "
+                "once its etcd member has joined, been promoted and every member is healthy, "
+                "and only then is the next one replaced"
+            )
+        else:
+            found.append(f"{layer}: {which} replaced with {_PACE.get(layer, 'its own pace')}")
+    if len(found) > 1 and not sandbox:
+        found.append("the groups roll at the same time, each at its own pace")
+    return found
+
+
 def plan(
     prepared: Prepared, tf: Terraform, plan_file: Path, *, destroy: bool = False
 ) -> PlanSummary:

@@ -12,19 +12,32 @@ data "aws_partition" "current" {}
 locals {
   bucket_arn = "arn:${data.aws_partition.current.partition}:s3:::${var.secrets_bucket_name}"
   # The secure layer's etcd objects in the secrets bucket: the members' formation record, read
-  # by every member and written once (a conditional put) by the first that forms the cluster,
-  # and whether it exists (without s3:ListBucket, S3 answers a missing object with 403); the
-  # leader's snapshots and their retention (nodes never read them back).
+  # by every member and written once (a conditional put) by the first that forms the cluster;
+  # an operator's backup request, and the leader's answer; the snapshot an operator restores
+  # from (a copy, under etcd/restore/); and what exists under etcd/ (without s3:ListBucket, S3
+  # answers a missing object with 403). The leader's snapshots and their retention: nodes
+  # never read them back.
   etcd_statements = {
     EtcdFormationRecord = {
-      actions   = ["s3:GetObject", "s3:PutObject"]
-      resources = ["${local.bucket_arn}/${var.environment}/etcd/formation.json"]
-      prefix    = null
+      actions = ["s3:GetObject", "s3:PutObject"]
+      resources = [
+        "${local.bucket_arn}/${var.environment}/etcd/formation.json",
+        "${local.bucket_arn}/${var.environment}/etcd/backup-done.json",
+      ]
+      prefix = null
     }
-    FindEtcdFormationRecord = {
+    ReadEtcdRequests = {
+      actions = ["s3:GetObject"]
+      resources = [
+        "${local.bucket_arn}/${var.environment}/etcd/backup-request.json",
+        "${local.bucket_arn}/${var.environment}/etcd/restore/*",
+      ]
+      prefix = null
+    }
+    FindEtcdObjects = {
       actions   = ["s3:ListBucket"]
       resources = [local.bucket_arn]
-      prefix    = "${var.environment}/etcd/formation.json"
+      prefix    = "${var.environment}/etcd/*"
     }
     WriteEtcdSnapshots = {
       actions   = ["s3:PutObject", "s3:DeleteObject"]
@@ -141,9 +154,10 @@ data "aws_iam_policy_document" "node" {
   }
 
   statement {
-    # A node whose bootstrap cannot finish asks its own group to replace it (capped on the node).
-    sid       = "ReportUnhealthy"
-    actions   = ["autoscaling:SetInstanceHealth"]
+    # A node whose bootstrap cannot finish asks its own group to replace it (capped on the node);
+    # a secure node tells its group it has joined etcd (the launch hook, terraform/nodes.tf).
+    sid       = "ReportToTheGroup"
+    actions   = each.key == "secure" ? ["autoscaling:SetInstanceHealth", "autoscaling:CompleteLifecycleAction"] : ["autoscaling:SetInstanceHealth"]
     resources = ["arn:${data.aws_partition.current.partition}:autoscaling:${var.aws_region}:${data.aws_caller_identity.current.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.name}-${each.key}"]
   }
 
@@ -174,6 +188,7 @@ data "aws_iam_policy_document" "node" {
         "ec2:DescribeInstances",
         "autoscaling:DescribeAutoScalingInstances",
         "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeLifecycleHooks",
       ]
       resources = ["*"]
     }
@@ -190,7 +205,7 @@ data "aws_iam_policy_document" "node" {
       dynamic "condition" {
         for_each = statement.value.prefix == null ? [] : [statement.value.prefix]
         content {
-          test     = "StringEquals"
+          test     = "StringLike"
           variable = "s3:prefix"
           values   = [condition.value]
         }

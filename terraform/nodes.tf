@@ -143,6 +143,23 @@ resource "aws_autoscaling_group" "node" {
     version = aws_launch_template.node[each.key].latest_version
   }
 
+  # A new secure instance waits (Pending:Wait) until kubeplat-etcd-watch on it completes this
+  # hook: when its etcd member has joined, been promoted and every member is healthy. An
+  # instance refresh (min healthy percentage: one instance at a time) replaces the next one
+  # only then; an instance that never gets there is abandoned (terminated) after the timeout.
+  # The sandbox's emulator holds no instance in a lifecycle wait, so it has no hook.
+  dynamic "initial_lifecycle_hook" {
+    for_each = each.key == "secure" && !var.sandbox ? [1] : []
+    content {
+      name                 = "kubeplat-etcd-joined"
+      lifecycle_transition = "autoscaling:EC2_INSTANCE_LAUNCHING"
+      default_result       = "ABANDON"
+      heartbeat_timeout    = 3600
+    }
+  }
+  # Forming the cluster waits for every first member to boot and join: more than the default 10m.
+  wait_for_capacity_timeout = each.key == "secure" ? "45m" : "10m"
+
   # The sandbox's emulator has no instance refresh (an apply would wait on it forever); there a
   # changed template takes effect for new instances only.
   dynamic "instance_refresh" {

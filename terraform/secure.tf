@@ -9,8 +9,9 @@ locals {
       grace   = 300
       public  = false
       subnets = aws_subnet.private[*].id
-      # etcd loses quorum if more than one member is replaced at a time.
-      min_healthy  = 66
+      # etcd members are replaced one at a time (AWS: 100% limits an instance refresh to one
+      # instance at a time), each only after the one before joined (the launch hook).
+      min_healthy  = 100
       target_group = concat([aws_lb_target_group.etcd.arn], local.stacked ? local.api_target_groups : [])
     }
     control-plane = {

@@ -6,8 +6,10 @@ Three commands, each run by its own systemd unit:
   etcd-member prepare  (kubeplat-etcd-member.service, before etcd.service): decide how this
                        instance's etcd starts, and write its configuration;
   etcd-member watch    (kubeplat-etcd-watch.service, beside etcd.service): promote this member
-                       once it has caught up (it joins as a learner), and on the leader remove
-                       members whose instance is gone;
+                       once it has caught up (it joins as a learner); on the leader remove
+                       members whose instance is gone and take the snapshots an operator asks
+                       for (`kubeplat etcd backup`); restart this member when an operator
+                       restored the cluster from a snapshot (`kubeplat etcd restore`);
   etcd-member snapshot (kubeplat-etcd-snapshot.timer): on the leader, save a snapshot to
                        <prefix>/etcd-backups/ in the secrets bucket and apply the retention.
 
@@ -29,6 +31,13 @@ bucket), then decides (`decide`, pure):
 - nobody answers and no record exists: once the group's desired number of instances run, the
   lowest instance ids propose the record; the first conditional write wins and fixes the
   members and the cluster token for good.
+
+A restore (`kubeplat etcd restore`) rewrites the record with a higher generation, the running
+instances as members, a new token and a copy of the snapshot (`<prefix>/etcd/restore/G.db`).
+An instance whose data is of an older generation sets it aside (never deleted:
+`<data-dir>.before-generation-G`); an instance the record names restores the snapshot with
+`etcdutl snapshot restore` as that member, and they form the restored cluster together; any
+other instance joins it as a learner, as usual.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import argparse
 import json
 import os
 import secrets
+import shlex
 import subprocess
 import sys
 import time
@@ -51,6 +61,17 @@ from . import aws, health
 PEER_PORT = 2380
 CLIENT_PORT = 2379
 RECOVERY = "see kubeplat's README, 'etcd: when quorum is lost'"
+# Objects beside the formation record (under <prefix>/etcd/): an operator's backup request and
+# the leader's answer to it.
+BACKUP_REQUEST = "backup-request.json"
+BACKUP_DONE = "backup-done.json"
+# How `watch` restarts this member after a restore: etcd.service requires the member unit, so
+# systemd stops etcd, runs `prepare` again (which sets the data aside and restores), starts etcd.
+RESTART_COMMAND = "systemctl restart --no-block kubeplat-etcd-member.service"
+# The secure group's launch hook: a new instance goes in service (and an instance refresh
+# replaces the next one) only once `watch` completes it, when this instance is a voting member
+# of a healthy cluster (terraform/nodes.tf).
+LIFECYCLE_HOOK = "kubeplat-etcd-joined"
 
 
 def say(message: str) -> None:
@@ -86,11 +107,12 @@ class Seen:
     quorum: bool = False  # a linearizable read succeeded
     record: dict[str, Any] | None = None  # the formation record
     reachable: int = 0  # other members whose etcd answers at all (a status needs no quorum)
+    generation: int = 0  # the generation of this instance's data (0: formed, not restored)
 
 
 @dataclass
 class Decision:
-    action: str  # restart, start, join, propose, wait
+    action: str  # start, join, propose, restore, wait
     message: str
     state: str = ""  # new or existing
     cluster: dict[str, str] = field(default_factory=dict)  # name → peer URL
@@ -125,8 +147,28 @@ def entries(members: Iterable[Member]) -> dict[str, str]:
     return {m.name or m.id: m.peer_urls[0] for m in members}
 
 
+def generation(record: dict[str, Any] | None) -> int:
+    """A formation record's generation: 0 as formed, one more for each restore."""
+    return int((record or {}).get("generation", 0))
+
+
 def decide(seen: Seen) -> Decision:
     mine = peer_url(seen.host)
+    record = seen.record
+    if (
+        record is not None
+        and record.get("restore")
+        and seen.me in record["members"]
+        and seen.generation < generation(record)
+    ):
+        return Decision(
+            "restore",
+            f"restoring the cluster from {record['restore'].get('from', '?')} "
+            f"(generation {generation(record)}, recorded at {record.get('formed', '?')})",
+            "new",
+            dict(record["members"]),
+            token=str(record["token"]),
+        )
     if seen.members is not None:
         me = [m for m in seen.members if m.name == seen.me or (not m.name and mine in m.peer_urls)]
         others = [m for m in seen.members if m not in me]
@@ -157,7 +199,6 @@ def decide(seen: Seen) -> Decision:
         )
     if seen.reachable:
         return _quorum_lost(f"{seen.reachable} answering")
-    record = seen.record
     if record is not None:
         members = dict(record["members"])
         if seen.me in members:
@@ -258,14 +299,21 @@ class Formation:
     """The environment's formation record: written once (a conditional put), read by all."""
 
     def __init__(self, s3: Any, bucket: str, prefix: str) -> None:
-        self.s3, self.bucket, self.key = s3, bucket, f"{prefix}/etcd/formation.json"
+        self.s3, self.bucket, self.base = s3, bucket, f"{prefix}/etcd/"
+        self.key = self.base + "formation.json"
 
-    def read(self) -> dict[str, Any] | None:
-        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=self.key, MaxKeys=1)
-        if not listed.get("KeyCount"):
+    def read(self, name: str = "formation.json") -> dict[str, Any] | None:
+        """The record (or another object beside it), None when there is none."""
+        key = self.base + name
+        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
+        if not any(item["Key"] == key for item in listed.get("Contents", [])):
             return None
-        body = self.s3.get_object(Bucket=self.bucket, Key=self.key)["Body"].read()
+        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return dict(json.loads(body))
+
+    def write(self, name: str, document: dict[str, Any]) -> None:
+        body = json.dumps(document, indent=1, sort_keys=True).encode()
+        self.s3.put_object(Bucket=self.bucket, Key=self.base + name, Body=body)
 
     def create(self, record: dict[str, Any]) -> bool:
         """Write the record unless one exists; False when another was first."""
@@ -306,12 +354,18 @@ def live_members(ec2: Any, environment: str) -> dict[str, str]:
     return members
 
 
-def desired(autoscaling: Any, instance_id: str) -> int:
+def group_of(autoscaling: Any, instance_id: str) -> str:
+    """The autoscaling group this instance belongs to ("" when none)."""
     found = autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id])
     groups = [i["AutoScalingGroupName"] for i in found.get("AutoScalingInstances", [])]
-    if not groups:
+    return str(groups[0]) if groups else ""
+
+
+def desired(autoscaling: Any, instance_id: str) -> int:
+    name = group_of(autoscaling, instance_id)
+    if not name:
         return 1
-    group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=groups[:1])
+    group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])
     return int(group["AutoScalingGroups"][0]["DesiredCapacity"])
 
 
@@ -328,6 +382,10 @@ class Node:
         self.etcdctl = Etcdctl(args.pki, args.etcdctl)
         self.reporter = health.Reporter(args.bucket, args.prefix, "secure", identity)
         self.reported: tuple[str, float] = ("", 0.0)
+        self.args = args
+        self.restart_asked: tuple[int, float] = (0, 0.0)  # generation, when
+        self.ready_told = False  # the group's launch hook is completed (or there is none)
+        self.last_problem = ""
 
     def peers(self, live: dict[str, str]) -> list[str]:
         """The client URLs of the other running instances' etcd."""
@@ -346,6 +404,7 @@ class Node:
             self.etcdctl.quorum(others) if members is not None else False,
             self.formation.read(),
             self.etcdctl.reachable(others) if others and members is None else 0,
+            local_generation(self.args.data_dir),
         )
 
     def act(self, decision: Decision, seen: Seen) -> bool:
@@ -376,14 +435,96 @@ class Node:
             if added.returncode != 0:
                 say(f"adding this member failed: {added.stderr.strip()}")
                 return False
+        if decision.action == "restore":
+            return self.restore(decision, seen.record or {})
         return decision.action in ("start", "join")
+
+    def restore(self, decision: Decision, record: dict[str, Any]) -> bool:
+        """etcdutl snapshot restore of the record's snapshot as this member, into a staging
+        directory first (an interrupted restore starts over), then in place of the data."""
+        data, key = self.args.data_dir, record["restore"]["snapshot"]
+        staging = data.with_name(data.name + ".restoring")
+        download = data.with_name(f".{data.name}.restore.db")
+        subprocess.run(["rm", "-rf", str(staging)], check=True)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            with os.fdopen(os.open(download, flags, 0o600), "wb") as saved:
+                body = self.formation.s3.get_object(Bucket=self.formation.bucket, Key=key)["Body"]
+                for chunk in iter(lambda: body.read(1 << 20), b""):
+                    saved.write(chunk)
+            restored = subprocess.run(
+                [
+                    self.args.etcdutl, "snapshot", "restore", str(download),
+                    f"--data-dir={staging}", f"--name={self.me}",
+                    f"--initial-cluster={decision.initial_cluster}",
+                    f"--initial-cluster-token={decision.token}",
+                    f"--initial-advertise-peer-urls={peer_url(self.host)}",
+                ],
+                capture_output=True, text=True, timeout=1800, check=False,
+            )  # fmt: skip
+        finally:
+            download.unlink(missing_ok=True)
+        if restored.returncode != 0:
+            say(f"restoring {key} failed: {restored.stderr.strip()[-500:]}")
+            return False
+        set_aside(data, generation(record))
+        os.replace(staging, data)
+        data.chmod(0o700)
+        say(f"restored s3://{self.formation.bucket}/{key} as member {self.me}")
+        return True
+
+
+def _generation_file(data_dir: Path) -> Path:
+    return data_dir.with_name(data_dir.name + ".generation")
+
+
+def local_generation(data_dir: Path) -> int:
+    """The generation of the formation record this instance's data belongs to."""
+    try:
+        return int(_generation_file(data_dir).read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def set_aside(data_dir: Path, newer: int) -> Path | None:
+    """Move data of an older generation out of the way (never deleted); an empty directory
+    just goes."""
+    if not data_dir.exists():
+        return None
+    if not any(data_dir.iterdir()):
+        data_dir.rmdir()
+        return None
+    target = data_dir.with_name(f"{data_dir.name}.before-generation-{newer}")
+    if target.exists():
+        target = target.with_name(f"{target.name}-{int(time.time())}")
+    os.replace(data_dir, target)
+    return target
 
 
 def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
     if (args.data_dir / "member").is_dir() and args.output.exists():
-        say("a data directory exists: etcd restarts as the member it was")
-        return 0
-    node = Node(args)
+        # A reboot or a restart: etcd comes back as the member it was, unless the cluster was
+        # restored since (and if the bucket cannot be read now, it comes back all the same).
+        try:
+            node = Node(args)
+            record = node.formation.read()
+        except Exception as exc:
+            say(
+                f"the formation record cannot be read ({type(exc).__name__}): etcd restarts "
+                "as the member it was"
+            )
+            return 0
+        here = local_generation(args.data_dir)
+        if generation(record) <= here:
+            say("a data directory exists: etcd restarts as the member it was")
+            return 0
+        aside = set_aside(args.data_dir, generation(record))
+        say(
+            f"the cluster was restored (generation {generation(record)}); this member's data "
+            f"of generation {here} is kept in {aside}"
+        )
+    else:
+        node = Node(args)
     pause, last = 5.0, ""
     while True:
         try:
@@ -399,6 +540,7 @@ def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.slee
         sleep(pause)
         pause = min(pause * 1.5, 30.0)
     write_config(args, node.me, node.host, decision)
+    _generation_file(args.data_dir).write_text(f"{generation(seen.record)}\n")
     say(f"{decision.state} cluster {decision.initial_cluster}")
     return 0
 
@@ -435,6 +577,8 @@ def watch(args: argparse.Namespace, rounds: int | None = None) -> int:
 
 
 def _watch_round(node: Node) -> None:
+    if _restored_since(node):
+        return
     local = [f"https://{node.host}:{CLIENT_PORT}"]
     status = node.etcdctl(local, "endpoint", "status", "-w", "json")
     if status.returncode != 0:
@@ -451,6 +595,7 @@ def _watch_round(node: Node) -> None:
         "db_size": int(found.get("dbSize", 0)),
         "raft_index": int(found.get("raftIndex", 0)),
         "cluster": format(int(found["header"]["cluster_id"]), "x"),
+        "generation": local_generation(node.args.data_dir),
     }
     if report["learner"]:
         _publish(node, report)
@@ -470,6 +615,8 @@ def _watch_round(node: Node) -> None:
             for m in members
         ]
     _publish(node, report)
+    if not node.ready_told and report["quorum"] and members is not None:
+        _tell_ready(node, members, local)
     if leader != mine:
         return
     live = live_members(node.ec2, node.environment)
@@ -480,6 +627,88 @@ def _watch_round(node: Node) -> None:
             removed = node.etcdctl(local, "member", "remove", member.id)
             if removed.returncode == 0:
                 say(f"removed member {member.name or member.id}: its instance is gone")
+    _serve_backup(node)
+
+
+def _tell_ready(node: Node, members: list[Member], local: list[str]) -> None:
+    """Once this instance is a voting member, no join is under way and every member is
+    healthy: complete the group's launch hook, so that the instance goes in service and an
+    instance refresh may replace the next one (never while this one is still joining)."""
+    if node.me not in {m.name for m in members} or any(m.learner or not m.name for m in members):
+        return  # a join is under way
+    if node.etcdctl(local, "endpoint", "health", "--cluster").returncode != 0:
+        return
+    hook, group = node.args.lifecycle_hook, group_of(node.autoscaling, node.me)
+    hooks = (
+        node.autoscaling.describe_lifecycle_hooks(
+            AutoScalingGroupName=group, LifecycleHookNames=[hook]
+        ).get("LifecycleHooks", [])
+        if group
+        else []
+    )
+    if not hooks:
+        say("ready: a voting member of a healthy cluster (no launch hook waits for it)")
+        node.ready_told = True
+        return
+    try:
+        node.autoscaling.complete_lifecycle_action(
+            LifecycleHookName=hook,
+            AutoScalingGroupName=group,
+            LifecycleActionResult="CONTINUE",
+            InstanceId=node.me,
+        )
+    except Exception as exc:
+        error = getattr(exc, "response", {}).get("Error", {})
+        if error.get("Code") != "ValidationError":
+            problem = f"completing the launch hook {hook} failed ({exc}); trying again"
+            if problem != node.last_problem:
+                say(problem)
+                node.last_problem = problem
+            return
+        # No action waits for this instance: it went in service already (a restarted watch).
+    say(f"ready: a voting member of a healthy cluster; {group} may go on (launch hook {hook})")
+    node.ready_told = True
+
+
+def _restored_since(node: Node, every_s: float = 60.0) -> bool:
+    """The cluster was restored from a snapshot since this member's data was made: restart
+    this member (its `prepare` sets the data aside and restores or joins), at most once a
+    minute. True while that is so."""
+    try:
+        newer = generation(node.formation.read())
+    except Exception as exc:  # the bucket unreadable for now: the rest of the round goes on
+        say(f"watch: the formation record cannot be read: {type(exc).__name__}")
+        return False
+    if newer <= local_generation(node.args.data_dir):
+        return False
+    asked, when = node.restart_asked
+    if asked != newer or time.monotonic() - when >= every_s:
+        say(f"the cluster was restored (generation {newer}): restarting this member")
+        node.restart_asked = (newer, time.monotonic())
+        ran = subprocess.run(
+            shlex.split(node.args.restart_command),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if ran.returncode != 0:
+            say(f"restarting failed: {ran.stderr.strip()[-300:]}")
+    return True
+
+
+def _serve_backup(node: Node) -> None:
+    """On the leader: the snapshot an operator asked for (`kubeplat etcd backup`), once."""
+    request = node.formation.read(BACKUP_REQUEST)
+    if not request or not request.get("id"):
+        return
+    done = node.formation.read(BACKUP_DONE)
+    if done and done.get("id") == request["id"]:
+        return
+    say(f"backup: {request.get('by', 'an operator')} asked for a snapshot")
+    now = datetime.now(timezone.utc)
+    key, message = _take_snapshot(node, now)
+    answer = {"id": request["id"], "key": key or "", "message": message, "by": node.me}
+    node.formation.write(BACKUP_DONE, {**answer, "at": now.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    if key:
+        _retain(node, now)
 
 
 def _publish(node: Node, report: dict[str, Any], every_s: float = 60.0) -> None:
@@ -509,24 +738,38 @@ def snapshot(args: argparse.Namespace, now: datetime | None = None) -> int:
         say("snapshot: not the leader; the leader takes it")
         return 0
     now = now or datetime.now(timezone.utc)
-    backups = f"{args.prefix}/etcd-backups/"
-    key = f"{backups}{now.strftime('%Y%m%dT%H%M%SZ')}-{node.me}.db"
+    key, message = _take_snapshot(node, now)
+    say(f"snapshot: {message}")
+    if key is None:
+        return 1
+    _retain(node, now)
+    return 0
+
+
+def _take_snapshot(node: Node, now: datetime) -> tuple[str | None, str]:
+    """Save this member's snapshot to the bucket: its key (None when it failed) and what
+    happened, in words."""
+    args, local = node.args, [f"https://{node.host}:{CLIENT_PORT}"]
+    key = f"{args.prefix}/etcd-backups/{now.strftime('%Y%m%dT%H%M%SZ')}-{node.me}.db"
     target = args.data_dir.parent / ".kubeplat-snapshot.db"
     try:
         saved = node.etcdctl(local, "snapshot", "save", str(target), timeout=600)
         if saved.returncode != 0:
-            say(f"snapshot: saving failed: {saved.stderr.strip()[-300:]}")
-            return 1
-        s3 = node.formation.s3
+            return None, f"saving failed: {saved.stderr.strip()[-300:]}"
+        size = target.stat().st_size
         with target.open("rb") as body:
-            s3.put_object(Bucket=args.bucket, Key=key, Body=body)
+            node.formation.s3.put_object(Bucket=args.bucket, Key=key, Body=body)
     finally:
         target.unlink(missing_ok=True)
-    say(f"snapshot: saved s3://{args.bucket}/{key} ({found.get('dbSize', '?')} bytes of data)")
+    return key, f"saved s3://{args.bucket}/{key} ({size} bytes)"
+
+
+def _retain(node: Node, now: datetime) -> None:
+    args, s3 = node.args, node.formation.s3
+    backups = f"{args.prefix}/etcd-backups/"
     for old in expired(list_snapshots(s3, args.bucket, backups), args.keep, args.max_age_days, now):
         s3.delete_object(Bucket=args.bucket, Key=old)
         say(f"snapshot: deleted {old} (retention)")
-    return 0
 
 
 def list_snapshots(s3: Any, bucket: str, prefix: str) -> list[tuple[str, datetime]]:
@@ -569,6 +812,13 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", type=Path, default=Path(env("KUBEPLAT_ETCD_DATA", "/var/lib/etcd"))
     )
     parser.add_argument("--etcdctl", default=env("KUBEPLAT_ETCDCTL", "etcdctl"))
+    parser.add_argument("--etcdutl", default=env("KUBEPLAT_ETCDUTL", "etcdutl"))
+    parser.add_argument("--lifecycle-hook", default=LIFECYCLE_HOOK)
+    parser.add_argument(
+        "--restart-command",
+        default=RESTART_COMMAND,
+        help="how `watch` restarts this member after a restore",
+    )
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--keep", type=int, default=48)
     parser.add_argument("--max-age-days", type=int, default=7)

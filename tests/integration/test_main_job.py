@@ -129,6 +129,10 @@ def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
     assert changed.returncode == 2, changed.stderr[-3000:]
     report = json.loads(changed.stdout)
     assert report["rolls"] == ["secure"]
+    assert report["roll_order"] == [
+        "secure: the sandbox has no instance refresh: only instances launched from now on get "
+        "the new template"
+    ]
     assert report["uploads"] == ["cloudconfig/master"]
 
     # Day two (issue 7): instances, kubeconfig, ssh, manifests push.

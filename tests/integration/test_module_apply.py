@@ -179,6 +179,10 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
         theirs = group.format(env.aws_region, "0c1d", f"{env.environment}-{env.platform}-{other}")
         assert allowed(policy, "autoscaling:SetInstanceHealth", own)
         assert not allowed(policy, "autoscaling:SetInstanceHealth", theirs)
+        # Only a secure node completes its group's launch hook (it has joined etcd).
+        joined = allowed(policy, "autoscaling:CompleteLifecycleAction", own)
+        assert joined == (layer == "secure")
+        assert not allowed(policy, "autoscaling:CompleteLifecycleAction", theirs)
     # The etcd members' formation record: the secure layer reads and writes it, nobody else.
     record = f"{obj}/etcd/formation.json"
     assert allowed(secure, "s3:PutObject", record) and allowed(secure, "s3:GetObject", record)
@@ -186,7 +190,16 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
     assert not allowed(compute, "s3:PutObject", record)
     assert not allowed(compute, "s3:GetObject", record)
     assert not allowed(secure, "s3:PutObject", f"{obj}/etcd/other.json")
-    assert not allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/etcd/")
+    assert not allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/pki/")
+    assert not allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/etcd-other/")
+    # `kubeplat etcd backup` and `restore`: the members read the request and the snapshot to
+    # restore, and answer the request; they never write either.
+    request, restore = f"{obj}/etcd/backup-request.json", f"{obj}/etcd/restore/1.db"
+    assert allowed(secure, "s3:GetObject", request) and allowed(secure, "s3:GetObject", restore)
+    assert not allowed(secure, "s3:PutObject", request)
+    assert not allowed(secure, "s3:PutObject", restore)
+    assert allowed(secure, "s3:PutObject", f"{obj}/etcd/backup-done.json")
+    assert not allowed(compute, "s3:GetObject", restore)
     # etcd snapshots: the secure layer writes and prunes them, and never reads one back.
     snapshot = f"{obj}/etcd-backups/20261202T120000Z-i-0a.db"
     assert allowed(secure, "s3:PutObject", snapshot) and allowed(

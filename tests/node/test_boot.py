@@ -17,6 +17,7 @@ import base64
 import contextlib
 import json
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ import pytest
 import yaml
 
 from kubeplat import config as kubeplat_config
+from kubeplat.node.etcd import RESTART_COMMAND
 from tests.conftest import REPO, emulator_clients
 from tests.integration.sandbox_user import kubeplat, make_user, stop_sandbox
 from tests.node import mirror
@@ -321,6 +323,71 @@ def test_secure_nodes_form_one_etcd_cluster_over_tls(cluster: Cluster) -> None:
     assert got.stdout.strip() == "booted"
 
 
+def test_the_watch_restart_command_runs_prepare_again_before_etcd(cluster: Cluster) -> None:
+    """After `kubeplat etcd restore`, a member's watch runs `systemctl restart --no-block
+    kubeplat-etcd-member.service` (the program's default --restart-command): under the real
+    systemd, etcd stops, the member unit's `prepare` runs again, then etcd starts again."""
+    node = cluster.layer("secure")[0]
+
+    def invocation(unit: str) -> str:
+        shown = node.run("systemctl", "show", "-p", "InvocationID", "--value", unit)
+        return shown.stdout.strip()
+
+    before = {unit: invocation(unit) for unit in ("etcd.service", "kubeplat-etcd-member.service")}
+    said = node.journal("kubeplat-etcd-member.service").count("restarts as the member it was")
+    ran = node.run(*shlex.split(RESTART_COMMAND))
+    assert ran.returncode == 0, ran.stderr
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        now = {unit: invocation(unit) for unit in before}
+        active = node.run("systemctl", "is-active", "etcd.service").stdout.strip()
+        if all(now[u] and now[u] != before[u] for u in before) and active == "active":
+            break
+        time.sleep(1)
+    else:
+        raise AssertionError(f"etcd was not restarted through its member unit\n{explain(node)}")
+    journal = node.journal("kubeplat-etcd-member.service")
+    assert journal.count("restarts as the member it was") == said + 1, journal[-2000:]
+    health = etcdctl(node, "endpoint", "health")
+    assert health.returncode == 0, health.stderr
+
+
+def test_etcd_backup_and_restore_through_the_sandbox(cluster: Cluster, tmp_path: Path) -> None:
+    """`kubeplat etcd backup`, `status` and `restore --force` as an operator runs them against
+    the sandbox, served by the booted secure nodes' own units under systemd."""
+    secure = cluster.layer("secure")
+    assert etcdctl(secure[0], "put", "/kubeplat-test/backup", "before").returncode == 0
+    backup = kubeplat(cluster.user, "etcd", "backup", "-e", "boot", "--timeout", "180", timeout=240)
+    assert backup.returncode == 0, backup.stderr + explain(secure[0])
+    key = backup.stdout.strip()
+    # A real etcd snapshot: etcd's own tool reads it.
+    saved = tmp_path / "snapshot.db"
+    body = cluster.aws["s3"].get_object(Bucket="kubeplat-boot-secrets", Key=key)["Body"].read()
+    saved.write_bytes(body)
+    checked = subprocess.run(
+        [str(mirror._etcd_binaries() / "etcdutl"), "snapshot", "status", str(saved), "-w", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0 and json.loads(checked.stdout)["totalKey"] > 0, checked.stderr
+    assert etcdctl(secure[0], "put", "/kubeplat-test/backup", "after").returncode == 0
+
+    restored = kubeplat(
+        cluster.user, "etcd", "restore", "-e", "boot", "--snapshot", key, "--force",
+        "--timeout", "600", timeout=700,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr + explain(secure[0])
+    for node in secure:
+        got = etcdctl(node, "get", "/kubeplat-test/backup", "--print-value-only")
+        assert got.stdout.strip() == "before", node.journal("kubeplat-etcd-member.service")[-3000:]
+        assert node.path("/var/lib/etcd.before-generation-1/member").is_dir()  # kept
+    shown = kubeplat(cluster.user, "etcd", "status", "-e", "boot", "-o", "json")
+    assert shown.returncode == 0, shown.stderr
+    status = json.loads(shown.stdout)
+    assert status["quorum"] is True and status["formed"]["generation"] == 1
+    assert sorted(r["role"] for r in status["members"]) == ["follower", "follower", "leader"]
+    assert {r["generation"] for r in status["members"]} == {1}
+
+
 def test_each_node_publishes_its_record(cluster: Cluster) -> None:
     s3 = cluster.aws["s3"]
     for instance, info in cluster.launched.items():
@@ -363,6 +430,12 @@ def test_a_failed_bootstrap_is_retried_then_reported_unhealthy(cluster: Cluster)
     node = boot(cluster.world, info)
     status = wait_bootstrap(node)
     assert status["state"] == "failed"
+    # The record says "failed" first, then what the node did about it (its last save).
+    deadline = time.monotonic() + 120
+    while "health" not in status and time.monotonic() < deadline:
+        time.sleep(1)
+        status = bootstrap_status(node) or status
+    assert "marked unhealthy" in status.get("health", ""), explain(node)
     assert "binaries" in status["error"] and "sha256" in status["error"], status["error"]
     path = urlsplit(mirror.upstream(kubernetes, etcd_version)["kubelet"]).path
     asked = [r for r in cluster.mirror if r.client == info.private_ip and r.path.endswith(path)]

@@ -20,6 +20,8 @@ COMMANDS = [
     ("ssh", "--print", "i-1"),
     ("manifests", "push"),
     ("etcd", "status"),
+    ("etcd", "backup"),
+    ("etcd", "restore", "--snapshot=20261202T110000Z-i-0a.db"),
 ]
 
 BROKEN_FILES = {

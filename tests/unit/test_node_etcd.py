@@ -133,3 +133,41 @@ def test_snapshot_retention_keeps_the_newest_always() -> None:
     # Even when every snapshot is too old, the newest stays.
     ancient = [snap(24 * 30), snap(24 * 31)]
     assert expired(ancient, keep=48, max_age_days=7, now=now) == [ancient[1][0]]
+
+
+RESTORED = {
+    "token": "kubeplat-4567",
+    "members": {A: url(A), B: url(B), D: url(D)},
+    "formed": "T2",
+    "generation": 1,
+    "restore": {
+        "from": "dev/etcd-backups/20261202T120000Z-i-0a.db",
+        "snapshot": "dev/etcd/restore/1.db",
+    },
+}
+
+
+def test_a_restore_names_the_members_that_restore_the_snapshot() -> None:
+    # Named in a record of a newer generation than its data: restore, whatever answers.
+    restoring = decide(seen(D, [A, B, D], record=RESTORED))
+    assert (restoring.action, restoring.state, restoring.token) == (
+        "restore",
+        "new",
+        "kubeplat-4567",
+    )
+    assert restoring.cluster == RESTORED["members"]
+    assert "20261202T120000Z-i-0a.db" in restoring.message
+    members = [member(A, 1), member(B, 2), member(D, 4)]
+    assert decide(seen(D, [A, B, D], members, quorum=True, record=RESTORED)).action == "restore"
+    # Once restored (its data is of generation 1), it is a member like any other.
+    again = decide(seen(D, [A, B, D], members, quorum=True, record=RESTORED, generation=1))
+    assert (again.action, again.state) == ("start", "existing")
+
+
+def test_after_a_restore_an_instance_it_does_not_name_joins() -> None:
+    members = [member(A, 1), member(B, 2), member(D, 4)]
+    joined = decide(seen(C, [A, B, C, D], members, quorum=True, record=RESTORED))
+    assert (joined.action, joined.state, joined.token) == ("join", "existing", "kubeplat-4567")
+    # …and while the restored cluster is not up yet, it waits: never a cluster of its own.
+    waiting = decide(seen(C, [A, B, C, D], record=RESTORED))
+    assert waiting.action == "wait" and "never forming a second cluster" in waiting.message
