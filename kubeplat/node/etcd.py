@@ -383,7 +383,8 @@ class Node:
         self.reporter = health.Reporter(args.bucket, args.prefix, "secure", identity)
         self.reported: tuple[str, float] = ("", 0.0)
         self.args = args
-        self.restart_asked: tuple[int, float] = (0, 0.0)  # generation, when
+        # The generation a restart was asked for, and when the last try failed.
+        self.restart_asked: tuple[int, float] = (0, -1e9)
         self.ready_told = False  # the group's launch hook is completed (or there is none)
         self.last_problem = ""
 
@@ -672,8 +673,8 @@ def _tell_ready(node: Node, members: list[Member], local: list[str]) -> None:
 
 def _restored_since(node: Node, every_s: float = 60.0) -> bool:
     """The cluster was restored from a snapshot since this member's data was made: restart
-    this member (its `prepare` sets the data aside and restores or joins), at most once a
-    minute. True while that is so."""
+    this member once (its `prepare` sets the data aside and restores or joins, however long
+    that takes; a failed restart is tried again after a minute). True while that is so."""
     try:
         newer = generation(node.formation.read())
     except Exception as exc:  # the bucket unreadable for now: the rest of the round goes on
@@ -681,16 +682,19 @@ def _restored_since(node: Node, every_s: float = 60.0) -> bool:
         return False
     if newer <= local_generation(node.args.data_dir):
         return False
-    asked, when = node.restart_asked
-    if asked != newer or time.monotonic() - when >= every_s:
-        say(f"the cluster was restored (generation {newer}): restarting this member")
-        node.restart_asked = (newer, time.monotonic())
-        ran = subprocess.run(
-            shlex.split(node.args.restart_command),
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        if ran.returncode != 0:
-            say(f"restarting failed: {ran.stderr.strip()[-300:]}")
+    asked, failed_at = node.restart_asked
+    if asked == newer or time.monotonic() - failed_at < every_s:
+        return True  # asked already (prepare is at work), or the last try failed just now
+    say(f"the cluster was restored (generation {newer}): restarting this member")
+    ran = subprocess.run(
+        shlex.split(node.args.restart_command),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if ran.returncode == 0:
+        node.restart_asked = (newer, -1e9)
+    else:
+        say(f"restarting failed: {ran.stderr.strip()[-300:]}")
+        node.restart_asked = (asked, time.monotonic())
     return True
 
 

@@ -5,8 +5,10 @@ node-level tier (tests/node/test_etcd_members.py) runs the same program against 
 from __future__ import annotations
 
 from datetime import UTC
+from pathlib import Path
+from types import SimpleNamespace
 
-from kubeplat.node.etcd import Member, Seen, decide
+from kubeplat.node.etcd import Member, Seen, _restored_since, decide
 
 A, B, C, D = "i-0a", "i-0b", "i-0c", "i-0d"
 HOST = {A: "ip-10-0-0-1.ec2.internal", B: "ip-10-0-0-2.ec2.internal"}
@@ -171,3 +173,32 @@ def test_after_a_restore_an_instance_it_does_not_name_joins() -> None:
     # …and while the restored cluster is not up yet, it waits: never a cluster of its own.
     waiting = decide(seen(C, [A, B, C, D], record=RESTORED))
     assert waiting.action == "wait" and "never forming a second cluster" in waiting.message
+
+
+def test_the_watch_asks_for_one_restart_per_restore(tmp_path: Path) -> None:
+    """After a restore, the watch restarts its member once: a second restart in the middle of
+    a long restore (a large snapshot downloading) would start it over and over."""
+    asked = tmp_path / "asked"
+    (tmp_path / "data.generation").write_text("1\n")
+    record = {"generation": 2}
+    node = SimpleNamespace(
+        formation=SimpleNamespace(read=lambda: record),
+        args=SimpleNamespace(
+            data_dir=tmp_path / "data", restart_command=f"sh -c 'echo . >> {asked}'"
+        ),
+        restart_asked=(0, -1e9),
+    )
+    for _ in range(5):
+        assert _restored_since(node) is True  # type: ignore[arg-type]
+    assert asked.read_text() == ".\n"
+    record["generation"] = 3  # restored once more
+    assert _restored_since(node) is True  # type: ignore[arg-type]
+    assert asked.read_text() == ".\n.\n"
+    (tmp_path / "data.generation").write_text("3\n")  # prepare restored it
+    assert _restored_since(node) is False  # type: ignore[arg-type]
+    # A restart that fails is tried again, but not before a minute has passed.
+    node.args.restart_command = "false"
+    record["generation"] = 4
+    assert _restored_since(node) is True  # type: ignore[arg-type]
+    failed_at = node.restart_asked[1]
+    assert _restored_since(node) is True and node.restart_asked[1] == failed_at  # type: ignore[arg-type]
