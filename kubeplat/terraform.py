@@ -43,6 +43,32 @@ def mirror_config(mirror: str) -> str:
     )
 
 
+def mirror_cli_config(directory: Path) -> Path | None:
+    """With KUBEPLAT_TF_MIRROR set, a CLI configuration in `directory` that installs the
+    providers from that filesystem mirror (the user's own TF_CLI_CONFIG_FILE kept in it when
+    it says nothing about provider installation); None without it."""
+    mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
+    if not mirror:
+        return None
+    if not (Path(mirror) / "registry.terraform.io").is_dir():
+        raise ToolMissing(
+            f"KUBEPLAT_TF_MIRROR={mirror} is not a provider mirror "
+            "(no registry.terraform.io/ in it)",
+            "point it at a directory made with `terraform providers mirror DIR`, or unset it",
+        )
+    theirs = os.environ.get("TF_CLI_CONFIG_FILE", "")
+    kept = ""
+    if theirs and Path(theirs).is_file():
+        text = Path(theirs).read_text(errors="replace")
+        kept = "" if "provider_installation" in text else text.rstrip() + "\n\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "kubeplat-mirror.tfrc"
+    wanted = kept + mirror_config(str(Path(mirror).resolve()))
+    if not path.exists() or path.read_text() != wanted:
+        path.write_text(wanted)
+    return path
+
+
 def available() -> bool:
     """Whether a Terraform binary is configured or on PATH (its version is checked on use)."""
     return bool(os.environ.get("KUBEPLAT_TERRAFORM") or shutil.which("terraform"))
@@ -125,6 +151,9 @@ class Terraform:
     def environ(self) -> dict[str, str]:
         """The child's environment: ours, the caller's additions, and `TF_DATA_DIR`."""
         merged = {**os.environ, "TF_DATA_DIR": str(self.data_dir), "TF_IN_AUTOMATION": "1"}
+        config = mirror_cli_config(self.workdir)
+        if config is not None:
+            merged["TF_CLI_CONFIG_FILE"] = str(config)
         for name, value in self.env.items():
             if value is None:
                 merged.pop(name, None)
@@ -174,7 +203,7 @@ class Terraform:
                     "args": args,
                     "binary": binary(),
                     "module": {p.name: p.read_text() for p in sorted(self.module.glob("*.tf"))},
-                    "config": os.environ.get("TF_CLI_CONFIG_FILE", ""),
+                    "config": self.environ().get("TF_CLI_CONFIG_FILE", ""),
                 },
                 sort_keys=True,
             ).encode()
