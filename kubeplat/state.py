@@ -7,6 +7,7 @@ since it also encrypts the nodes' volumes, usable by the Auto Scaling service th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +92,8 @@ def _kms_metadata(aws: Aws, env: Environment) -> dict[str, Any]:
 
 
 def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
-    """Create `name` when missing: versioned, SSE-KMS with the key, public access blocked.
+    """Create `name` when missing: versioned, SSE-KMS with the key, public access blocked,
+    plain HTTP refused (on AWS).
 
     True when it was created; an existing bucket is left as its owner set it up.
     """
@@ -154,7 +156,33 @@ def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
                 ]
             },
         )
+        # Refuse plain HTTP; not where kubeplat itself is told to use it (the sandbox's
+        # emulator, another emulator named by AWS_ENDPOINT_URL), which the policy would lock out.
+        if not (aws.endpoint or "").startswith("http://"):
+            s3.put_bucket_policy(Bucket=name, Policy=json.dumps(tls_only(name, aws.region)))
     return True
+
+
+def tls_only(bucket: str, region: str) -> dict[str, Any]:
+    """A bucket policy that refuses every request made without TLS."""
+    partition = (
+        "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-")
+        else "aws"
+    )  # fmt: skip
+    arn = f"arn:{partition}:s3:::{bucket}"
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "KubeplatTLSOnly",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [arn, f"{arn}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }
 
 
 def volume_key_access(aws: Aws, env: Environment, key: dict[str, Any]) -> bool:
