@@ -35,14 +35,11 @@ from kubeplat.node.etcd import (
     live_members,
     peer_url,
 )
+from kubeplat.node.steps import now_iso
 from kubeplat.store import BucketStore
 
 POLL_S = 3.0
 FRESH_S = 180  # a member's report younger than this speaks for the cluster now
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _who() -> str:
@@ -61,10 +58,7 @@ def _status(store: BucketStore, running: dict[str, str]) -> etcdstatus.EtcdStatu
 
 
 def _fresh(stamp: str, now: datetime) -> bool:
-    if not stamp:
-        return False
-    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    return (now - then).total_seconds() < FRESH_S
+    return bool(stamp) and etcdstatus.seconds_since(stamp, now) < FRESH_S
 
 
 def running_members(store: BucketStore) -> dict[str, str]:
@@ -102,7 +96,7 @@ def backup(
             f"kubeplat etcd status -e {env} shows what the members report (the sandbox "
             "boots no node: there, none runs etcd)",
         )
-    request = {"id": secrets.token_hex(8), "by": _who(), "requested": _now()}
+    request = {"id": secrets.token_hex(8), "by": _who(), "requested": now_iso()}
     store.put(f"etcd/{BACKUP_REQUEST}", json.dumps(request, indent=1).encode())
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -180,7 +174,7 @@ def restore(
     record = {
         "token": "kubeplat-" + secrets.token_hex(8),
         "members": {iid: peer_url(host) for iid, host in sorted(running.items())},
-        "formed": _now(),
+        "formed": now_iso(),
         "by": f"kubeplat etcd restore ({_who()})",
         "generation": number,
         "restore": {"from": key, "snapshot": copy},

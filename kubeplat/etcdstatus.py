@@ -112,12 +112,17 @@ def read(aws: Aws, bucket: str, environment: str, running: dict[str, str]) -> Et
     )
 
 
+def seconds_since(stamp: str, now: datetime | None = None) -> float:
+    """Seconds from an ISO time (a report's `updated`) to now."""
+    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return ((now or datetime.now(UTC)) - then).total_seconds()
+
+
 def age(stamp: str, now: datetime | None = None) -> str:
     """'42s ago', '5m ago', '3h ago' for an ISO time; '-' when there is none."""
     if not stamp:
         return "-"
-    then = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    seconds = int(((now or datetime.now(UTC)) - then).total_seconds())
+    seconds = int(seconds_since(stamp, now))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit} ago"

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import aws, health
+from .steps import now_iso
 
 PEER_PORT = 2380
 CLIENT_PORT = 2379
@@ -303,12 +304,12 @@ class Formation:
         self.key = self.base + "formation.json"
 
     def read(self, name: str = "formation.json") -> dict[str, Any] | None:
-        """The record (or another object beside it), None when there is none."""
-        key = self.base + name
-        listed = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=key, MaxKeys=1)
-        if not any(item["Key"] == key for item in listed.get("Contents", [])):
+        """The record (or another object beside it), None when there is none: one GET (the
+        node role may list etcd/, so S3 answers a missing object with NoSuchKey, not 403)."""
+        try:
+            body = self.s3.get_object(Bucket=self.bucket, Key=self.base + name)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
             return None
-        body = self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         return dict(json.loads(body))
 
     def write(self, name: str, document: dict[str, Any]) -> None:
@@ -415,7 +416,7 @@ class Node:
             record = {
                 "token": decision.token,
                 "members": decision.cluster,
-                "formed": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "formed": now_iso(),
                 "by": self.me,
             }
             if self.formation.create(record):
@@ -722,7 +723,7 @@ def _publish(node: Node, report: dict[str, Any], every_s: float = 60.0) -> None:
     last, when = node.reported
     if text == last and time.monotonic() - when < every_s:
         return
-    stamped = {**report, "updated": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    stamped = {**report, "updated": now_iso()}
     if node.reporter.publish("etcd", stamped):
         node.reported = (text, time.monotonic())
 
