@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -296,7 +297,6 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
             json.dumps(node_config(env, layer), indent=1, sort_keys=True) + "\n",
         ),
         unit("kubeplat-bootstrap.service"),
-        unit("kubeplat-agent.service"),
         unit("containerd.service"),
         ("/etc/containerd/config.toml", "0644", _render(part + "containerd.toml.j2", ctx)),
         unit("kubelet.service"),
@@ -339,7 +339,7 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
         ]
     if layer.control_plane:
         local = f"https://127.0.0.1:{cluster.API_PORT}"
-        pki_dir = "/etc/kubernetes/pki"
+        pki_dir = PKI_DIR
         for user, name in (
             ("system:kube-controller-manager", "controller-manager"),
             ("system:kube-scheduler", "scheduler"),
@@ -359,7 +359,44 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
         ]
         for name, text in sorted(_addons(env).items()):
             files.append((f"/etc/kubernetes/addons/{name}", "0644", text))
+    written = {path: content for path, _, content in files}
+    reloads = {
+        unit: ",".join(names)
+        for unit, sources in _UNIT_READS.items()
+        if (names := sorted({n for f in sources for n in pki_files_read(written.get(f, ""))}))
+    }
+    agent = _render(part + "kubeplat-agent.service.j2", {**ctx, "reloads": reloads})
+    files.append((units + "kubeplat-agent.service", "0644", agent))
     return [{"path": p, "mode": m, "content": c} for p, m, c in sorted(files)]
+
+
+PKI_DIR = "/etc/kubernetes/pki"
+_PKI_PATH = re.compile(re.escape(PKI_DIR) + r"/([A-Za-z0-9._-]+(?:/[A-Za-z0-9._-]+)*)")
+_KUBECONFIG_PATH = re.compile(r"/etc/kubernetes/[A-Za-z0-9_-]+\.conf")
+# The systemd units that read PKI files, and the files that say which (the static pods say it
+# in their manifests): the node agent restarts a unit when one of them changes.
+_UNIT_READS = {
+    "etcd.service": ("/etc/etcd/etcd.conf.yml.tmpl",),
+    "kubelet.service": (
+        "/etc/kubeplat/kubelet-config.yaml",
+        "/etc/kubeplat/bootstrap-kubelet.conf",
+        "/etc/kubernetes/node.conf",
+    ),
+}
+
+
+def pki_files_read(text: str) -> set[str]:
+    """The PKI files (names under pki/) a configuration text names by path."""
+    return set(_PKI_PATH.findall(text))
+
+
+def _fill_pki_names(text: str, written: Mapping[str, str]) -> str:
+    """A static pod's `@PKI@` becomes `@PKI:names@`: every PKI file it names, directly or
+    through a kubeconfig it mounts (the node agent digests those files into it)."""
+    names = pki_files_read(text)
+    for kubeconfig in set(_KUBECONFIG_PATH.findall(text)):
+        names |= pki_files_read(written.get(kubeconfig, ""))
+    return text.replace("@PKI@", "@PKI:" + ",".join(sorted(names)) + "@")
 
 
 def _addons(env: Environment) -> dict[str, str]:
@@ -426,10 +463,11 @@ def manifests(env: Environment, layer: Layer) -> dict[str, bytes]:
     # Every node runs the pod network (flannel) and kube-proxy, control-plane nodes included:
     # webhooks and aggregated APIs served by pods must be reachable from the API servers.
     sources += [f"manifests/node/{p.name}" for p in _templates("manifests/node")]
+    written = {f["path"]: f["content"] for f in _node_files(env, layer)}
     found = {}
     for source in sources:
         name = f"manifests/{layer.name}/{Path(source).name.removesuffix('.j2')}"
-        found[name] = _yaml_checked(name, _render(source, ctx))
+        found[name] = _yaml_checked(name, _fill_pki_names(_render(source, ctx), written))
     return found
 
 

@@ -13,6 +13,17 @@ that it runs that set and its API server answers `/readyz`. A node that stopped 
 `STALE_S` is not waited for; a node whose API server does not come back stops the roll there,
 so a bad manifest takes down one API server, not all of them. A node's first set (at boot) is
 applied at once: nothing runs yet that a turn would protect.
+
+With `--pki-prefix` (the layer's `pki/common/` and `pki/LAYER/`) it keeps the node's
+certificates and keys in `--pki-dir` in step the same way (keys 0600), before the manifests,
+so a node picks up a renewed or rotated certificate without being replaced. Then it tells each
+component that uses a changed file: a static pod manifest names the PKI files its pod reads in
+a `@PKI:name,…@` placeholder, which the agent fills with a digest of those files, so a changed
+certificate is a changed manifest and the kubelet restarts exactly the pods that read it; a
+systemd unit named with `--reload UNIT=FILE,…` is restarted (`--reload-command`). On a layer
+that takes turns this happens in the node's turn, like a manifest change; a restart still owed
+when the agent stopped is done when it starts again. Every node reports what it runs
+(`status/LAYER/INSTANCE/manifests.json`: one digest of its manifests and PKI).
 """
 
 from __future__ import annotations
@@ -22,8 +33,11 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,15 +54,39 @@ READY_TIMEOUT_S = 300.0
 log = logging.getLogger("kubeplat-agent")
 
 
-class Agent:
-    """One sync loop over one prefix and one target directory."""
+PRIVATE = (".key", "bootstrap-token")  # written 0600, as the user-data stub does
+PLACEHOLDER = re.compile(r"@PKI:([A-Za-z0-9._/,-]*)@")
 
-    def __init__(self, client: Any, bucket: str, prefix: str, target: Path) -> None:
+
+class Agent:
+    """One prefix of the bucket kept in step with one directory.
+
+    `tree` allows names in sub-folders (the PKI's `etcd/`); `fill` (the PKI folder) makes the
+    agent fill `@PKI:…@` placeholders in what it writes; `before_change(name)` is called before
+    a file is written or removed.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        prefix: str,
+        target: Path,
+        *,
+        tree: bool = False,
+        fill: Path | None = None,
+        before_change: Callable[[str], None] | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.target = target
-        self.state_path = target / STATE_NAME
+        self.tree = tree
+        self.fill = fill
+        self.before_change = before_change or (lambda name: None)
+        # One state file a prefix (two prefixes share the PKI folder).
+        own = "" if not tree else "-" + self.prefix.rstrip("/").rpartition("/")[2]
+        self.state_path = target / STATE_NAME.replace(".json", f"{own}.json")
 
     def _state(self) -> dict[str, str]:
         try:
@@ -57,6 +95,13 @@ class Agent:
         except (OSError, ValueError):
             return {}
 
+    def _wanted(self, name: str) -> bool:
+        """A plain file directly under the prefix (or, for a tree, in a plain sub-folder)."""
+        parts = name.split("/")
+        if not name or (len(parts) > 1 and not self.tree):
+            return False
+        return all(part and not part.startswith(".") for part in parts)
+
     def listing(self) -> dict[str, str]:
         """Object name (relative to the prefix) → ETag, for every object under the prefix."""
         found: dict[str, str] = {}
@@ -64,53 +109,154 @@ class Agent:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
             for item in page.get("Contents", []):
                 name = item["Key"][len(self.prefix) :]
-                # Only plain files directly under the prefix: no sub-folders, no hidden files.
-                if name and "/" not in name and not name.startswith("."):
+                if self._wanted(name):
                     found[name] = item["ETag"]
         return found
 
     def applied(self) -> dict[str, str]:
         """What this node runs: name → ETag of every file the agent wrote."""
-        return self._state()
+        return {name: etag.split(" ")[0] for name, etag in self._state().items()}
+
+    def pending(self) -> list[str]:
+        """Restarts owed (none: a plain agent restarts nothing)."""
+        return []
 
     def sync_once(self, listing: dict[str, str] | None = None) -> list[str]:
         """One pass; returns what changed, as `+name`, `~name` or `-name`."""
         self.target.mkdir(parents=True, exist_ok=True)
         known = self._state()
         listing = self.listing() if listing is None else listing
+        # What the placeholders were filled from: a changed PKI is a changed manifest.
+        context = f" {tree_digest(self.fill)}" if self.fill is not None else ""
         changes: list[str] = []
         for name, etag in sorted(listing.items()):
             path = self.target / name
-            if known.get(name) == etag and path.exists():
+            if known.get(name) == etag + context and path.exists():
                 continue
             body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
+            if self.fill is not None:
+                body = fill_placeholders(body, self.fill)
             existed = path.exists()
             if not existed or path.read_bytes() != body:
-                _atomic_write(path, body)
+                self.before_change(name)
+                private = name.endswith(PRIVATE)
+                _atomic_write(path, body, 0o600 if private else 0o644)
                 changes.append(("~" if existed else "+") + name)
-            known[name] = etag
+            known[name] = etag + context
         for name in sorted(set(known) - set(listing)):
+            if (self.target / name).exists():
+                self.before_change(name)
             (self.target / name).unlink(missing_ok=True)
             del known[name]
             changes.append("-" + name)
         _atomic_write(self.state_path, json.dumps(known, sort_keys=True).encode())
         return changes
 
-    def run(self, interval: float, roll: Roll | None = None) -> None:
-        """Sync forever, every `interval` seconds; a failed pass is logged and retried."""
-        stopping: list[bool] = []
-        signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-        while not stopping:
-            started = time.monotonic()
-            try:
-                if roll is None:
-                    for change in self.sync_once():
-                        log.info("synced %s", change)
-                else:
-                    roll.step(self)
-            except Exception as exc:  # keep running: the next pass may succeed
-                log.warning("sync failed: %s", exc)
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+def tree_digest(folder: Path) -> str:
+    """A digest of every file the agent keeps in `folder` (their state files' contents)."""
+    text = "".join(
+        path.name + "\0" + path.read_text()
+        for path in sorted(folder.glob(STATE_NAME.replace(".json", "*.json")))
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fill_placeholders(body: bytes, folder: Path) -> bytes:
+    """Each `@PKI:a,b@` becomes a digest of those files in `folder` (absent ones count)."""
+
+    def digest_of(match: re.Match[str]) -> str:
+        names = sorted(n for n in match.group(1).split(",") if n)
+        summed = hashlib.sha256()
+        for name in names:
+            path = folder / name
+            data = path.read_bytes() if ".." not in name and path.is_file() else b"(absent)"
+            summed.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
+        return summed.hexdigest()[:16]
+
+    if b"@PKI:" not in body:
+        return body
+    return PLACEHOLDER.sub(digest_of, body.decode()).encode()
+
+
+class Sync:
+    """Everything one node keeps in step: its PKI first, then its manifests; then it restarts
+    the units that read a changed file. Offers `listing`, `applied` and `sync_once` over all
+    of it (names prefixed `pki/<prefix>/` and `manifests/`), so a `Roll` takes turns over both.
+
+    A restart owed is written down (`pending`) before the file changes, so an agent killed
+    between the two still restarts the unit when it starts again.
+    """
+
+    def __init__(
+        self,
+        manifests: Agent,
+        pki: list[Agent],
+        reloads: dict[str, tuple[str, ...]],
+        restart: Callable[[str], None],
+    ) -> None:
+        self.manifests = manifests
+        self.pki = pki
+        self.reloads = reloads
+        self.restart = restart
+        folder = pki[0].target if pki else manifests.target
+        self.pending_path = folder / ".kubeplat-agent-restarts.json"
+        for one in pki:
+            one.before_change = self._owe
+        manifests.fill = folder if pki else None
+
+    def _parts(self) -> list[tuple[str, Agent]]:
+        parts = [(f"pki/{a.prefix.rstrip('/').rpartition('/')[2]}/", a) for a in self.pki]
+        return [*parts, ("manifests/", self.manifests)]
+
+    def listing(self) -> dict[str, str]:
+        return {tag + n: e for tag, a in self._parts() for n, e in a.listing().items()}
+
+    def applied(self) -> dict[str, str]:
+        return {tag + n: e for tag, a in self._parts() for n, e in a.applied().items()}
+
+    def pending(self) -> list[str]:
+        try:
+            return sorted(str(unit) for unit in json.loads(self.pending_path.read_text()))
+        except (OSError, ValueError, TypeError):
+            return []
+
+    def _owe(self, name: str) -> None:
+        units = {unit for unit, files in self.reloads.items() if name in files}
+        owed = set(self.pending())
+        if units - owed:
+            self.pending_path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.pending_path, json.dumps(sorted(owed | units)).encode())
+
+    def sync_once(self, listing: dict[str, str] | None = None) -> list[str]:
+        listing = self.listing() if listing is None else listing
+        changes: list[str] = []
+        for tag, agent in self._parts():
+            mine = {n[len(tag) :]: e for n, e in listing.items() if n.startswith(tag)}
+            changes += [c[0] + tag + c[1:] for c in agent.sync_once(mine)]
+        for unit in self.pending():
+            log.info("restarting %s: a file it reads changed", unit)
+            self.restart(unit)
+            left = [u for u in self.pending() if u != unit]
+            _atomic_write(self.pending_path, json.dumps(left).encode())
+        return changes
+
+
+def run(syncer: Agent | Sync, interval: float, roll: Roll | None = None) -> None:
+    """Sync forever, every `interval` seconds; a failed pass is logged and retried."""
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    while not stopping:
+        started = time.monotonic()
+        try:
+            if roll is None:
+                for change in syncer.sync_once():
+                    log.info("synced %s", change)
+            else:
+                roll.step(syncer)
+        except Exception as exc:  # keep running: the next pass may succeed
+            log.warning("sync failed: %s", exc)
+        time.sleep(max(0.0, interval - (time.monotonic() - started)))
 
 
 def digest(listing: dict[str, str]) -> str:
@@ -140,14 +286,16 @@ class Roll:
         self.last_report = 0.0
         self.waiting_for: list[str] = []
 
-    def step(self, agent: Agent) -> None:
+    def step(self, agent: Agent | Sync) -> None:
         listing = agent.listing()
         wanted = digest(listing)
         current = agent.applied()
         if current and digest(current) == wanted:
-            self._heartbeat(wanted)
-            return
-        if current:
+            if not agent.pending():
+                self._heartbeat(wanted)
+                return
+            # Files written in this node's turn, but a restart still owed: finish the turn.
+        elif current:
             blockers = self._blockers(wanted)
             if blockers != self.waiting_for:
                 if blockers:
@@ -159,9 +307,7 @@ class Roll:
         for change in agent.sync_once(listing):
             log.info("synced %s", change)
         ready = self._wait_ready()
-        log.info(
-            "manifests %s applied; API server %s", wanted[:12], "ready" if ready else "NOT ready"
-        )
+        log.info("set %s applied; this node %s", wanted[:12], "ready" if ready else "NOT ready")
         self._report(wanted, ready)
 
     def _blockers(self, wanted: str) -> list[str]:
@@ -219,15 +365,17 @@ def readyz(url: str, ca_file: str) -> Callable[[], bool]:
     return probe
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `path` so a reader sees the old file or the new one, never a part."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -236,48 +384,111 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="kubeplat-node agent", description="Sync a bucket prefix to a directory."
+        prog="kubeplat-node agent",
+        description="Keep a node's manifests (and PKI) in step with the secrets bucket.",
     )
     parser.add_argument("--bucket", required=True)
-    parser.add_argument("--prefix", required=True)
-    parser.add_argument("--target", required=True, type=Path)
+    parser.add_argument("--prefix", required=True, help="the manifests' prefix")
+    parser.add_argument("--target", required=True, type=Path, help="the manifests' folder")
+    parser.add_argument(
+        "--pki-prefix", action="append", default=[], help="a PKI prefix (common, then the layer's)"
+    )
+    parser.add_argument("--pki-dir", type=Path, default=Path("/etc/kubernetes/pki"))
+    parser.add_argument(
+        "--reload",
+        action="append",
+        default=[],
+        metavar="UNIT=FILE,…",
+        help="restart UNIT when one of these PKI files changes",
+    )
+    parser.add_argument("--reload-command", default="systemctl try-restart {unit}")
     parser.add_argument("--region", default=os.environ.get("AWS_REGION"))
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
     parser.add_argument(
         "--roll",
         metavar="ENVIRONMENT/LAYER",
-        help="take turns with the layer's other nodes (control plane)",
+        help="take turns with the layer's other nodes (etcd, control plane) and report",
     )
-    parser.add_argument("--readyz", default="https://127.0.0.1:6443/readyz")
+    parser.add_argument(
+        "--report", metavar="ENVIRONMENT/LAYER", help="report what this node runs (no turns)"
+    )
+    parser.add_argument("--readyz", default="", help="an API server's /readyz, when it runs one")
     parser.add_argument("--ca", default="/etc/kubernetes/pki/ca.crt")
+    parser.add_argument("--etcd-health", default="", help="etcd's /health, when it runs etcd")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     from . import aws
 
     region = args.region
     roll = None
-    if args.roll:
+    if args.roll or args.report:
         from . import health
 
-        environment, _, layer = args.roll.partition("/")
+        environment, _, layer = (args.roll or args.report).partition("/")
         identity = aws.Identity.read()
         region = region or identity.region
         reporter = health.Reporter(args.bucket, environment, layer, identity)
-        ec2 = aws.client("ec2", region)
-        roll = Roll(
-            lambda: running_instances(ec2, environment, layer),
-            reporter,
-            identity.instance_id,
-            readyz(args.readyz, args.ca),
-        )
-    agent = Agent(aws.client("s3", region), args.bucket, args.prefix, args.target)
+        probes = []
+        if args.readyz:
+            probes.append(readyz(args.readyz, args.ca))
+        if args.etcd_health:
+            probes.append(etcd_health(args.etcd_health, args.pki_dir))
+        peers: Callable[[], list[str]] = list
+        if args.roll:
+            ec2 = aws.client("ec2", region)
+            peers = lambda: running_instances(ec2, environment, layer)  # noqa: E731
+        roll = Roll(peers, reporter, identity.instance_id, lambda: all(p() for p in probes))
+    s3 = aws.client("s3", region)
+    manifests = Agent(s3, args.bucket, args.prefix, args.target)
+    syncer: Agent | Sync = manifests
+    if args.pki_prefix:
+        pki = [Agent(s3, args.bucket, p, args.pki_dir, tree=True) for p in args.pki_prefix]
+        syncer = Sync(manifests, pki, reloads(args.reload), restarter(args.reload_command))
     if args.once:
-        for change in agent.sync_once():
+        for change in syncer.sync_once():
             log.info("synced %s", change)
         return 0
-    agent.run(args.interval, roll)
+    run(syncer, args.interval, roll)
     return 0
+
+
+def reloads(given: list[str]) -> dict[str, tuple[str, ...]]:
+    """`UNIT=FILE,FILE` options as {unit: files}."""
+    found: dict[str, tuple[str, ...]] = {}
+    for item in given:
+        unit, _, files = item.partition("=")
+        found[unit] = found.get(unit, ()) + tuple(f for f in files.split(",") if f)
+    return found
+
+
+def restarter(template: str) -> Callable[[str], None]:
+    """Run `template` with `{unit}` filled in; a failure is logged (the next change retries)."""
+
+    def restart(unit: str) -> None:
+        command = shlex.split(template.replace("{unit}", unit))
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            log.warning("%s failed: %s", " ".join(command), done.stderr.strip()[-300:])
+
+    return restart
+
+
+def etcd_health(url: str, pki: Path) -> Callable[[], bool]:
+    """A probe of the local etcd's /health, with the health-check client certificate."""
+
+    def probe() -> bool:
+        try:
+            context = ssl.create_default_context(cafile=str(pki / "etcd/ca.crt"))
+            context.load_cert_chain(
+                str(pki / "etcd/healthcheck-client.crt"), str(pki / "etcd/healthcheck-client.key")
+            )
+            with urllib.request.urlopen(url, timeout=5, context=context) as answer:
+                return bool(json.loads(answer.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    return probe
 
 
 def running_instances(ec2: Any, environment: str, layer: str) -> list[str]:

@@ -13,6 +13,13 @@ from typing import Any
 
 DEFAULT_IMDS = "http://169.254.169.254"
 TIMEOUT_S = 5.0
+ATTEMPTS = 3
+
+_session: Any = None
+
+
+class NoCredentials(RuntimeError):
+    """The metadata service gave no credentials for the instance role (yet)."""
 
 
 def imds_base() -> str:
@@ -56,9 +63,37 @@ class Identity:
         )
 
 
-def client(service: str, region: str) -> Any:
-    """A boto3 client with short timeouts, retries, and the endpoint override when one is set."""
+def session() -> Any:
+    """The process's boto3 session, holding the instance role's credentials.
+
+    botocore asks the metadata service once, with a one-second timeout, and a client made
+    while that failed has no credentials for the rest of its life: a long-running agent
+    created at a busy moment would fail every call until restarted. So the credentials are
+    fetched patiently here and a client is never made without them: `NoCredentials` instead,
+    and the next call asks again (the units that call this restart on failure).
+    """
+    global _session
     import boto3
+    import botocore.session
+
+    if _session is None:
+        core = botocore.session.get_session()
+        core.set_config_variable("metadata_service_timeout", TIMEOUT_S)
+        core.set_config_variable("metadata_service_num_attempts", ATTEMPTS)
+        _session = boto3.Session(botocore_session=core)
+    if _session.get_credentials() is None:  # botocore asks again while it has none
+        raise NoCredentials(
+            "no AWS credentials: the metadata service gave none for the instance role "
+            "(is an instance profile attached?); asking again on the next try"
+        )
+    return _session
+
+
+def client(service: str, region: str) -> Any:
+    """A boto3 client with short timeouts, retries, and the endpoint override when one is set.
+
+    Raises `NoCredentials` rather than returning a client that could never sign a request.
+    """
     from botocore.config import Config
 
     options: dict[str, Any] = {
@@ -70,4 +105,4 @@ def client(service: str, region: str) -> Any:
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["endpoint_url"] = endpoint
-    return boto3.client(service, **options)
+    return session().client(service, **options)

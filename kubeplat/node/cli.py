@@ -28,7 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     if args[0] == "status":
         return status(Path(args[1]) if len(args) > 1 else Path("/var/lib/kubeplat/status.json"))
     module = importlib.import_module(f".{COMMANDS[args[0]][0]}", __package__)
-    code: int = module.main(args[1:])
+    from .aws import NoCredentials
+
+    try:
+        code: int = module.main(args[1:])
+    except NoCredentials as exc:  # one line in the journal; the unit starts it again
+        print(f"kubeplat-node {args[0]}: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

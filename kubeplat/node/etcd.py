@@ -504,6 +504,7 @@ def set_aside(data_dir: Path, newer: int) -> Path | None:
 
 
 def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
+    node: Node | None = None
     if (args.data_dir / "member").is_dir() and args.output.exists():
         # A reboot or a restart: etcd comes back as the member it was, unless the cluster was
         # restored since (and if the bucket cannot be read now, it comes back all the same).
@@ -525,11 +526,10 @@ def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.slee
             f"the cluster was restored (generation {generation(record)}); this member's data "
             f"of generation {here} is kept in {aside}"
         )
-    else:
-        node = Node(args)
     pause, last = 5.0, ""
     while True:
         try:
+            node = node or Node(args)  # the metadata service may not answer at first
             seen = node.look()
             decision = decide(seen)
             if decision.message != last:
@@ -541,6 +541,7 @@ def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.slee
             say(f"{type(exc).__name__}: {exc}; trying again in {pause:.0f}s")
         sleep(pause)
         pause = min(pause * 1.5, 30.0)
+    assert node is not None
     write_config(args, node.me, node.host, decision)
     _generation_file(args.data_dir).write_text(f"{generation(seen.record)}\n")
     say(f"{decision.state} cluster {decision.initial_cluster}")
@@ -565,11 +566,12 @@ def write_config(args: argparse.Namespace, name: str, host: str, decision: Decis
 def watch(args: argparse.Namespace, rounds: int | None = None) -> int:
     """Promote this member once it has caught up; on the leader, remove members whose
     instance is gone (etcd refuses a removal that would lose quorum)."""
-    node = Node(args)
+    node: Node | None = None  # made in the loop: the metadata service may not answer at first
     done = 0
     while rounds is None or done < rounds:
         done += 1
         try:
+            node = node or Node(args)
             _watch_round(node)
         except Exception as exc:
             say(f"watch: {type(exc).__name__}: {exc}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import boto3
 import pytest
 
 from kubeplat.node import agent as node_agent
+from tests import imds_standin
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +126,205 @@ def test_readers_never_see_a_partial_file(s3, tmp_path: Path) -> None:  # type: 
     assert bad == []
     assert len(seen) >= 2  # the reader really overlapped the writes
     assert (target / "big.yaml").read_bytes() == versions[-1]
+
+
+ENV = "dev"
+RELOADS = {
+    "etcd.service": ("etcd/ca.crt", "etcd/server.crt", "etcd/server.key"),
+    "kubelet.service": ("ca.crt",),
+}
+PKI = {
+    "common/ca.crt": b"ca 1\n",
+    "common/etcd/ca.crt": b"etcd ca 1\n",
+    "secure/etcd/server.crt": b"etcd server 1\n",
+    "secure/etcd/server.key": b"etcd server key 1\n",
+    "secure/apiserver.crt": b"apiserver 1\n",
+    "secure/kubelet-ca.key": b"kubelet ca key 1\n",
+}
+MANIFESTS = {
+    "kube-apiserver.yaml": b'metadata:\n  annotations:\n    kubeplat.io/pki: "@PKI:apiserver.crt,ca.crt@"\n',
+    "kube-scheduler.yaml": b'metadata:\n  annotations:\n    kubeplat.io/pki: "@PKI:scheduler.crt@"\n',
+}
+
+
+def put(s3, name: str, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    s3.put_object(Bucket=BUCKET, Key=f"{ENV}/{name}", Body=body)
+
+
+def secure_node(s3, root: Path, restart) -> node_agent.Sync:  # type: ignore[no-untyped-def]
+    """A secure node's agent (as its unit runs it), whose PKI the user-data stub wrote at boot."""
+    for name, body in PKI.items():
+        path = root / "pki" / name.split("/", 1)[1]
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_bytes(body)
+    manifests = node_agent.Agent(s3, BUCKET, f"{ENV}/manifests/secure/", root / "manifests")
+    pki = [
+        node_agent.Agent(s3, BUCKET, f"{ENV}/pki/{p}/", root / "pki", tree=True)
+        for p in ("common", "secure")
+    ]
+    return node_agent.Sync(manifests, pki, RELOADS, restart)
+
+
+def test_pki_reaches_the_node_and_restarts_exactly_what_reads_it(s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for name, body in PKI.items():
+        put(s3, f"pki/{name}", body)
+    for name, body in MANIFESTS.items():
+        put(s3, f"manifests/secure/{name}", body)
+    put(s3, "pki/compute/bootstrap-token", b"not this layer's\n")
+    restarted: list[str] = []
+    node = secure_node(s3, tmp_path, restarted.append)
+    manifests, pki = tmp_path / "manifests", tmp_path / "pki"
+
+    # Boot: the files are those the stub wrote; nothing to restart; placeholders filled.
+    node.sync_once()
+    assert restarted == []
+    apiserver = (manifests / "kube-apiserver.yaml").read_text()
+    assert "@PKI" not in apiserver and "kubeplat.io/pki:" in apiserver
+    assert not (pki / "bootstrap-token").exists()
+    os.utime(manifests / "kube-scheduler.yaml", (1_000_000, 1_000_000))
+    os.utime(manifests / "kube-apiserver.yaml", (1_000_000, 1_000_000))
+
+    # A reissued etcd server certificate: written 0600/0644, etcd restarted, no pod touched.
+    put(s3, "pki/secure/etcd/server.crt", b"etcd server 2\n")
+    put(s3, "pki/secure/etcd/server.key", b"etcd server key 2\n")
+    assert sorted(node.sync_once()) == [
+        "~pki/secure/etcd/server.crt",
+        "~pki/secure/etcd/server.key",
+    ]
+    assert restarted == ["etcd.service"]
+    assert (pki / "etcd/server.key").read_bytes() == b"etcd server key 2\n"
+    assert (pki / "etcd/server.key").stat().st_mode & 0o777 == 0o600
+    assert (pki / "etcd/server.crt").stat().st_mode & 0o777 == 0o644
+    assert (manifests / "kube-apiserver.yaml").stat().st_mtime == 1_000_000
+
+    # The API server's certificate: its manifest changes (so the kubelet restarts that pod),
+    # the scheduler's does not; no unit restarts.
+    put(s3, "pki/secure/apiserver.crt", b"apiserver 2\n")
+    assert node.sync_once() == ["~pki/secure/apiserver.crt", "~manifests/kube-apiserver.yaml"]
+    assert restarted == ["etcd.service"]
+    assert (manifests / "kube-apiserver.yaml").read_text() != apiserver
+    assert (manifests / "kube-scheduler.yaml").stat().st_mtime == 1_000_000
+
+    # The cluster CA: the kubelet restarts and the API server's pod again.
+    put(s3, "pki/common/ca.crt", b"ca 2\n")
+    assert node.sync_once() == ["~pki/common/ca.crt", "~manifests/kube-apiserver.yaml"]
+    assert restarted == ["etcd.service", "kubelet.service"]
+
+    # A key the layer may no longer hold leaves the node.
+    s3.delete_object(Bucket=BUCKET, Key=f"{ENV}/pki/secure/kubelet-ca.key")
+    assert node.sync_once() == ["-pki/secure/kubelet-ca.key"]
+    assert not (pki / "kubelet-ca.key").exists()
+    assert node.sync_once() == []
+
+
+def test_a_restart_owed_when_the_agent_died_is_done_when_it_starts_again(
+    s3, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    for name, body in PKI.items():
+        put(s3, f"pki/{name}", body)
+    restarted: list[str] = []
+    secure_node(s3, tmp_path, restarted.append).sync_once()
+    put(s3, "pki/common/etcd/ca.crt", b"etcd ca 2\n")
+
+    def killed(unit: str) -> None:
+        raise KeyboardInterrupt  # the agent dies between writing the file and the restart
+
+    with pytest.raises(KeyboardInterrupt):
+        secure_node_again(s3, tmp_path, killed).sync_once()
+    assert (tmp_path / "pki/etcd/ca.crt").read_bytes() == b"etcd ca 2\n"
+    again = secure_node_again(s3, tmp_path, restarted.append)
+    assert again.pending() == ["etcd.service"]
+    assert again.sync_once() == []  # nothing left to write, but the restart is owed
+    assert restarted == ["etcd.service"]
+    assert again.pending() == []
+
+
+def secure_node_again(s3, root: Path, restart) -> node_agent.Sync:  # type: ignore[no-untyped-def]
+    """The same node's agent, started again (its files and state as they are)."""
+    manifests = node_agent.Agent(s3, BUCKET, f"{ENV}/manifests/secure/", root / "manifests")
+    pki = [
+        node_agent.Agent(s3, BUCKET, f"{ENV}/pki/{p}/", root / "pki", tree=True)
+        for p in ("common", "secure")
+    ]
+    return node_agent.Sync(manifests, pki, RELOADS, restart)
+
+
+def test_the_agent_program_reloads_a_unit_and_reports_what_it_runs(  # type: ignore[no-untyped-def]
+    s3, tmp_path: Path, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent as its unit runs it, against the sandbox's S3, with its identity and
+    credentials from an IMDSv2 stand-in; `--reload-command` records what it would restart."""
+    for name, body in PKI.items():
+        put(s3, f"pki/{name}", body)
+    for name, body in MANIFESTS.items():
+        put(s3, f"manifests/secure/{name}", body)
+    for name, body in PKI.items():  # what the user-data stub wrote at boot
+        path = tmp_path / "pki" / name.split("/", 1)[1]
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.write_bytes(body)
+    restarts = tmp_path / "restarts.log"
+    meta = {
+        "instance-id": "i-0agent00000000001",
+        "placement/region": "eu-west-1",
+        "local-ipv4": "10.0.0.9",
+        "local-hostname": "ip-10-0-0-9.eu-west-1.compute.internal",
+    }
+    with imds_standin.serving(meta) as imds:
+        env = {k: v for k, v in os.environ.items() if k not in imds_standin.NO_OTHER_CREDENTIALS}
+        env["AWS_EC2_METADATA_SERVICE_ENDPOINT"] = imds.url
+        env["AWS_SHARED_CREDENTIALS_FILE"] = env["AWS_CONFIG_FILE"] = str(tmp_path / "none")
+        program = subprocess.Popen(
+            [
+                sys.executable, "-m", "kubeplat.node", "agent", "--bucket", BUCKET,
+                "--interval", "1", "--prefix", f"{ENV}/manifests/secure/",
+                "--target", str(tmp_path / "manifests"),
+                "--pki-prefix", f"{ENV}/pki/common/", "--pki-prefix", f"{ENV}/pki/secure/",
+                "--pki-dir", str(tmp_path / "pki"),
+                "--reload", "etcd.service=etcd/ca.crt,etcd/server.crt,etcd/server.key",
+                "--reload", "kubelet.service=ca.crt",
+                "--reload-command", f"sh -c 'echo {{unit}} >> {restarts}'",
+                "--report", f"{ENV}/secure",
+            ],
+            env=env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            report_key = f"{ENV}/status/secure/i-0agent00000000001/manifests.json"
+
+            def reported() -> dict:  # type: ignore[type-arg]
+                body = s3.get_object(Bucket=BUCKET, Key=report_key)["Body"].read()
+                return json.loads(body)  # type: ignore[no-any-return]
+
+            def runs_the_bucket() -> bool:
+                wanted = node_agent.digest(bucket_listing(s3))
+                try:
+                    return bool(reported()["digest"] == wanted)
+                except s3.exceptions.NoSuchKey:
+                    return False
+
+            _wait_for(runs_the_bucket, 30)
+            assert not restarts.exists()  # the files were those the node booted with
+            put(s3, "pki/secure/etcd/server.crt", b"etcd server 2\n")
+            _wait_for(lambda: restarts.exists() and restarts.read_text() == "etcd.service\n", 30)
+            assert (tmp_path / "pki/etcd/server.crt").read_bytes() == b"etcd server 2\n"
+            _wait_for(runs_the_bucket, 30)  # the operator can see the node has converged
+            assert reported()["ready"] is True
+        finally:
+            program.terminate()
+            _, stderr = program.communicate(timeout=10)
+    assert "restarting etcd.service: a file it reads changed" in stderr, stderr
+
+
+def bucket_listing(s3) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """What a secure node of ENV should run, as the operator computes it: name → ETag."""
+    found = {}
+    for tag, prefix in (
+        ("pki/common/", f"{ENV}/pki/common/"),
+        ("pki/secure/", f"{ENV}/pki/secure/"),
+        ("manifests/", f"{ENV}/manifests/secure/"),
+    ):
+        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
+            found[tag + item["Key"][len(prefix) :]] = item["ETag"]
+    return found
 
 
 def _wait_for(condition, timeout: float) -> None:  # type: ignore[no-untyped-def]

@@ -199,16 +199,33 @@ class Member:
         prepare, self.powered = self.prepare, True
         asked = self.host.dir / "restart-requested"
 
+        def run_prepare() -> bool:
+            """kubeplat-etcd-member.service: Restart=on-failure, RestartSec=10."""
+            nonlocal prepare
+            while prepare.wait() != 0:
+                time.sleep(10)
+                if not self.powered or prepare is not self.prepare:
+                    return False
+                prepare = self.prepare = self.host.popen(self.node_args("prepare"), self.log, env)
+            return self.powered
+
         def after_prepare() -> None:
             nonlocal prepare
-            if prepare.wait() != 0 or self.hold:
+            if not run_prepare() or self.hold:
                 return
             etcd = [str(_etcd_binaries() / "etcd"), f"--config-file={self.host.dir}/etcd.conf.yml"]
             self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
             self.watch = self.host.popen(self.node_args("watch"), self.log, env)
+            watch_ended = 0.0
             # etcd.service has Restart=always, RestartSec=5: a member whose first start fails
-            # (a peer not answering yet, say) is started again, as systemd would.
+            # (a peer not answering yet, say) is started again, as systemd would; the watch
+            # (Restart=always, RestartSec=10) too.
             while self.powered and prepare is self.prepare:
+                if self.watch is not None and self.watch.poll() is not None:
+                    watch_ended = watch_ended or time.monotonic()
+                    if time.monotonic() - watch_ended >= 10 and self.powered:
+                        self.watch = self.host.popen(self.node_args("watch"), self.log, env)
+                        watch_ended = 0.0
                 if asked.exists():
                     # The watch's `systemctl restart kubeplat-etcd-member`: etcd.service
                     # requires the member unit, so etcd stops, prepare runs, etcd starts.
@@ -219,7 +236,7 @@ class Member:
                     prepare = self.prepare = self.host.popen(
                         self.node_args("prepare"), self.log, env
                     )
-                    if prepare.wait() != 0:
+                    if not run_prepare():
                         return
                     self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
                     continue

@@ -44,8 +44,12 @@ KUBELET_STANDIN = r'''#!/usr/bin/python3
 """kubelet STAND-IN (kubeplat's node-boot tests): no kubelet binary can be had on this machine.
 
 Checks what a real kubelet reads when it starts and exits 1 naming each problem; otherwise it
-records its arguments in /run/kubelet-standin.json and stays up, as a kubelet does."""
-import json, os, signal, sys
+records its arguments in /run/kubelet-standin.json and stays up, as a kubelet does. It runs no
+container; of the static pods it does only what the tests need of a kubelet: a pod whose
+manifest changed is (re)started, recorded in /run/kubelet-standin-pods.json (name → the
+`kubeplat.io/pki` annotation at each start), and kube-apiserver's `/readyz` is answered on
+127.0.0.1:6443 with the serving certificate its manifest names (read again at each start)."""
+import hashlib, http.server, json, os, signal, ssl, sys, threading, time
 import yaml
 
 args = {}
@@ -90,8 +94,63 @@ with open("/run/kubelet-standin.json", "w") as handle:
     json.dump({"args": args, "resolvConf": resolv}, handle)
 print("kubelet stand-in: configuration checked; running", flush=True)
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/readyz" else 404)
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def serve_readyz(manifest):
+    flags = dict(
+        a[2:].split("=", 1) for a in manifest["spec"]["containers"][0]["command"] if "=" in a
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(flags["tls-cert-file"], flags["tls-private-key-file"])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 6443), Ready)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+seen, pods, apiserver = {}, {}, None
 while True:
-    signal.pause()
+    folder = config["staticPodPath"]
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if name.startswith(".") or not name.endswith(".yaml"):
+            continue
+        try:
+            data = open(path, "rb").read()
+            manifest = yaml.safe_load(data)
+            pod = manifest["metadata"]["name"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if seen.get(name) == digest:
+            continue
+        seen[name] = digest
+        annotation = (manifest["metadata"].get("annotations") or {}).get("kubeplat.io/pki", "")
+        pods.setdefault(pod, []).append({"pki": annotation, "started": time.time()})
+        if pod == "kube-apiserver":
+            if apiserver is not None:
+                apiserver.shutdown()
+                apiserver.server_close()
+            try:
+                apiserver = serve_readyz(manifest)
+            except (OSError, KeyError, ValueError) as exc:
+                apiserver = None
+                print(f"kubelet stand-in: kube-apiserver stand-in not started: {exc}", flush=True)
+        with open("/run/kubelet-standin-pods.json.new", "w") as handle:
+            json.dump(pods, handle)
+        os.replace("/run/kubelet-standin-pods.json.new", "/run/kubelet-standin-pods.json")
+        print(f"kubelet stand-in: static pod {pod} (re)started", flush=True)
+    time.sleep(1)
 '''
 
 KUBECTL_STANDIN = """#!/bin/sh

@@ -323,6 +323,88 @@ def test_secure_nodes_form_one_etcd_cluster_over_tls(cluster: Cluster) -> None:
     assert got.stdout.strip() == "booted"
 
 
+SERVED_CERT = """
+import socket, ssl, sys
+pki = "/etc/kubernetes/pki/etcd/"
+context = ssl.create_default_context(cafile=pki + "ca.crt")
+context.load_cert_chain(pki + "healthcheck-client.crt", pki + "healthcheck-client.key")
+context.check_hostname = False
+with socket.create_connection(("127.0.0.1", 2379), timeout=10) as raw:
+    with context.wrap_socket(raw) as tls:
+        sys.stdout.write(ssl.DER_cert_to_PEM_cert(tls.getpeercert(True)))
+"""
+
+
+def etcd_started(node: Node) -> int:
+    shown = node.run("systemctl", "show", "-p", "ExecMainStartTimestampMonotonic", "etcd")
+    return int(shown.stdout.strip().partition("=")[2] or 0)
+
+
+def test_a_reissued_etcd_certificate_reaches_every_member_in_turn(cluster: Cluster) -> None:
+    """Issue 15, delivery: the bucket gets a reissued etcd/server and etcd/peer certificate (the
+    objects `kubeplat certs --rotate` writes). Every secure node's agent writes them (keys 0600)
+    and restarts etcd in its turn: in instance-id order, the next one only once the previous
+    is healthy again; etcd then serves the new certificate and the cluster keeps its data.
+    The static pods do not read those files: their manifests, hence the pods, stay."""
+    from kubeplat import pki, render
+
+    secure = sorted(cluster.layer("secure"), key=lambda n: n.spec.instance_id)
+    for node in secure:
+        assert wait_bootstrap(node)["state"] == "done", explain(node)
+    env = kubeplat_config.load_file(Path(cluster.user["CHECKOUT"]) / "environments/boot.tfvars")
+    s3, bucket = cluster.aws["s3"], env.secrets_bucket_name
+    files = {}
+    for item in s3.list_objects_v2(Bucket=bucket, Prefix="boot/pki/")["Contents"]:
+        name = item["Key"].split("/", 3)[3]
+        if name != "client-ca-bundle.crt":  # derived from ca.crt and kubelet-ca.crt
+            files[name] = s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+    before = dict(files)
+    for leaf in ("etcd/server", "etcd/peer"):
+        files = pki.ensure(env, files, rotate=leaf).files
+    assert files["etcd/server.crt"] != before["etcd/server.crt"]
+    assert etcdctl(secure[0], "put", "/kubeplat-rotation", "kept").returncode == 0
+    pods_before = {n.spec.instance_id: n.read("/run/kubelet-standin-pods.json") for n in secure}
+    started_before = {n.spec.instance_id: etcd_started(n) for n in secure}
+    old_layout = render.pki_layout(env, before)
+    for name, data in render.pki_layout(env, files).items():
+        if old_layout.get(name) != data:
+            s3.put_object(Bucket=bucket, Key=f"boot/pki/{name}", Body=data)
+
+    deadline = time.monotonic() + 300
+    waiting = list(secure)
+    while waiting and time.monotonic() < deadline:
+        waiting = [
+            n
+            for n in waiting
+            if n.read("/etc/kubernetes/pki/etcd/server.crt") != files["etcd/server.crt"]
+            or etcd_started(n) == started_before[n.spec.instance_id]
+        ]
+        time.sleep(2)
+    assert not waiting, "\n".join(n.journal("kubeplat-agent.service")[-3000:] for n in waiting)
+
+    until = time.monotonic() + 120
+    while time.monotonic() < until:
+        served = [n.run("python3", "-c", SERVED_CERT).stdout for n in secure]
+        if served == [files["etcd/server.crt"].decode()] * 3:
+            break
+        time.sleep(2)
+    assert served == [files["etcd/server.crt"].decode()] * 3
+    for node in secure:
+        assert node.path("/etc/kubernetes/pki/etcd/peer.key").stat().st_mode & 0o777 == 0o600
+        journal = node.journal("kubeplat-agent.service")
+        assert journal.count("restarting etcd.service: a file it reads changed") == 1, journal
+        # No pod reads etcd/server or etcd/peer: no manifest changed, no pod restarted.
+        assert node.read("/run/kubelet-standin-pods.json") == pods_before[node.spec.instance_id]
+    # One at a time, in the order of the instance ids.
+    starts = [etcd_started(n) for n in secure]
+    assert starts == sorted(starts) and len(set(starts)) == 3, starts
+    everyone = ",".join(f"https://{n.spec.hostname}:2379" for n in secure)
+    health = etcdctl(secure[1], "endpoint", "health", "-w", "json", endpoints=everyone)
+    assert [h["health"] for h in json.loads(health.stdout)] == [True] * 3, health.stderr
+    got = etcdctl(secure[2], "get", "/kubeplat-rotation", "--print-value-only")
+    assert got.stdout.strip() == "kept"
+
+
 def test_the_watch_restart_command_runs_prepare_again_before_etcd(cluster: Cluster) -> None:
     """After `kubeplat etcd restore`, a member's watch runs `systemctl restart --no-block
     kubeplat-etcd-member.service` (the program's default --restart-command): under the real

@@ -131,6 +131,49 @@ def test_separate_topology_adds_a_control_plane_layer(
     assert "pki/control-plane/apiserver.key" in out and "pki/secure/apiserver.key" not in out
 
 
+def agent_unit(out: dict[str, bytes], cloudconfig: str) -> str:
+    config = yaml.safe_load(out[f"cloudconfig/{cloudconfig}"])
+    found = [f["content"] for f in config["write_files"] if f["path"].endswith("agent.service")]
+    return str(found[0])
+
+
+@pytest.mark.parametrize("topology", ["stacked", "separate"])
+def test_each_component_is_told_of_the_pki_files_it_reads(
+    env: config.Environment, files: dict[str, bytes], topology: str
+) -> None:
+    """The node agent restarts a unit, or changes a static pod's manifest, when a PKI file it
+    reads changes: render names those files, from the flags and kubeconfigs that read them."""
+    out = render.bundle(dataclasses.replace(env, topology=topology), files)
+    api_layer = "secure" if topology == "stacked" else "control-plane"
+
+    def names(manifest: str) -> set[str]:
+        found = re.search(rb'kubeplat.io/pki: "@PKI:([^@]*)@"', out[manifest])
+        assert found, manifest
+        return set(found.group(1).decode().split(","))
+
+    apiserver = names(f"manifests/{api_layer}/kube-apiserver.yaml")
+    assert {"apiserver.crt", "apiserver.key", "client-ca-bundle.crt", "etcd/ca.crt"} <= apiserver
+    assert "etcd/server.crt" not in apiserver
+    # Read through its kubeconfig, not a flag:
+    assert "controller-manager.crt" in names(f"manifests/{api_layer}/kube-controller-manager.yaml")
+    assert names(f"manifests/{api_layer}/kube-scheduler.yaml") == {
+        "ca.crt", "scheduler.crt", "scheduler.key"
+    }  # fmt: skip
+    assert names("manifests/compute/kube-proxy.yaml") == {"ca.crt"}
+    secure = agent_unit(out, "master")
+    assert re.search(
+        r"--reload etcd.service=etcd/ca.crt,etcd/peer.crt,etcd/peer.key,etcd/server.crt,"
+        r"etcd/server.key ",
+        secure,
+    )
+    assert "--pki-prefix example/pki/secure/" in secure and "--roll example/secure" in secure
+    assert "--etcd-health https://127.0.0.1:2379/health" in secure
+    assert ("--readyz" in secure) == (topology == "stacked")
+    compute = agent_unit(out, "worker")
+    assert "--reload kubelet.service=ca.crt " in compute and "etcd.service" not in compute
+    assert "--report example/compute" in compute and "--roll" not in compute
+
+
 def test_missing_template_value_is_a_clear_error(env: config.Environment) -> None:
     with pytest.raises(
         KubeplatError, match=re.escape("missing value in template partials/node/kubeconfig.yaml.j2")
