@@ -119,18 +119,43 @@ def validate(state: State, env: str, output_format: str) -> None:
     console.status(f"{report.environment.path}: valid; {module}", "ok")
 
 
-@cli.command()
-@env_option
+@cli.group(invoke_without_command=True)
+@click.option(
+    "-e",
+    "--env",
+    "env",
+    metavar="ENV",
+    help="Environment name (environments/ENV.tfvars) or a path to a .tfvars file.",
+)
 @click.option(
     "--rotate", metavar="NAME", help="Reissue one certificate; `ca` reissues every CA and all."
 )
-@click.option("--check", is_flag=True, help="Change nothing; fail when one expires within 30 days.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Change nothing; fail when one expires within cert_renew_days (default 90).",
+)
 @_output_option
-@click.pass_obj
-def certs(state: State, env: str, rotate: str | None, check: bool, output_format: str) -> None:
-    """Load or create the cluster's PKI and show every certificate's expiry."""
+@click.pass_context
+def certs(
+    ctx: click.Context, env: str | None, rotate: str | None, check: bool, output_format: str
+) -> None:
+    """Load or create the cluster's PKI (the local cache) and show every certificate's expiry.
+
+    `kubeplat certs renew -e ENV` renews the environment's own set, in its secrets bucket.
+    """
     from kubeplat import ops
 
+    state: State = ctx.obj
+    if ctx.invoked_subcommand:
+        if env or rotate or check:
+            raise click.UsageError(
+                f"give the options after the subcommand: kubeplat certs {ctx.invoked_subcommand} "
+                "-e ENV"
+            )
+        return
+    if not env:
+        raise click.UsageError("Missing option '-e' / '--env'.")
     if rotate and check:
         raise click.UsageError("--rotate and --check cannot be combined")
     if rotate == "ca":
@@ -140,17 +165,47 @@ def certs(state: State, env: str, rotate: str | None, check: bool, output_format
         )
     elif rotate in ("etcd/ca", "front-proxy-ca"):
         console.warn(f"rotating {rotate}: it and every certificate it signed are reissued")
-    show = _certs_json if output_format == "json" else _certs_table
+    json_output = output_format == "json"
     try:
         report = ops.certs(env, state.env_dir, rotate=rotate, check=check)
     except ops.CertificatesExpiring as exc:
-        show(exc.rows)
+        _certs_json(exc.rows) if json_output else _certs_table(exc.rows, exc.window)
         raise
-    show(report.rows)
+    _certs_json(report.rows) if json_output else _certs_table(report.rows, report.window)
     for name, reason in report.issued.items():
         console.status(f"issued {name} ({reason})", "ok")
     if not check and not report.issued:
         console.status(f"nothing to issue; PKI in {report.directory}", "ok")
+
+
+@certs.command("renew")
+@env_option
+@_output_option
+@click.pass_obj
+def certs_renew(state: State, env: str, output_format: str) -> None:
+    """Renew the environment's certificates in its secrets bucket, without Terraform.
+
+    Every leaf within cert_renew_days of expiry, or whose names no longer match the environment
+    (a changed dns_zone_name), is reissued; the nodes' agents install it and restart what reads
+    it, one node at a time on the etcd and control-plane layers. `kubeplat up` does the same.
+    """
+    from kubeplat import ops
+
+    report = ops.renew(env, state.env_dir, sandbox=state.sandbox)
+    if output_format == "json":
+        _certs_json(report.rows)
+        return
+    _certs_table(report.rows, report.window)
+    if not report.issued:
+        console.status(
+            f"nothing to renew: no certificate expires within {report.window} days", "ok"
+        )
+    else:
+        console.status(
+            f"renewed {', '.join(sorted(report.issued))}; the nodes pick it up within a minute "
+            f"(kubeplat instances -e {env}: config)",
+            "ok",
+        )
 
 
 @cli.command()
@@ -307,7 +362,9 @@ def output(state: State, env: str, output_format: str) -> None:
 @_output_option
 @click.pass_obj
 def instances(state: State, env: str, layer: str | None, output_format: str) -> None:
-    """What runs: name, private and public IP, id, state, zone, layer, launch time."""
+    """What runs: name, private and public IP, id, state, zone, layer, launch time, and whether
+    each node runs its layer's current PKI and manifests (config: current, not ready, behind,
+    silent, or - before its first report)."""
     from kubeplat import ops
 
     rows = ops.instances(env, state.env_dir, sandbox=state.sandbox, layer=layer)
@@ -323,12 +380,13 @@ def instances(state: State, env: str, layer: str | None, output_format: str) -> 
         "zone",
         "layer",
         "launched",
+        "config",
     ]
     console.table(
         headers,
         [
             [r.name, r.private_ip, r.public_ip or "-", r.instance_id, r.state, r.availability_zone,
-             r.layer, r.launch_time[:19]]
+             r.layer, r.launch_time[:19], r.config]
             for r in rows
         ],
         title="instances",
@@ -577,16 +635,14 @@ def _certs_json(rows: list[Any]) -> None:
     )
 
 
-def _certs_table(rows: list[Any]) -> None:
-    from kubeplat.cluster import RENEW_WITHIN_DAYS
-
+def _certs_table(rows: list[Any], window: int) -> None:
     console.table(
         ["name", "subject", "issuer", "expires", "days left"],
         [
             [r.name, r.subject, r.issuer, f"{r.expires:%Y-%m-%d %H:%M} UTC", str(r.days_left)]
             for r in rows
         ],
-        row_styles=["warn" if r.days_left < RENEW_WITHIN_DAYS else "" for r in rows],
+        row_styles=["warn" if r.days_left <= window else "" for r in rows],
     )
 
 

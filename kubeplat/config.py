@@ -111,6 +111,7 @@ class Environment:
     etcd_snapshot_minutes: int
     etcd_snapshot_keep: int
     etcd_snapshot_max_age_days: int
+    cert_renew_days: int
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -581,6 +582,7 @@ def _check_sizes(values: Mapping[str, Any]) -> Iterator[_Finding]:
         ("etcd_snapshot_minutes", 5, 1440, "30"),
         ("etcd_snapshot_keep", 1, None, "48"),
         ("etcd_snapshot_max_age_days", 1, None, "7"),
+        ("cert_renew_days", 7, 180, "90"),
     ):
         value = values.get(name)
         if isinstance(value, int) and (value < low or (high is not None and value > high)):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from kubeplat.aws import Aws, errors
@@ -22,6 +25,7 @@ class Instance:
     availability_zone: str
     layer: str
     launch_time: str
+    config: str = "-"  # whether it runs its layer's current PKI and manifests (`converged`)
 
     def as_json(self) -> dict[str, str]:
         return asdict(self)
@@ -69,3 +73,73 @@ def _row(item: dict[str, Any]) -> Instance:
         layer=tags.get("Layer", ""),
         launch_time=launched.isoformat() if launched is not None else "",
     )
+
+
+# What a node's agent reports (status/LAYER/INSTANCE/manifests.json), against the bucket.
+CURRENT, NOT_READY, BEHIND, SILENT, NO_REPORT = "current", "not ready", "behind", "silent", "-"
+SILENT_AFTER = timedelta(minutes=5)  # the agent reports at least once a minute
+
+
+def layer_listing(s3: Any, bucket: str, environment: str, layer: str) -> dict[str, str]:
+    """What the layer's nodes should run: its PKI and manifests, name → ETag, named as the node
+    agent names them (kubeplat/node/agent.py, `Sync.listing`), so both get the same digest."""
+    from kubeplat.node.agent import list_prefix
+
+    parts = (
+        ("pki/common/", f"{environment}/pki/common/", True),
+        (f"pki/{layer}/", f"{environment}/pki/{layer}/", True),
+        ("manifests/", f"{environment}/manifests/{layer}/", False),
+    )
+    return {
+        tag + name: etag
+        for tag, prefix, tree in parts
+        for name, etag in list_prefix(s3, bucket, prefix, tree=tree).items()
+    }
+
+
+def converged(
+    aws: Aws, bucket: str, environment: str, rows: list[Instance], now: datetime | None = None
+) -> list[Instance]:
+    """`rows` with `config` filled from each node's report: current, not ready, behind (runs
+    another set: a change still rolling, or stuck), silent (no report for 5 minutes) or -."""
+    from kubeplat.node.agent import digest
+
+    now = now or datetime.now(UTC)
+    live = [r for r in rows if r.state in ("pending", "running")]
+    if not live:
+        return rows
+    s3 = aws.client("s3")
+
+    def report(row: Instance) -> dict[str, Any]:
+        key = f"{environment}/status/{row.layer}/{row.instance_id}/manifests.json"
+        try:
+            found = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except s3.exceptions.NoSuchKey:
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    with errors(f"reading the nodes' reports in s3://{bucket}/{environment}/status/", aws):
+        wanted = {
+            layer: digest(layer_listing(s3, bucket, environment, layer))
+            for layer in sorted({r.layer for r in live})
+        }
+        with ThreadPoolExecutor(8) as pool:
+            reports = dict(zip([r.instance_id for r in live], pool.map(report, live), strict=True))
+    done = []
+    for row in rows:
+        found = reports.get(row.instance_id) or {}
+        label = NO_REPORT
+        if found:
+            try:
+                updated = datetime.strptime(str(found.get("updated")), "%Y-%m-%dT%H:%M:%SZ")
+                fresh = now - updated.replace(tzinfo=UTC) < SILENT_AFTER
+            except ValueError:
+                fresh = False
+            if not fresh:
+                label = SILENT
+            elif found.get("digest") != wanted.get(row.layer):
+                label = BEHIND
+            else:
+                label = CURRENT if found.get("ready") else NOT_READY
+        done.append(replace(row, config=label))
+    return done

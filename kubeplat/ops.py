@@ -58,6 +58,7 @@ class CertsReport:
     rows: list[CertInfo]
     issued: dict[str, str]
     directory: Path
+    window: int = 90  # the environment's cert_renew_days
 
 
 def certs(
@@ -69,7 +70,7 @@ def certs(
     now: dt.datetime | None = None,
 ) -> CertsReport:
     """Load the PKI, create what is missing or near expiry (or, with `check`, only look)."""
-    from kubeplat import cluster, pki
+    from kubeplat import pki
     from kubeplat.pkistore import LocalStore
 
     environment = config.load(env, env_dir)
@@ -82,23 +83,58 @@ def certs(
             raise KubeplatError(
                 f"no certificates in {store.root}", f"create them: kubeplat certs -e {env}"
             )
-        soon = [r for r in rows if r.days_left < cluster.RENEW_WITHIN_DAYS]
+        window = environment.cert_renew_days
+        soon = [r for r in rows if r.days_left <= window]
         if soon:
             names = ", ".join(f"{r.name} ({r.days_left} days)" for r in soon)
             raise CertificatesExpiring(
-                rows, f"certificates expire within {cluster.RENEW_WITHIN_DAYS} days: {names}"
+                rows, f"certificates expire within {window} days: {names}", window
             )
-        return CertsReport(rows, {}, store.root)
+        return CertsReport(rows, {}, store.root, environment.cert_renew_days)
     result = _ensure_pki(environment, now=now, rotate=rotate)
-    return CertsReport(pki.describe(result.files, now), dict(result.reasons), store.root)
+    return CertsReport(
+        pki.describe(result.files, now),
+        dict(result.reasons),
+        store.root,
+        environment.cert_renew_days,
+    )
+
+
+def renew(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, now: dt.datetime | None = None
+) -> CertsReport:
+    """`certs renew`: the PKI step of `up` alone. The bucket's set is completed and every leaf
+    within `cert_renew_days` of expiry, or whose names changed, reissued and stored back; the
+    nodes' agents then deliver it. No Terraform, no other object."""
+    from kubeplat import pipeline, pki, state
+    from kubeplat.store import BucketStore
+
+    connected = pipeline.connect(env, env_dir, sandbox, start=True)
+    environment, aws = connected.env, connected.aws
+    if not state.bucket_exists(aws, environment.secrets_bucket_name):
+        raise KubeplatError(
+            f"the secrets bucket {environment.secrets_bucket_name} does not exist yet",
+            f"the first kubeplat up -e {env} creates it and the PKI",
+        )
+    store = BucketStore.of(aws, environment, state.kms_key(aws, environment))
+    before = store.load_pki()
+    files = pipeline.sync_pki(environment, store, write=True, now=now)
+    issued = {
+        name.removesuffix(".crt"): "reissued"
+        for name in files
+        if name.endswith(".crt") and before.get(name) != files[name]
+    }
+    rows = pki.describe(files, now or dt.datetime.now(dt.UTC))
+    return CertsReport(rows, issued, environment.workdir / "pki", environment.cert_renew_days)
 
 
 class CertificatesExpiring(KubeplatError):
     """`certs --check`: at least one certificate expires soon; the table is carried."""
 
-    def __init__(self, rows: list[CertInfo], message: str) -> None:
-        super().__init__(message, "reissue them: kubeplat certs -e ENV (or kubeplat up)")
+    def __init__(self, rows: list[CertInfo], message: str, window: int) -> None:
+        super().__init__(message, "reissue them: kubeplat certs renew -e ENV (or kubeplat up)")
         self.rows = rows
+        self.window = window
 
 
 def _ensure_pki(
@@ -351,7 +387,9 @@ def instances(
     from kubeplat import inventory, pipeline
 
     connected = pipeline.connect(env, env_dir, sandbox, start=False)
-    return inventory.instances(connected.aws, connected.env.environment, layer)
+    aws, environment = connected.aws, connected.env.environment
+    rows = inventory.instances(aws, environment, layer)
+    return inventory.converged(aws, connected.env.secrets_bucket_name, environment, rows)
 
 
 def etcd_status(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> Any:

@@ -107,7 +107,7 @@ def prepare(
         console.status(f"created bucket {bucket} (versioned, SSE-KMS, public access blocked)", "ok")
     store = BucketStore.of(aws, env, boot.key_arn)
     files = sync_pki(env, store, write=write_pki)
-    warn_expiring(files)
+    warn_expiring(env, files)
     bundle = render.bundle(env, files)
     prepared = Prepared(env, aws, account, boot.key_arn, store, files, bundle)
     prepared.created_buckets = boot.created
@@ -116,7 +116,9 @@ def prepare(
     return prepared
 
 
-def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dict[str, bytes]:
+def sync_pki(
+    env: config.Environment, store: BucketStore, *, write: bool, now: dt.datetime | None = None
+) -> dict[str, bytes]:
     """The PKI: the bucket's, completed; new files written only if nobody wrote them first."""
     from kubeplat.pkistore import LocalStore
 
@@ -132,7 +134,7 @@ def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dic
         # `kubeplat certs` was run before the first `up`).
         base = stored or cache.load()
         try:
-            result = pki.ensure(env, base, ssh_public_key=given)
+            result = pki.ensure(env, base, now=now, ssh_public_key=given)
             if write and result.files != stored:
                 _write_pki(env, store, result.files)
             if write:
@@ -147,10 +149,10 @@ def sync_pki(env: config.Environment, store: BucketStore, *, write: bool) -> dic
             # set in the bucket may be their write in progress: wait (bounded) for theirs, never
             # make a second CA. A set that stays damaged is an error.
             racing = racing or isinstance(exc, Conflict)
-            now = time.monotonic()
-            damaged_since = damaged_since or now
+            moment = time.monotonic()
+            damaged_since = damaged_since or moment
             limit = deadline if racing else damaged_since + DAMAGE_WAIT_S
-            if now > limit:
+            if moment > limit:
                 if isinstance(exc, pki.PKIError):
                     raise
                 raise KubeplatError(
@@ -177,12 +179,10 @@ def _write_pki(env: config.Environment, store: BucketStore, files: Mapping[str, 
             store.put(name, objects[name])
 
 
-def warn_expiring(files: Mapping[str, bytes]) -> None:
-    """Warn about any certificate within 30 days of expiry."""
-    from kubeplat.cluster import RENEW_WITHIN_DAYS
-
+def warn_expiring(env: config.Environment, files: Mapping[str, bytes]) -> None:
+    """Warn about any certificate still within the renewal window (a CA: leaves are renewed)."""
     for row in pki.describe(files, dt.datetime.now(dt.UTC)):
-        if row.days_left < RENEW_WITHIN_DAYS:
+        if row.days_left <= env.cert_renew_days:
             console.warn(
                 f"certificate {row.name} expires in {row.days_left} days "
                 f"(rotate: kubeplat certs --rotate {row.name})"

@@ -2,7 +2,8 @@
 
 `ensure` takes what a store holds (a mapping of relative path → bytes, e.g. `ca.crt`,
 `etcd/server.key`) and returns the complete set: it creates only what is missing, reissues
-leaves within `RENEW_WITHIN_DAYS` of expiry, and never silently replaces a CA. Where the bytes
+leaves within the environment's `cert_renew_days` of expiry or whose names no longer match
+the environment (a changed `dns_zone_name`, say), and never silently replaces a CA. Where the bytes
 come from and go to (a local cache, the secrets bucket) is the caller's business.
 """
 
@@ -185,7 +186,7 @@ def ensure(
             cas[name] = loaded
 
     for leaf in all_leaves.values():
-        reason = forced.get(leaf.name) or _leaf_state(files, leaf, cas, now)
+        reason = forced.get(leaf.name) or _leaf_state(files, leaf, cas, now, env.cert_renew_days)
         if reason:
             _issue_leaf(env, leaf, cas[leaf.ca], now, result, reason)
 
@@ -252,6 +253,7 @@ def _leaf_state(
     leaf: Leaf,
     cas: Mapping[str, tuple[x509.Certificate, PrivateKey]],
     now: dt.datetime,
+    renew_days: int,
 ) -> str:
     """Why a leaf needs issuing ("" when it does not); raise when it is damaged."""
     crt, key = files.get(f"{leaf.name}.crt"), files.get(f"{leaf.name}.key")
@@ -269,9 +271,34 @@ def _leaf_state(
             f"{leaf.name}.crt is not signed by {leaf.ca}.crt",
             f"reissue it: kubeplat certs --rotate {leaf.name}",
         )
-    if cert.not_valid_after_utc - now <= dt.timedelta(days=cluster.RENEW_WITHIN_DAYS):
-        return "expires soon"
+    left = cert.not_valid_after_utc - now
+    if left <= dt.timedelta(days=renew_days):
+        return f"expires in {max(0, left.days)} days"
+    if _names(cert) != _wanted_names(leaf):
+        return "its names changed"
     return ""
+
+
+def _names(cert: x509.Certificate) -> tuple[str, str, frozenset[str]]:
+    """A certificate's common name, organization and subject alternative names."""
+
+    def first(oid: x509.ObjectIdentifier) -> str:
+        found = cert.subject.get_attributes_for_oid(oid)
+        return str(found[0].value) if found else ""
+
+    try:
+        extension = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        alternative = {f"DNS:{d}" for d in extension.get_values_for_type(x509.DNSName)}
+        alternative |= {f"IP:{i}" for i in extension.get_values_for_type(x509.IPAddress)}
+    except x509.ExtensionNotFound:
+        alternative = set()
+    return first(NameOID.COMMON_NAME), first(NameOID.ORGANIZATION_NAME), frozenset(alternative)
+
+
+def _wanted_names(leaf: Leaf) -> tuple[str, str, frozenset[str]]:
+    alternative = {f"DNS:{d}" for d in leaf.dns}
+    alternative |= {f"IP:{ipaddress.ip_address(i)}" for i in leaf.ips}
+    return leaf.common_name, leaf.organization, frozenset(alternative)
 
 
 def _issue_ca(

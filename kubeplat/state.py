@@ -91,6 +91,20 @@ def _kms_metadata(aws: Aws, env: Environment) -> dict[str, Any]:
     return dict(metadata)
 
 
+def bucket_exists(aws: Aws, name: str) -> bool:
+    """Whether `name` exists (and this caller may look at it; 403 is an error that says so)."""
+    from botocore.exceptions import ClientError
+
+    with errors(f"checking the bucket {name}", aws):
+        try:
+            aws.client("s3").head_bucket(Bucket=name)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] in ("404", "NoSuchBucket", "NotFound"):
+                return False
+            raise
+    return True
+
+
 def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
     """Create `name` when missing: versioned, SSE-KMS with the key, public access blocked,
     plain HTTP refused (on AWS).

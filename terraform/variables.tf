@@ -320,3 +320,14 @@ variable "etcd_snapshot_max_age_days" {
     error_message = "etcd_snapshot_max_age_days must be a whole number of days, 1 or more."
   }
 }
+
+variable "cert_renew_days" {
+  type        = number
+  default     = 90
+  description = "kubeplat up and kubeplat certs renew reissue every leaf certificate that expires within this many days (leaves last 365 days). Example: 90."
+
+  validation {
+    condition     = var.cert_renew_days >= 7 && var.cert_renew_days <= 180 && floor(var.cert_renew_days) == var.cert_renew_days
+    error_message = "cert_renew_days must be a whole number of days from 7 to 180."
+  }
+}

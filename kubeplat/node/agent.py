@@ -95,23 +95,9 @@ class Agent:
         except (OSError, ValueError):
             return {}
 
-    def _wanted(self, name: str) -> bool:
-        """A plain file directly under the prefix (or, for a tree, in a plain sub-folder)."""
-        parts = name.split("/")
-        if not name or (len(parts) > 1 and not self.tree):
-            return False
-        return all(part and not part.startswith(".") for part in parts)
-
     def listing(self) -> dict[str, str]:
         """Object name (relative to the prefix) → ETag, for every object under the prefix."""
-        found: dict[str, str] = {}
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
-            for item in page.get("Contents", []):
-                name = item["Key"][len(self.prefix) :]
-                if self._wanted(name):
-                    found[name] = item["ETag"]
-        return found
+        return list_prefix(self.client, self.bucket, self.prefix, tree=self.tree)
 
     def applied(self) -> dict[str, str]:
         """What this node runs: name → ETag of every file the agent wrote."""
@@ -151,6 +137,21 @@ class Agent:
             changes.append("-" + name)
         _atomic_write(self.state_path, json.dumps(known, sort_keys=True).encode())
         return changes
+
+
+def list_prefix(client: Any, bucket: str, prefix: str, *, tree: bool = False) -> dict[str, str]:
+    """name → ETag of the files an agent keeps from `prefix`: plain files directly under it
+    (with `tree`, in plain sub-folders too); no hidden names."""
+    found: dict[str, str] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            name = item["Key"][len(prefix) :]
+            parts = name.split("/")
+            if len(parts) > 1 and not tree:
+                continue
+            if all(part and not part.startswith(".") for part in parts):
+                found[name] = item["ETag"]
+    return found
 
 
 def tree_digest(folder: Path) -> str:
@@ -200,7 +201,7 @@ class Sync:
         self.reloads = reloads
         self.restart = restart
         folder = pki[0].target if pki else manifests.target
-        self.pending_path = folder / ".kubeplat-agent-restarts.json"
+        self.pending_path = folder / ".kubeplat-restarts-owed.json"  # not a state file
         for one in pki:
             one.before_change = self._owe
         manifests.fill = folder if pki else None

@@ -160,6 +160,7 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
         "ZONE",
         "LAYER",
         "LAUNCHED",
+        "CONFIG",
     ]
     rows = [line.split() for line in lines[1:]]
     assert [r[6] for r in rows] == ["secure"] * 3 + ["compute"] * 2  # sorted by layer
@@ -168,8 +169,11 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
     listed = json.loads(secure.stdout)
     assert len(listed) == 3 and {i["layer"] for i in listed} == {"secure"}
     assert set(listed[0]) == {
-        "name", "private_ip", "public_ip", "instance_id", "state", "availability_zone", "layer", "launch_time",
+        "name", "private_ip", "public_ip", "instance_id", "state", "availability_zone", "layer",
+        "launch_time", "config",
     }  # fmt: skip
+    # No node runs in the sandbox: none has reported what it runs.
+    assert {i["config"] for i in listed} == {"-"}
 
     kc = tmp_path / "kc"
     made = kubeplat(user, "kubeconfig", "-e", "example", "--out", str(kc))

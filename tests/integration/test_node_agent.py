@@ -14,6 +14,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from kubeplat import inventory
 from kubeplat.node import agent as node_agent
 from tests import imds_standin
 
@@ -157,12 +158,7 @@ def secure_node(s3, root: Path, restart) -> node_agent.Sync:  # type: ignore[no-
         path = root / "pki" / name.split("/", 1)[1]
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.write_bytes(body)
-    manifests = node_agent.Agent(s3, BUCKET, f"{ENV}/manifests/secure/", root / "manifests")
-    pki = [
-        node_agent.Agent(s3, BUCKET, f"{ENV}/pki/{p}/", root / "pki", tree=True)
-        for p in ("common", "secure")
-    ]
-    return node_agent.Sync(manifests, pki, RELOADS, restart)
+    return secure_node_again(s3, root, restart)
 
 
 def test_pki_reaches_the_node_and_restarts_exactly_what_reads_it(s3, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -295,7 +291,8 @@ def test_the_agent_program_reloads_a_unit_and_reports_what_it_runs(  # type: ign
                 return json.loads(body)  # type: ignore[no-any-return]
 
             def runs_the_bucket() -> bool:
-                wanted = node_agent.digest(bucket_listing(s3))
+                # As `kubeplat instances` computes what the layer should run:
+                wanted = node_agent.digest(inventory.layer_listing(s3, BUCKET, ENV, "secure"))
                 try:
                     return bool(reported()["digest"] == wanted)
                 except s3.exceptions.NoSuchKey:
@@ -314,17 +311,39 @@ def test_the_agent_program_reloads_a_unit_and_reports_what_it_runs(  # type: ign
     assert "restarting etcd.service: a file it reads changed" in stderr, stderr
 
 
-def bucket_listing(s3) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    """What a secure node of ENV should run, as the operator computes it: name → ETag."""
-    found = {}
-    for tag, prefix in (
-        ("pki/common/", f"{ENV}/pki/common/"),
-        ("pki/secure/", f"{ENV}/pki/secure/"),
-        ("manifests/", f"{ENV}/manifests/secure/"),
-    ):
-        for item in s3.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", []):
-            found[tag + item["Key"][len(prefix) :]] = item["ETag"]
-    return found
+def test_instances_say_which_nodes_run_the_current_set(s3, aws: str) -> None:  # type: ignore[no-untyped-def]
+    from datetime import UTC, datetime, timedelta
+
+    import boto3
+
+    from kubeplat.aws import Aws
+
+    for name, body in PKI.items():
+        put(s3, f"pki/{name}", body)
+    for name, body in MANIFESTS.items():
+        put(s3, f"manifests/secure/{name}", body)
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    current = node_agent.digest(inventory.layer_listing(s3, BUCKET, ENV, "secure"))
+
+    def report(instance: str, digest: str, ready: bool, age: timedelta) -> None:
+        stamp = (now - age).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = json.dumps({"digest": digest, "ready": ready, "updated": stamp})
+        put(s3, f"status/secure/{instance}/manifests.json", body.encode())
+
+    report("i-1", current, True, timedelta(seconds=30))
+    report("i-2", current, False, timedelta(seconds=30))
+    report("i-3", "an older set", True, timedelta(seconds=30))
+    report("i-4", current, True, timedelta(minutes=6))
+    rows = [
+        inventory.Instance(f"n{i}", "", "", f"i-{i}", "running", "eu-west-1a", "secure", "")
+        for i in range(1, 6)
+    ]
+    found = inventory.converged(Aws(boto3.Session(), "eu-west-1", aws), BUCKET, ENV, rows, now)
+    assert [r.config for r in found] == ["current", "not ready", "behind", "silent", "-"]
+    # A new certificate in the bucket: every node is behind until its agent reports it.
+    put(s3, "pki/secure/apiserver.crt", b"apiserver 2\n")
+    found = inventory.converged(Aws(boto3.Session(), "eu-west-1", aws), BUCKET, ENV, rows, now)
+    assert found[0].config == "behind"
 
 
 def _wait_for(condition, timeout: float) -> None:  # type: ignore[no-untyped-def]

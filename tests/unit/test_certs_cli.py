@@ -56,7 +56,7 @@ def test_check_fails_when_a_certificate_expires_soon(kubeplat, environments: Pat
     LocalStore(env.workdir / "pki").save(old)
     result = kubeplat("certs", "-e", "example", "--check")
     assert result.code == 1
-    assert "Error: certificates expire within 30 days: apiserver (14 days)" in result.err
+    assert "Error: certificates expire within 90 days: apiserver (14 days)" in result.err
     assert "apiserver" in result.out  # the table is still shown
     assert fingerprint("apiserver") == old["apiserver.crt"]  # --check changes nothing
     assert kubeplat("certs", "-e", "example").code == 0

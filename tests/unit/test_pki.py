@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import ipaddress
 import re
@@ -183,8 +184,30 @@ def test_leaves_near_expiry_are_renewed(env: config.Environment) -> None:
     old = pki.ensure(env, {}, now=then).files
     renewed = pki.ensure(env, old)
     assert set(renewed.issued) == set(KUBEADM_FILES) - {"ca", "front-proxy-ca", "etcd/ca"}
-    assert set(renewed.reasons.values()) == {"expires soon"}
+    assert set(renewed.reasons.values()) == {"expires in 24 days"}
     assert renewed.files["ca.crt"] == old["ca.crt"]
+
+
+def test_the_renewal_window_is_the_environments(env: config.Environment) -> None:
+    now = dt.datetime.now(dt.UTC)
+    old = pki.ensure(env, {}, now=now - dt.timedelta(days=275)).files  # 90 days left
+    assert dataclasses.replace(env, cert_renew_days=90).cert_renew_days == 90
+    renewed = pki.ensure(dataclasses.replace(env, cert_renew_days=90), old, now=now)
+    assert "apiserver" in renewed.issued
+    kept = pki.ensure(dataclasses.replace(env, cert_renew_days=89), old, now=now)
+    assert kept.issued == [] and kept.files == old
+
+
+def test_a_changed_name_reissues_the_certificates_that_carry_it(
+    env: config.Environment,
+) -> None:
+    old = pki.ensure(env, {}).files
+    moved = pki.ensure(dataclasses.replace(env, dns_zone_name="other.example"), old)
+    # The API server's name and etcd's client name are under the zone; nothing else is.
+    assert sorted(moved.issued) == ["apiserver", "etcd/peer", "etcd/server"]
+    assert set(moved.reasons.values()) == {"its names changed"}
+    again = pki.ensure(dataclasses.replace(env, dns_zone_name="other.example"), moved.files)
+    assert again.issued == []
 
 
 @pytest.mark.parametrize("lost", ["ca.key", "ca.crt", "etcd/ca.key"])
