@@ -158,21 +158,22 @@ def certs(
         raise click.UsageError("Missing option '-e' / '--env'.")
     if rotate and check:
         raise click.UsageError("--rotate and --check cannot be combined")
+    json_output = output_format == "json"
+    try:
+        report = ops.certs(env, state.env_dir, rotate=rotate, check=check, sandbox=state.sandbox)
+    except ops.CertificatesExpiring as exc:
+        _certs_json(exc.rows) if json_output else _certs_table(exc.rows, exc.window)
+        raise
+    # Said only once done (a CA of a running environment is refused instead).
     if rotate == "ca":
         console.warn(
             "rotating ca: every CA and every certificate is reissued; "
             "nodes need the new set (kubeplat up) before the old CA stops being trusted"
         )
-    elif rotate in ("etcd/ca", "front-proxy-ca"):
+    elif rotate in ("etcd/ca", "front-proxy-ca", "kubelet-ca"):
         console.warn(f"rotating {rotate}: it and every certificate it signed are reissued")
-    json_output = output_format == "json"
-    try:
-        report = ops.certs(env, state.env_dir, rotate=rotate, check=check)
-    except ops.CertificatesExpiring as exc:
-        _certs_json(exc.rows) if json_output else _certs_table(exc.rows, exc.window)
-        raise
     _certs_json(report.rows) if json_output else _certs_table(report.rows, report.window)
-    for name, reason in report.issued.items():
+    for name, reason in report.issued.items() if not report.announced else ():
         console.status(f"issued {name} ({reason})", "ok")
     if not check and not report.issued:
         console.status(f"nothing to issue; PKI in {report.directory}", "ok")
@@ -255,8 +256,14 @@ def _show_plan(report: Any) -> None:
         console.status(f"will roll: {', '.join(report.rolls)}", "warn")
         for line in report.roll_order:
             console.status(f"  {line}", "warn")
-    if report.uploads:
-        console.status(f"node configuration to upload: {', '.join(report.uploads)}", "info")
+    written = [n for n in report.uploads if not n.startswith("-")]
+    removed = [n[1:] for n in report.uploads if n.startswith("-")]
+    if written:
+        console.status(f"node configuration to upload: {', '.join(written)}", "info")
+    if removed:
+        console.status(
+            f"no longer used, removed once the apply succeeds: {', '.join(removed)}", "warn"
+        )
     if not report.changes:
         console.status("no changes", "ok")
 
@@ -304,7 +311,10 @@ def up(state: State, env: str, auto_approve: bool) -> None:
     if auto_approve or not result.plan.changes:
         _show_plan(result.plan)
     for name in result.uploaded:
-        console.status(f"uploaded {name}", "ok")
+        if name.startswith("-"):
+            console.status(f"removed {name[1:]} (no longer used)", "ok")
+        else:
+            console.status(f"uploaded {name}", "ok")
     for name, value in sorted(result.outputs.items()):
         if isinstance(value, str):
             console.data(f"{name} = {value}")

@@ -59,6 +59,7 @@ class CertsReport:
     issued: dict[str, str]
     directory: Path
     window: int = 90  # the environment's cert_renew_days
+    announced: bool = False  # what was issued is already said (the bucket's PKI step says it)
 
 
 def certs(
@@ -68,11 +69,21 @@ def certs(
     rotate: str | None = None,
     check: bool = False,
     now: dt.datetime | None = None,
+    sandbox: bool = False,
 ) -> CertsReport:
-    """Load the PKI, create what is missing or near expiry (or, with `check`, only look)."""
+    """Load the PKI, create what is missing or near expiry (or, with `check`, only look).
+
+    `rotate` on an environment whose secrets bucket holds its PKI rotates the bucket's set
+    (nodes read it from there; `up` would otherwise put it back); before the first `up`, the
+    local cache, which then seeds the bucket.
+    """
     from kubeplat import pki
     from kubeplat.pkistore import LocalStore
 
+    if rotate:
+        live = _live_pki(env, env_dir, sandbox)
+        if live is not None:
+            return _rotate_live(*live, rotate, now)
     environment = config.load(env, env_dir)
     store = LocalStore(environment.workdir / "pki")
     stored = store.load()
@@ -98,6 +109,50 @@ def certs(
         store.root,
         environment.cert_renew_days,
     )
+
+
+def _live_pki(env: str, env_dir: str | None, sandbox: bool) -> tuple[Any, Any] | None:
+    """An environment whose secrets bucket holds a PKI, with its BucketStore; or None.
+
+    A sandbox that is not running holds nothing (its data ends with it): no AWS is touched.
+    """
+    from kubeplat import pipeline, state
+    from kubeplat import sandbox as sandboxes
+    from kubeplat.store import BucketStore
+
+    environment = config.load(env, env_dir)
+    if (environment.sandbox or sandbox) and sandboxes.current() is None:
+        return None
+    connected = pipeline.connect(env, env_dir, sandbox, start=False)
+    aws = connected.aws
+    if not state.bucket_exists(aws, environment.secrets_bucket_name):
+        return None
+    store = BucketStore.of(aws, connected.env, state.kms_key(aws, connected.env))
+    return (connected.env, store) if store.names("pki/") else None
+
+
+def _rotate_live(env: Any, store: Any, rotate: str, now: dt.datetime | None) -> CertsReport:
+    """Rotate one leaf in the bucket (and the cache); refuse a CA: see the README."""
+    from kubeplat import pipeline, pki
+
+    if rotate == "ca" or rotate in pki.CAS:
+        raise KubeplatError(
+            f"{rotate} is a CA of an environment that runs: replacing it at once would leave "
+            "nodes that trust only the old one or only the new one, and kubeplat cannot yet "
+            "rotate a CA in stages (both trusted, leaves reissued, the old one dropped)",
+            "rotate the leaves it signed one by one (kubeplat certs --rotate NAME); "
+            "a staged CA rotation is issue 15, still open",
+        )
+    before = store.load_pki()
+    files = pipeline.sync_pki(env, store, write=True, now=now, rotate=rotate)
+    issued = {
+        name.removesuffix(".crt"): "rotated" if name == f"{rotate}.crt" else "reissued"
+        for name in files
+        if name.endswith(".crt") and before.get(name) != files[name]
+    }
+    rows = pki.describe(files, now or dt.datetime.now(dt.UTC))
+    where = Path(f"s3://{store.bucket}/{store.prefix}/pki/")
+    return CertsReport(rows, issued, where, env.cert_renew_days, announced=True)
 
 
 def renew(
@@ -322,6 +377,7 @@ def up(
             applied = summary.changes
             if applied:
                 outputs = pipeline.apply(prepared, tf, plan_file)
+            uploaded += pipeline.prune(prepared)
     finally:
         plan_file.unlink(missing_ok=True)
         current, _ = reading.communicate()
@@ -573,4 +629,6 @@ def manifests_push(env: str, env_dir: str | None = None, *, sandbox: bool = Fals
     from kubeplat import pipeline
 
     prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
-    return pipeline.upload(prepared, groups=("manifests/",))
+    # The same layers read the new set: a manifest the render dropped goes with the push.
+    written = pipeline.upload(prepared, groups=("manifests/",))
+    return written + pipeline.prune(prepared, groups=("manifests/",))

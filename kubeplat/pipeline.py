@@ -42,7 +42,9 @@ class Prepared:
     files: dict[str, bytes]
     bundle: dict[str, bytes]
     changed: list[str] = field(default_factory=list)  # objects whose bytes differ in the bucket
-    stale: list[str] = field(default_factory=list)  # manifests the render no longer produces
+    # Manifests and PKI objects the render no longer produces (a topology switch, say): removed
+    # only once the apply that stops using them has succeeded (`prune`).
+    stale: list[str] = field(default_factory=list)
     created_buckets: list[str] = field(default_factory=list)
 
     @property
@@ -112,12 +114,17 @@ def prepare(
     prepared = Prepared(env, aws, account, boot.key_arn, store, files, bundle)
     prepared.created_buckets = boot.created
     prepared.changed = store.changed(prepared.objects)
-    prepared.stale = stale_manifests(prepared)
+    prepared.stale = stale_objects(prepared)
     return prepared
 
 
 def sync_pki(
-    env: config.Environment, store: BucketStore, *, write: bool, now: dt.datetime | None = None
+    env: config.Environment,
+    store: BucketStore,
+    *,
+    write: bool,
+    now: dt.datetime | None = None,
+    rotate: str | None = None,
 ) -> dict[str, bytes]:
     """The PKI: the bucket's, completed; new files written only if nobody wrote them first."""
     from kubeplat.pkistore import LocalStore
@@ -134,7 +141,7 @@ def sync_pki(
         # `kubeplat certs` was run before the first `up`).
         base = stored or cache.load()
         try:
-            result = pki.ensure(env, base, now=now, ssh_public_key=given)
+            result = pki.ensure(env, base, now=now, rotate=rotate, ssh_public_key=given)
             if write and result.files != stored:
                 _write_pki(env, store, result.files)
             if write:
@@ -189,9 +196,9 @@ def warn_expiring(env: config.Environment, files: Mapping[str, bytes]) -> None:
             )
 
 
-def stale_manifests(prepared: Prepared) -> list[str]:
-    """Manifests the bucket holds that the render no longer produces."""
-    present = prepared.store.names("manifests/")
+def stale_objects(prepared: Prepared) -> list[str]:
+    """Manifests and PKI objects the bucket holds that the render no longer produces."""
+    present = prepared.store.names("manifests/") + prepared.store.names("pki/")
     return sorted(n for n in present if n not in prepared.bundle)
 
 
@@ -199,15 +206,22 @@ def upload(
     prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/", "cloudconfig/")
 ) -> list[str]:
     """Step 6: the objects `prepare` found changed — PKI, then manifests, then cloud-configs
-    (what a booting node reads last) — and the removal of stale manifests."""
+    (what a booting node reads last). Nothing is removed here: see `prune`."""
     objects = prepared.objects
     written: list[str] = []
     for group in groups:
         names = [n for n in prepared.changed if n.startswith(group)]
         written += prepared.store.upload({n: objects[n] for n in names}, changed=names)
-    stale = prepared.stale if "manifests/" in groups else []
+    return written
+
+
+def prune(prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/")) -> list[str]:
+    """After a successful apply (or when Terraform had nothing to change): remove what no
+    launch template and no running node of the new layout reads any more, as `-name`. An
+    interrupted prune is done by the next `up`, which finds the same objects stale."""
+    stale = [n for n in prepared.stale if n.startswith(groups)]
     prepared.store.delete(stale)
-    return written + [f"-{n}" for n in stale]
+    return [f"-{name}" for name in stale]
 
 
 def terraform_for(prepared: Prepared | Deployed) -> Terraform:

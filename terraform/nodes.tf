@@ -143,6 +143,16 @@ resource "aws_autoscaling_group" "node" {
     version = aws_launch_template.node[each.key].latest_version
   }
 
+  # AWS's default, said explicitly: left unset, the provider plans "" and reads back nothing
+  # when a new template version is applied with the group ("inconsistent final plan"). Not
+  # compared afterwards: an API that does not echo it (the sandbox's) is not a change.
+  capacity_reservation_specification {
+    capacity_reservation_preference = "default"
+  }
+  lifecycle {
+    ignore_changes = [capacity_reservation_specification]
+  }
+
   # A new secure instance waits (Pending:Wait) until kubeplat-etcd-watch on it completes this
   # hook: when its etcd member has joined, been promoted and every member is healthy. An
   # instance refresh (min healthy percentage: one instance at a time) replaces the next one

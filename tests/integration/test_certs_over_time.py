@@ -88,3 +88,49 @@ def test_a_year_old_pki_is_renewed_by_up_and_by_certs_renew(user: dict[str, str]
     assert "renewed scheduler" in renewed.stderr
     assert bucket_pki(user, env)["secure/scheduler.crt"] != near.files["scheduler.crt"]
     assert kubeplat(user, "certs", "-e", "example", "--check").returncode == 0
+
+    # A rotation sticks: in the bucket (where nodes read it), and a later `up` keeps it.
+    before = bucket_pki(user, env)
+    rotated = kubeplat(user, "certs", "-e", "example", "--rotate", "apiserver")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "issued apiserver (rotated)" in rotated.stderr
+    after = bucket_pki(user, env)
+    assert LocalStore(env.workdir / "pki").load()["apiserver.crt"] == after["secure/apiserver.crt"]
+    changed = {name for name in after if before.get(name) != after[name]}
+    assert changed == {"secure/apiserver.crt", "secure/apiserver.key"}
+    # A CA of a running environment is not replaced at once (nodes would trust only one).
+    refused = kubeplat(user, "certs", "-e", "example", "--rotate", "etcd/ca")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert "Error: etcd/ca is a CA of an environment that runs" in refused.stderr
+    assert bucket_pki(user, env) == after
+    second = kubeplat(user, "up", "-e", "example", "--auto-approve")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "no changes" in second.stderr and "PKI: issued" not in second.stderr
+    assert bucket_pki(user, env) == after
+
+
+def test_a_topology_switch_removes_the_pki_it_no_longer_uses_after_the_apply(
+    user: dict[str, str],
+) -> None:
+    env_file = Path(user["CHECKOUT"]) / "environments/example.tfvars"
+    stacked = env_file.read_text()
+    assert 'topology                 = "stacked"' in stacked
+    env_file.write_text(stacked.replace('"stacked"', '"separate"'))
+    separate = kubeplat(user, "up", "-e", "example", "--auto-approve")
+    assert separate.returncode == 0, separate.stderr[-3000:]
+    held = bucket_pki(user, environment(user))
+    assert "control-plane/apiserver.key" in held and "secure/apiserver.key" not in held
+    # Said in the plan, done after Terraform's last change.
+    err = separate.stderr
+    said = [line for line in err.splitlines() if "no longer used, removed once" in line]
+    assert len(said) == 1 and "pki/secure/apiserver.crt" in said[0], err
+    removal = err.index("removed pki/secure/apiserver.key (no longer used)")
+    assert removal > err.rindex('created aws_autoscaling_group.node["control-plane"]')
+
+    env_file.write_text(stacked)
+    back = kubeplat(user, "up", "-e", "example", "--auto-approve")
+    assert back.returncode == 0, back.stderr[-3000:]
+    held = bucket_pki(user, environment(user))
+    assert not [n for n in held if n.startswith("control-plane/")], sorted(held)
+    assert "secure/apiserver.key" in held
+    assert "removed pki/control-plane/apiserver.key (no longer used)" in back.stderr
