@@ -503,23 +503,50 @@ def set_aside(data_dir: Path, newer: int) -> Path | None:
     return target
 
 
+def _restore_owed_file(data_dir: Path) -> Path:
+    """Where the watch writes the generation it restarted this member for."""
+    return data_dir.with_name(data_dir.name + ".restore-owed")
+
+
+def restore_owed(data_dir: Path) -> int:
+    """The generation of a restore the watch restarted this member for (0: none)."""
+    try:
+        return int(_restore_owed_file(data_dir).read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
     node: Node | None = None
     if (args.data_dir / "member").is_dir() and args.output.exists():
         # A reboot or a restart: etcd comes back as the member it was, unless the cluster was
-        # restored since (and if the bucket cannot be read now, it comes back all the same).
-        try:
-            node = Node(args)
-            record = node.formation.read()
-        except Exception as exc:
-            say(
-                f"the formation record cannot be read ({type(exc).__name__}): etcd restarts "
-                "as the member it was"
-            )
-            return 0
-        here = local_generation(args.data_dir)
+        # restored since. If the bucket cannot be read now, it comes back all the same, unless
+        # the watch restarted it for a restore: then it keeps trying (a member that came back
+        # as it was would never be restarted for that restore again).
+        here, owed = local_generation(args.data_dir), restore_owed(args.data_dir)
+        pause = 5.0
+        while True:
+            try:
+                node = node or Node(args)
+                record = node.formation.read()
+                break
+            except Exception as exc:
+                if owed <= here:
+                    say(
+                        f"the formation record cannot be read ({type(exc).__name__}): etcd "
+                        "restarts as the member it was"
+                    )
+                    return 0
+                say(
+                    f"the formation record cannot be read ({type(exc).__name__}); this member "
+                    f"was restarted for the restore of generation {owed}: trying again in "
+                    f"{pause:.0f}s"
+                )
+                sleep(pause)
+                pause = min(pause * 1.5, 30.0)
         if generation(record) <= here:
             say("a data directory exists: etcd restarts as the member it was")
+            _restore_owed_file(args.data_dir).unlink(missing_ok=True)
             return 0
         aside = set_aside(args.data_dir, generation(record))
         say(
@@ -544,6 +571,7 @@ def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.slee
     assert node is not None
     write_config(args, node.me, node.host, decision)
     _generation_file(args.data_dir).write_text(f"{generation(seen.record)}\n")
+    _restore_owed_file(args.data_dir).unlink(missing_ok=True)
     say(f"{decision.state} cluster {decision.initial_cluster}")
     return 0
 
@@ -689,6 +717,7 @@ def _restored_since(node: Node, every_s: float = 60.0) -> bool:
     if asked == newer or time.monotonic() - failed_at < every_s:
         return True  # asked already (prepare is at work), or the last try failed just now
     say(f"the cluster was restored (generation {newer}): restarting this member")
+    _restore_owed_file(node.args.data_dir).write_text(f"{newer}\n")  # prepare must not give up
     ran = subprocess.run(
         shlex.split(node.args.restart_command),
         capture_output=True, text=True, timeout=60, check=False,

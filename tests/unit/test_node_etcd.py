@@ -8,6 +8,8 @@ from datetime import UTC
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from kubeplat.node.etcd import Member, Seen, _restored_since, decide
 
 A, B, C, D = "i-0a", "i-0b", "i-0c", "i-0d"
@@ -191,6 +193,7 @@ def test_the_watch_asks_for_one_restart_per_restore(tmp_path: Path) -> None:
     for _ in range(5):
         assert _restored_since(node) is True  # type: ignore[arg-type]
     assert asked.read_text() == ".\n"
+    assert (tmp_path / "data.restore-owed").read_text() == "2\n"  # prepare must not give up
     record["generation"] = 3  # restored once more
     assert _restored_since(node) is True  # type: ignore[arg-type]
     assert asked.read_text() == ".\n.\n"
@@ -202,3 +205,42 @@ def test_the_watch_asks_for_one_restart_per_restore(tmp_path: Path) -> None:
     assert _restored_since(node) is True  # type: ignore[arg-type]
     failed_at = node.restart_asked[1]
     assert _restored_since(node) is True and node.restart_asked[1] == failed_at  # type: ignore[arg-type]
+
+
+def test_a_member_restarted_for_a_restore_keeps_trying_to_read_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `kubeplat etcd restore`, the watch restarts its member once. If `prepare` then
+    cannot read the formation record (the bucket or the metadata service slow for a moment),
+    it must not come back as the old member: nothing would restart it for that restore again."""
+    from kubeplat.node import etcd as node_etcd
+
+    data = tmp_path / "data"
+    (data / "member").mkdir(parents=True)
+    (tmp_path / "etcd.conf.yml").write_text("name: old\n")
+    (tmp_path / "data.generation").write_text("1\n")
+    failures = {"left": 3}
+    reads: list[int] = []
+
+    class FlakyNode:
+        def __init__(self, args: object) -> None:
+            self.formation = SimpleNamespace(read=self.read)
+
+        def read(self) -> dict[str, int]:
+            reads.append(1)
+            if failures["left"]:
+                failures["left"] -= 1
+                raise TimeoutError("the bucket does not answer")
+            return {"generation": 1}
+
+    monkeypatch.setattr(node_etcd, "Node", FlakyNode)
+    args = SimpleNamespace(data_dir=data, output=tmp_path / "etcd.conf.yml")
+    slept: list[float] = []
+    # A plain restart (no restore owed): one try, then etcd comes back as it was.
+    assert node_etcd.prepare(args, sleep=slept.append) == 0  # type: ignore[arg-type]
+    assert len(reads) == 1 and slept == []
+    # Restarted by the watch for generation 2: it keeps trying until the record is read.
+    (tmp_path / "data.restore-owed").write_text("2\n")
+    reads.clear()
+    assert node_etcd.prepare(args, sleep=slept.append) == 0  # type: ignore[arg-type]
+    assert len(reads) == 3 and len(slept) == 2
