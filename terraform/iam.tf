@@ -91,9 +91,30 @@ data "aws_iam_policy_document" "node" {
   for_each = toset(local.layers)
 
   statement {
+    # Only through S3, and only for what this layer may read: its objects (each SSE-KMS object
+    # has its ARN as encryption context, or the bucket's with an S3 Bucket Key) and the
+    # artifact mirror's. Never a ciphertext handed to KMS directly.
     sid       = "Decrypt"
     actions   = ["kms:Decrypt"]
     resources = [data.aws_kms_key.master.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${var.aws_region}.amazonaws.com"]
+    }
+    condition {
+      test     = "StringLike"
+      variable = "kms:EncryptionContext:aws:s3:arn"
+      values = concat(
+        [local.bucket_arn],
+        [for p in local.readable[each.key] : "${local.bucket_arn}/${p}"],
+        # The etcd members' record, requests and restore copy; snapshots (a multipart upload
+        # decrypts its parts).
+        each.key == "secure" ? ["${local.bucket_arn}/${var.environment}/etcd/*", "${local.bucket_arn}/${var.environment}/etcd-backups/*"] : [],
+        local.mirror_arns,
+        [for arn in local.mirror_arns : split("/", arn)[0]],
+      )
+    }
   }
 
   statement {

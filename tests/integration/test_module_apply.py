@@ -109,31 +109,46 @@ def check_groups_and_instances(workdir: Path, files: dict[str, bytes]) -> None:
     assert files["bootstrap-token"].decode() not in state
 
 
-def allowed(policy: dict[str, Any], action: str, resource: str, prefix: str | None = None) -> bool:
-    """IAM evaluation for the statements our policies use: an explicit Deny wins, else an Allow."""
+def allowed(
+    policy: dict[str, Any],
+    action: str,
+    resource: str,
+    prefix: str | None = None,
+    context: dict[str, str] | None = None,
+) -> bool:
+    """IAM evaluation for the statements our policies use: an explicit Deny wins, else an Allow.
+    A condition holds only when the request has its key (`prefix` is `s3:prefix`, `context`
+    the others) and the value matches; an operator this evaluator does not know fails the test
+    rather than being skipped."""
+    known = dict(context or {})
+    if prefix is not None:
+        known["s3:prefix"] = prefix
+
+    def listed(value: Any) -> list[str]:
+        return value if isinstance(value, list) else [value]
+
+    def conditions_hold(statement: dict[str, Any]) -> bool:
+        for operator, tests in statement.get("Condition", {}).items():
+            for key, wanted in tests.items():
+                actual = known.get(key)
+                if actual is None:
+                    return False
+                if operator == "StringEquals":
+                    if actual not in listed(wanted):
+                        return False
+                elif operator == "StringLike":
+                    if not any(fnmatch.fnmatchcase(actual, v) for v in listed(wanted)):
+                        return False
+                else:
+                    raise AssertionError(f"the test's IAM evaluator does not know {operator}")
+        return True
 
     def matches(statement: dict[str, Any]) -> bool:
-        actions = (
-            statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        )
-        resources = (
-            statement["Resource"]
-            if isinstance(statement["Resource"], list)
-            else [statement["Resource"]]
-        )
-        if not any(fnmatch.fnmatchcase(action, a) for a in actions):
+        if not any(fnmatch.fnmatchcase(action, a) for a in listed(statement["Action"])):
             return False
-        if not any(fnmatch.fnmatchcase(resource, r) for r in resources):
+        if not any(fnmatch.fnmatchcase(resource, r) for r in listed(statement["Resource"])):
             return False
-        conditions = statement.get("Condition", {})
-        like = conditions.get("StringLike", {}).get("s3:prefix")
-        if like is not None:
-            values = like if isinstance(like, list) else [like]
-            return prefix is not None and any(fnmatch.fnmatchcase(prefix, v) for v in values)
-        equals = conditions.get("StringEquals", {}).get("s3:prefix")
-        if equals is not None:
-            return prefix in (equals if isinstance(equals, list) else [equals])
-        return True
+        return conditions_hold(statement)
 
     statements = policy["Statement"]
     if any(s["Effect"] == "Deny" and matches(s) for s in statements):
@@ -153,11 +168,24 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
     assert allowed(secure, "s3:GetObject", f"{obj}/manifests/secure/kube-apiserver.yaml")
     assert allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/manifests/secure/")
     assert allowed(compute, "s3:GetObject", f"{obj}/pki/compute/bootstrap-token")
-    assert allowed(
-        compute,
-        "kms:Decrypt",
-        boto3.client("kms").describe_key(KeyId=env.kms_master_id)["KeyMetadata"]["Arn"],
-    )
+    # kms:Decrypt only through S3, for what the layer may read (or the bucket, with a Bucket Key).
+    key = boto3.client("kms").describe_key(KeyId=env.kms_master_id)["KeyMetadata"]["Arn"]
+
+    def decrypts(policy: dict[str, Any], arn: str, via: str = f"s3.{env.aws_region}") -> bool:
+        context = {
+            "kms:EncryptionContext:aws:s3:arn": arn,
+            "kms:ViaService": f"{via}.amazonaws.com",
+        }
+        return allowed(policy, "kms:Decrypt", key, context=context)
+
+    assert decrypts(compute, f"{obj}/pki/compute/bootstrap-token")
+    assert decrypts(compute, bucket)  # objects under an S3 Bucket Key
+    assert not decrypts(compute, f"{obj}/pki/secure/etcd/peer.key")
+    assert not decrypts(compute, f"{obj}/pki/locked/ca.key")
+    assert not decrypts(compute, f"{obj}/pki/compute/bootstrap-token", via=f"ec2.{env.aws_region}")
+    assert not allowed(compute, "kms:Decrypt", key)  # a ciphertext handed to KMS directly
+    assert decrypts(secure, f"{obj}/etcd/formation.json")
+    assert not decrypts(compute, f"{obj}/etcd/formation.json")
     for policy in (secure, compute):
         assert not allowed(policy, "s3:GetObject", f"{obj}/pki/locked/ca.key")
         assert not allowed(policy, "s3:GetObject", f"{obj}/pki/locked/admin.key")
