@@ -111,29 +111,49 @@ def certs(
     )
 
 
+def _bucket_store(connected: Any) -> Any:
+    """The environment's BucketStore, or None when its secrets bucket does not exist yet."""
+    from kubeplat import state
+    from kubeplat.store import BucketStore
+
+    env, aws = connected.env, connected.aws
+    if not state.bucket_exists(aws, env.secrets_bucket_name):
+        return None
+    return BucketStore.of(aws, env, state.kms_key(aws, env))
+
+
 def _live_pki(env: str, env_dir: str | None, sandbox: bool) -> tuple[Any, Any] | None:
     """An environment whose secrets bucket holds a PKI, with its BucketStore; or None.
 
     A sandbox that is not running holds nothing (its data ends with it): no AWS is touched.
     """
-    from kubeplat import pipeline, state
+    from kubeplat import pipeline
     from kubeplat import sandbox as sandboxes
-    from kubeplat.store import BucketStore
 
     environment = config.load(env, env_dir)
     if (environment.sandbox or sandbox) and sandboxes.current() is None:
         return None
     connected = pipeline.connect(env, env_dir, sandbox, start=False)
-    aws = connected.aws
-    if not state.bucket_exists(aws, environment.secrets_bucket_name):
-        return None
-    store = BucketStore.of(aws, connected.env, state.kms_key(aws, connected.env))
-    return (connected.env, store) if store.names("pki/") else None
+    store = _bucket_store(connected)
+    return (connected.env, store) if store is not None and store.names("pki/") else None
+
+
+def _bucket_pki(
+    env: Any, store: Any, now: dt.datetime | None, rotate: str | None = None
+) -> CertsReport:
+    """The PKI step of `up` on the bucket's set (with `rotate`, one leaf reissued too)."""
+    from kubeplat import pipeline, pki
+
+    issued: dict[str, str] = {}
+    files = pipeline.sync_pki(env, store, write=True, now=now, rotate=rotate, issued=issued)
+    rows = pki.describe(files, now or dt.datetime.now(dt.UTC))
+    where = Path(f"s3://{store.bucket}/{store.prefix}/pki/")
+    return CertsReport(rows, issued, where, env.cert_renew_days, announced=True)
 
 
 def _rotate_live(env: Any, store: Any, rotate: str, now: dt.datetime | None) -> CertsReport:
     """Rotate one leaf in the bucket (and the cache); refuse a CA: see the README."""
-    from kubeplat import pipeline, pki
+    from kubeplat import pki
 
     if rotate == "ca" or rotate in pki.CAS:
         raise KubeplatError(
@@ -143,16 +163,7 @@ def _rotate_live(env: Any, store: Any, rotate: str, now: dt.datetime | None) -> 
             "rotate the leaves it signed one by one (kubeplat certs --rotate NAME); "
             "a staged CA rotation is issue 15, still open",
         )
-    before = store.load_pki()
-    files = pipeline.sync_pki(env, store, write=True, now=now, rotate=rotate)
-    issued = {
-        name.removesuffix(".crt"): "rotated" if name == f"{rotate}.crt" else "reissued"
-        for name in files
-        if name.endswith(".crt") and before.get(name) != files[name]
-    }
-    rows = pki.describe(files, now or dt.datetime.now(dt.UTC))
-    where = Path(f"s3://{store.bucket}/{store.prefix}/pki/")
-    return CertsReport(rows, issued, where, env.cert_renew_days, announced=True)
+    return _bucket_pki(env, store, now, rotate)
 
 
 def renew(
@@ -161,26 +172,16 @@ def renew(
     """`certs renew`: the PKI step of `up` alone. The bucket's set is completed and every leaf
     within `cert_renew_days` of expiry, or whose names changed, reissued and stored back; the
     nodes' agents then deliver it. No Terraform, no other object."""
-    from kubeplat import pipeline, pki, state
-    from kubeplat.store import BucketStore
+    from kubeplat import pipeline
 
     connected = pipeline.connect(env, env_dir, sandbox, start=True)
-    environment, aws = connected.env, connected.aws
-    if not state.bucket_exists(aws, environment.secrets_bucket_name):
+    store = _bucket_store(connected)
+    if store is None:
         raise KubeplatError(
-            f"the secrets bucket {environment.secrets_bucket_name} does not exist yet",
+            f"the secrets bucket {connected.env.secrets_bucket_name} does not exist yet",
             f"the first kubeplat up -e {env} creates it and the PKI",
         )
-    store = BucketStore.of(aws, environment, state.kms_key(aws, environment))
-    before = store.load_pki()
-    files = pipeline.sync_pki(environment, store, write=True, now=now)
-    issued = {
-        name.removesuffix(".crt"): "reissued"
-        for name in files
-        if name.endswith(".crt") and before.get(name) != files[name]
-    }
-    rows = pki.describe(files, now or dt.datetime.now(dt.UTC))
-    return CertsReport(rows, issued, environment.workdir / "pki", environment.cert_renew_days)
+    return _bucket_pki(connected.env, store, now)
 
 
 class CertificatesExpiring(KubeplatError):

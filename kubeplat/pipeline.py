@@ -125,6 +125,7 @@ def sync_pki(
     write: bool,
     now: dt.datetime | None = None,
     rotate: str | None = None,
+    issued: dict[str, str] | None = None,
 ) -> dict[str, bytes]:
     """The PKI: the bucket's, completed; new files written only if nobody wrote them first."""
     from kubeplat.pkistore import LocalStore
@@ -150,6 +151,8 @@ def sync_pki(
             for name, reason in result.reasons.items():
                 if write:
                     console.status(f"PKI: issued {name} ({reason})", "ok")
+            if issued is not None:  # what was issued and why, for a caller that reports it
+                issued.update(result.reasons)
             return result.files
         except (Conflict, pki.PKIError) as exc:
             # A conflict means another operator is creating the PKI right now, and a half-present

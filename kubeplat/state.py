@@ -92,14 +92,24 @@ def _kms_metadata(aws: Aws, env: Environment) -> dict[str, Any]:
 
 
 def bucket_exists(aws: Aws, name: str) -> bool:
-    """Whether `name` exists (and this caller may look at it; 403 is an error that says so)."""
+    """Whether `name` exists; 403 is an error that says what it may mean."""
     from botocore.exceptions import ClientError
 
     with errors(f"checking the bucket {name}", aws):
         try:
             aws.client("s3").head_bucket(Bucket=name)
         except ClientError as exc:
-            if exc.response["Error"]["Code"] in ("404", "NoSuchBucket", "NotFound"):
+            code = exc.response["Error"]["Code"]
+            if code in ("403", "AccessDenied", "Forbidden"):
+                # AWS answers 403 both for a bucket another account owns and for one this
+                # caller may not look at (missing or not); say both.
+                raise AwsError(
+                    f"cannot use the bucket {name}: another account owns it, or this caller may "
+                    "not read it",
+                    "bucket names are global: pick another name, or give the caller s3:ListBucket "
+                    "and s3:CreateBucket",
+                ) from None
+            if code in ("404", "NoSuchBucket", "NotFound"):
                 return False
             raise
     return True
@@ -114,24 +124,7 @@ def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
     from botocore.exceptions import ClientError
 
     s3 = aws.client("s3")
-    created = False
-    with errors(f"checking the bucket {name}", aws):
-        try:
-            s3.head_bucket(Bucket=name)
-        except ClientError as exc:
-            code = exc.response["Error"]["Code"]
-            if code in ("403", "AccessDenied", "Forbidden"):
-                # AWS answers 403 both for a bucket another account owns and for one this
-                # caller may not look at (missing or not); say both.
-                raise AwsError(
-                    f"cannot use the bucket {name}: another account owns it, or this caller may "
-                    "not read it",
-                    "bucket names are global: pick another name, or give the caller s3:ListBucket "
-                    "and s3:CreateBucket",
-                ) from None
-            if code not in ("404", "NoSuchBucket", "NotFound"):
-                raise
-            created = True
+    created = not bucket_exists(aws, name)
     if not created:
         return False  # an existing bucket's settings are its owner's
     with errors(f"creating the bucket {name}", aws):

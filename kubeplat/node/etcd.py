@@ -480,12 +480,16 @@ def _generation_file(data_dir: Path) -> Path:
     return data_dir.with_name(data_dir.name + ".generation")
 
 
-def local_generation(data_dir: Path) -> int:
-    """The generation of the formation record this instance's data belongs to."""
+def _read_generation(path: Path) -> int:
     try:
-        return int(_generation_file(data_dir).read_text().strip() or 0)
+        return int(path.read_text().strip() or 0)
     except (FileNotFoundError, ValueError):
         return 0
+
+
+def local_generation(data_dir: Path) -> int:
+    """The generation of the formation record this instance's data belongs to."""
+    return _read_generation(_generation_file(data_dir))
 
 
 def set_aside(data_dir: Path, newer: int) -> Path | None:
@@ -510,10 +514,7 @@ def _restore_owed_file(data_dir: Path) -> Path:
 
 def restore_owed(data_dir: Path) -> int:
     """The generation of a restore the watch restarted this member for (0: none)."""
-    try:
-        return int(_restore_owed_file(data_dir).read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
-        return 0
+    return _read_generation(_restore_owed_file(data_dir))
 
 
 def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
