@@ -128,7 +128,10 @@ def validate(state: State, env: str, output_format: str) -> None:
     help="Environment name (environments/ENV.tfvars) or a path to a .tfvars file.",
 )
 @click.option(
-    "--rotate", metavar="NAME", help="Reissue one certificate; `ca` reissues every CA and all."
+    "--rotate",
+    metavar="NAME",
+    help="Reissue one certificate; on an environment that runs, begin a staged rotation of a CA "
+    "(`ca`: every CA) or of the service-account key (`sa`).",
 )
 @click.option(
     "--check",
@@ -164,7 +167,16 @@ def certs(
     except ops.CertificatesExpiring as exc:
         _certs_json(exc.rows) if json_output else _certs_table(exc.rows, exc.window)
         raise
-    # Said only once done (a CA of a running environment is refused instead).
+    if report.rotation is not None:
+        _certs_json(report.rows) if json_output else _certs_table(report.rows, report.window)
+        _rotation_lines(report.rotation)
+        console.status(
+            f"the nodes' agents install it; kubeplat certs rotation -e {env} (or kubeplat up) "
+            "takes the next step once every node runs this one",
+            "ok",
+        )
+        return
+    # Said only once done (before the first `up`: the local cache, no node runs).
     if rotate == "ca":
         console.warn(
             "rotating ca: every CA and every certificate is reissued; "
@@ -207,6 +219,45 @@ def certs_renew(state: State, env: str, output_format: str) -> None:
             f"(kubeplat instances -e {env}: config)",
             "ok",
         )
+
+
+@certs.command("rotation")
+@env_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Take the next step even though some nodes do not run the current one yet.",
+)
+@_output_option
+@click.pass_obj
+def certs_rotation(state: State, env: str, force: bool, output_format: str) -> None:
+    """Show a CA or service-account key rotation in progress and take its next step.
+
+    `kubeplat certs -e ENV --rotate NAME` begins it (NAME: ca for every CA, etcd/ca,
+    front-proxy-ca, kubelet-ca, or sa). Each step is taken only once every running node runs
+    the one before (kubeplat instances -e ENV: config current); kubeplat up takes it too.
+    """
+    from kubeplat import ops
+
+    report = ops.rotation_step(env, state.env_dir, sandbox=state.sandbox, force=force)
+    status = report.status
+    if output_format == "json":
+        console.data_json(status.as_json() if status else None)
+        return
+    if status is None:
+        console.status("no rotation in progress", "ok")
+        return
+    _certs_table(report.rows, report.window)
+    _rotation_lines(status)
+
+
+def _rotation_lines(status: Any) -> None:
+    from kubeplat import rotation
+
+    for line in rotation.describe(status):
+        console.status(line.strip(), "warn" if status.hold else "ok")
+    for name, reason in status.issued.items():
+        console.status(f"issued {name} ({reason})", "ok")
 
 
 @cli.command()
@@ -360,6 +411,33 @@ def output(state: State, env: str, output_format: str) -> None:
     for name, value in sorted(values.items()):
         shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
         console.data(f"{name} = {shown}")
+
+
+@cli.command()
+@env_option
+@click.option(
+    "--tls-only",
+    is_flag=True,
+    help="Add a statement refusing requests without TLS to a bucket that lacks one.",
+)
+@_output_option
+@click.pass_obj
+def buckets(state: State, env: str, tls_only: bool, output_format: str) -> None:
+    """The environment's state and secrets buckets, and whether they refuse plain HTTP."""
+    from kubeplat import ops
+
+    rows = ops.buckets(env, state.env_dir, sandbox=state.sandbox, tls_only=tls_only)
+    if output_format == "json":
+        console.data_json([row.__dict__ for row in rows])
+        return
+    console.table(
+        ["bucket", "holds", "plain HTTP"], [[r.name, r.holds, r.plain_http] for r in rows]
+    )
+    for row in rows:
+        if row.changed:
+            console.status(f"{row.name}: added a TLS-only statement to its policy", "ok")
+    if not tls_only and any(r.plain_http == "accepted" for r in rows):
+        console.status(f"kubeplat buckets -e {env} --tls-only refuses it", "warn")
 
 
 @cli.command()

@@ -139,6 +139,8 @@ def converged(
                 label = SILENT
             elif found.get("digest") != wanted.get(row.layer):
                 label = BEHIND
+            elif found.get("kubelet_client") == "old":
+                label = BEHIND  # its kubelet still uses a certificate of a rotated kubelet CA
             else:
                 label = CURRENT if found.get("ready") else NOT_READY
         done.append(replace(row, config=label))

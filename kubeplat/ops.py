@@ -60,6 +60,7 @@ class CertsReport:
     directory: Path
     window: int = 90  # the environment's cert_renew_days
     announced: bool = False  # what was issued is already said (the bucket's PKI step says it)
+    rotation: Any = None  # a staged rotation in progress (rotation.Status)
 
 
 def certs(
@@ -146,24 +147,77 @@ def _bucket_pki(
 
     issued: dict[str, str] = {}
     files = pipeline.sync_pki(env, store, write=True, now=now, rotate=rotate, issued=issued)
+    if issued:
+        _refresh_kubeconfig(env, files)
     rows = pki.describe(files, now or dt.datetime.now(dt.UTC))
     where = Path(f"s3://{store.bucket}/{store.prefix}/pki/")
     return CertsReport(rows, issued, where, env.cert_renew_days, announced=True)
 
 
 def _rotate_live(env: Any, store: Any, rotate: str, now: dt.datetime | None) -> CertsReport:
-    """Rotate one leaf in the bucket (and the cache); refuse a CA: see the README."""
-    from kubeplat import pki
+    """Rotate one leaf in the bucket (and the cache) at once; a CA or the service-account key
+    in stages (`kubeplat.rotation`): this takes the first step."""
+    from kubeplat import pki, rotation
 
-    if rotate == "ca" or rotate in pki.CAS:
+    if not rotation.names_for(rotate):
+        return _bucket_pki(env, store, now, rotate)
+    status = rotation.begin(env, store, rotate, now)
+    files = store.load_pki()
+    _refresh_kubeconfig(env, files)
+    rows = pki.describe(pki.settle(files), now or dt.datetime.now(dt.UTC))
+    where = Path(f"s3://{store.bucket}/{store.prefix}/pki/")
+    return CertsReport(rows, {}, where, env.cert_renew_days, announced=True, rotation=status)
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    """`kubeplat certs rotation`: where the rotation stands (None: none in progress)."""
+
+    status: Any
+    rows: list[CertInfo]
+    window: int
+
+
+def rotation_step(
+    env: str,
+    env_dir: str | None = None,
+    *,
+    sandbox: bool = False,
+    force: bool = False,
+    now: dt.datetime | None = None,
+) -> RotationReport:
+    """Show the staged rotation in progress, and take its next step when every running node
+    runs the current one (or with `force`)."""
+    from kubeplat import pipeline, pki, rotation
+
+    connected = pipeline.connect(env, env_dir, sandbox, start=False)
+    store = _bucket_store(connected)
+    if store is None:
         raise KubeplatError(
-            f"{rotate} is a CA of an environment that runs: replacing it at once would leave "
-            "nodes that trust only the old one or only the new one, and kubeplat cannot yet "
-            "rotate a CA in stages (both trusted, leaves reissued, the old one dropped)",
-            "rotate the leaves it signed one by one (kubeplat certs --rotate NAME); "
-            "a staged CA rotation is issue 15, still open",
+            f"the secrets bucket {connected.env.secrets_bucket_name} does not exist yet",
+            f"nothing runs to rotate; kubeplat certs -e {env} --rotate NAME replaces it at once",
         )
-    return _bucket_pki(env, store, now, rotate)
+    status = rotation.step(connected.env, store, connected.aws, force=force, now=now)
+    files = pki.settle(store.load_pki())
+    if status is not None and status.taken:
+        _refresh_kubeconfig(connected.env, files)
+    rows = pki.describe(files, now or dt.datetime.now(dt.UTC))
+    return RotationReport(status, rows, connected.env.cert_renew_days)
+
+
+def _refresh_kubeconfig(env: Any, files: Any) -> None:
+    """Rewrite the local admin kubeconfig (same server) after its CA or certificate changed."""
+    import yaml
+
+    from kubeplat import render as renderer
+
+    path = env.kubeconfig_path
+    try:
+        server = yaml.safe_load(path.read_text())["clusters"][0]["cluster"]["server"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        return  # none yet, or not ours: `up` and `kubeplat kubeconfig` write it
+    if "admin.crt" in files:
+        _write_private(path, renderer.admin_kubeconfig(env, files, server))
 
 
 def renew(
@@ -447,6 +501,41 @@ def instances(
     aws, environment = connected.aws, connected.env.environment
     rows = inventory.instances(aws, environment, layer)
     return inventory.converged(aws, connected.env.secrets_bucket_name, environment, rows)
+
+
+@dataclass(frozen=True)
+class BucketRow:
+    """One row of `kubeplat buckets`."""
+
+    name: str
+    holds: str
+    plain_http: str  # refused, accepted, missing, or not checked (an endpoint without TLS)
+    changed: bool = False
+
+
+def buckets(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, tls_only: bool = False
+) -> list[BucketRow]:
+    """The environment's buckets and whether they refuse plain HTTP; with `tls_only`, make
+    every existing one refuse it (its policy's other statements kept)."""
+    from kubeplat import pipeline, state
+
+    connected = pipeline.connect(env, env_dir, sandbox, start=False)
+    aws, environment = connected.aws, connected.env
+    rows = []
+    for name, holds in (
+        (environment.terraform_bucket_name, "Terraform state"),
+        (environment.secrets_bucket_name, "PKI and node configuration"),
+    ):
+        if not state.bucket_exists(aws, name):
+            rows.append(BucketRow(name, holds, "missing (kubeplat up creates it, TLS-only)"))
+        elif (aws.endpoint or "").startswith("http://"):
+            rows.append(BucketRow(name, holds, "not checked (kubeplat talks plain HTTP here)"))
+        else:
+            changed = tls_only and state.add_tls_only(aws, name)
+            accepted = state.accepts_plain_http(aws, name) if not changed else False
+            rows.append(BucketRow(name, holds, "accepted" if accepted else "refused", changed))
+    return rows
 
 
 def etcd_status(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> Any:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubeplat import config, console, pki, render
+from kubeplat import config, console, pki, render, rotation
 from kubeplat.aws import Aws
 from kubeplat.errors import KubeplatError
 from kubeplat.store import BucketStore, Conflict
@@ -107,7 +107,17 @@ def prepare(
     boot = state.bootstrap(aws, env)
     for bucket in boot.created:
         console.status(f"created bucket {bucket} (versioned, SSE-KMS, public access blocked)", "ok")
+    for bucket in boot.plain_http:
+        console.warn(
+            f"the bucket {bucket} accepts requests without TLS (no TLS-only policy; it was "
+            f"created before kubeplat set one, or by someone else): kubeplat buckets -e "
+            f"{env.environment} --tls-only adds one and keeps the policy's other statements"
+        )
     store = BucketStore.of(aws, env, boot.key_arn)
+    rotating = rotation.step(env, store, aws, write=write_pki)
+    if rotating is not None:
+        for line in rotation.describe(rotating):
+            console.status(f"PKI: {line.strip()}", "warn" if rotating.hold else "ok")
     files = sync_pki(env, store, write=write_pki)
     warn_expiring(env, files)
     bundle = render.bundle(env, files)
@@ -175,18 +185,38 @@ def sync_pki(
             time.sleep(2)
 
 
+def store_pki(env: config.Environment, store: BucketStore, files: Mapping[str, bytes]) -> None:
+    """Write a PKI set the bucket does not hold yet (a rotation step), and the local cache."""
+    from kubeplat.pkistore import LocalStore
+
+    _write_pki(env, store, files)
+    cache = LocalStore(env.workdir / "pki")
+    cache.save(files, removed=set(cache.load()) - set(files))
+
+
 def _write_pki(env: config.Environment, store: BucketStore, files: Mapping[str, bytes]) -> None:
     objects = {f"pki/{k}": v for k, v in render.pki_layout(env, files).items()}
     present = set(store.names("pki/"))
-    # CA material first, each new object written only if absent: the first writer owns the CA.
-    first = sorted(n for n in objects if n.startswith(("pki/common/", "pki/locked/")))
-    rest = sorted(set(objects) - set(first))
     changed = set(store.changed(objects))
-    for name in first + rest:
+    # Each new object written only if absent: the first writer owns the CA.
+    for name in write_order(objects):
         if name not in present:
             store.put(name, objects[name], only_if_new=True)
         elif name in changed:
             store.put(name, objects[name])
+    # What no node can read and the set no longer has (a finished rotation step's `next` or
+    # `prev`) goes now; objects nodes read are removed only after an apply (`prune`).
+    store.delete(sorted(n for n in present - set(objects) if n.startswith("pki/locked/")))
+
+
+def write_order(objects: Mapping[str, bytes]) -> list[str]:
+    """The order the PKI objects are written in, so that a run stopped after any write leaves
+    a set `pki.settle` completes: an old CA's `prev` copy first, then the CAs nodes trust, then
+    the locked keys (a promoted CA's key after its certificate), then each layer's files."""
+    kept = sorted(n for n in objects if n.startswith("pki/locked/") and ".prev." in n)
+    common = sorted(n for n in objects if n.startswith("pki/common/"))
+    locked = sorted(n for n in objects if n.startswith("pki/locked/") and n not in kept)
+    return kept + common + locked + sorted(set(objects) - {*kept, *common, *locked})
 
 
 def warn_expiring(env: config.Environment, files: Mapping[str, bytes]) -> None:

@@ -36,6 +36,11 @@ CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
 # control plane, so the cluster CA's key never has to leave the locked prefix.
 CAS = ("ca", "front-proxy-ca", "etcd/ca", "kubelet-ca")
 SA_KEY, SA_PUB = "sa.key", "sa.pub"
+# A staged rotation of a CA or of the service-account key ("sa"): the new one is first only
+# trusted (`X.next.*`), then signs while the old one is still trusted (`X.prev.crt`,
+# `sa.prev.pub`), then the old one is dropped. The phase is read from the files themselves.
+STAGED = (*CAS, "sa")
+TRUST, REISSUE = "trust", "reissue"
 SSH_KEY, SSH_PUB = "ssh/id_ed25519", "ssh/id_ed25519.pub"
 BOOTSTRAP_TOKEN = "bootstrap-token"
 
@@ -164,12 +169,17 @@ def ensure(
     `ssh_public_key` is the environment's own public key, when it brings one.
     """
     now = now or dt.datetime.now(dt.UTC)
-    files = dict(stored)
+    files = settle(stored)
     result = Result(files)
     all_leaves = {leaf.name: leaf for leaf in leaves(env)}
     rotate_cas, forced = _rotation(rotate, all_leaves)
 
     cas: dict[str, tuple[x509.Certificate, PrivateKey]] = {}
+    if "sa" in rotate_cas:
+        files.pop(SA_KEY, None)
+        files.pop(SA_PUB, None)
+        rotate_cas.discard("sa")
+        result.reasons["sa"] = "rotated"
     for name in CAS:
         signed = [leaf.name for leaf in all_leaves.values() if leaf.ca == name]
         loaded = None if name in rotate_cas else _load_ca(files, name, signed, now)
@@ -209,9 +219,11 @@ def _rotation(
         return set(CAS), {}
     if rotate in CAS:
         return {rotate}, {}
+    if rotate == "sa":
+        return {"sa"}, {}
     if rotate in all_leaves:
         return set(), {rotate: "rotated"}
-    names = ", ".join(sorted({*CAS, *all_leaves}))
+    names = ", ".join(sorted({*STAGED, *all_leaves}))
     raise KubeplatError(f"no certificate named {rotate!r}", f"one of: {names}")
 
 
@@ -262,11 +274,13 @@ def _leaf_state(
     cert = _parse_cert(leaf.name, crt)
     private = _parse_key(f"{leaf.name}.key", key)
     if not _same_key(cert, private):
-        raise PKIError(
-            f"{leaf.name}.key does not belong to {leaf.name}.crt",
-            f"reissue it: kubeplat certs --rotate {leaf.name}",
-        )
+        # A run stopped between writing a reissued leaf's two halves (or a file swapped by
+        # hand): a leaf is only ever reissued, never repaired.
+        return "its key did not match its certificate"
     if not _signed_by(cert, cas[leaf.ca][0]):
+        previous = files.get(f"{leaf.ca}.prev.crt")
+        if previous is not None and _signed_by(cert, _parse_cert(f"{leaf.ca}.prev", previous)):
+            return f"{leaf.ca} rotated"  # a staged rotation: the new CA signs now
         raise PKIError(
             f"{leaf.name}.crt is not signed by {leaf.ca}.crt",
             f"reissue it: kubeplat certs --rotate {leaf.name}",
@@ -418,7 +432,7 @@ def _ensure_service_account(env: Environment, files: dict[str, bytes], result: R
         key = new_key(env.key_algorithm)
         files[SA_KEY] = private_pem(key)
         result.issued.append("sa")
-        result.reasons["sa"] = "missing"
+        result.reasons["sa"] = result.reasons.get("sa", "missing")
     else:
         key = _parse_key(SA_KEY, key_pem)
     public = key.public_key().public_bytes(
@@ -540,7 +554,10 @@ class CertInfo:
 def describe(files: Mapping[str, bytes], now: dt.datetime | None = None) -> list[CertInfo]:
     """Every certificate in `files`, CAs first, in kubeadm's order."""
     now = now or dt.datetime.now(dt.UTC)
-    order = [*CAS, *(leaf for leaf in _LEAF_ORDER)]
+    order = [
+        *(f"{ca}{stage}" for ca in CAS for stage in ("", ".next", ".prev")),
+        *_LEAF_ORDER,
+    ]
     rows = []
     for name in order:
         data = files.get(f"{name}.crt")
@@ -581,3 +598,126 @@ PRIVATE_FILES = frozenset(
 def is_private(name: str) -> bool:
     """Whether a PKI file is secret (keys, the bootstrap token): 0600, never in logs."""
     return name in PRIVATE_FILES or name.endswith(".key")
+
+
+def _public_pem(key: PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def first_certificate(data: bytes) -> bytes:
+    """The first PEM block of a bundle (the bucket's trust bundles list the signing CA first)."""
+    end = b"-----END CERTIFICATE-----"
+    at = data.find(end)
+    return data if at < 0 else data[: at + len(end)] + b"\n"
+
+
+def staged(files: Mapping[str, bytes]) -> dict[str, str]:
+    """The staged rotations the files are in: name → `trust` (the new one trusted, the old one
+    still signing) or `reissue` (the new one signing, the old one still trusted)."""
+    found = {}
+    for name in CAS:
+        if f"{name}.next.crt" in files:
+            found[name] = TRUST
+        elif f"{name}.prev.crt" in files:
+            found[name] = REISSUE
+    if "sa.next.key" in files:
+        found["sa"] = TRUST
+    elif "sa.prev.pub" in files:
+        found["sa"] = REISSUE
+    return found
+
+
+def trust_bundle(files: Mapping[str, bytes], name: str) -> bytes:
+    """What nodes trust for one CA (`ca`, `etcd/ca`…) or for the service-account key (`sa`):
+    the current one first, then the one being introduced or retired."""
+    if name == "sa":
+        pub = files[SA_PUB]
+        if "sa.next.key" in files:
+            return pub + _public_pem(_parse_key("sa.next.key", files["sa.next.key"]))
+        return pub + files.get("sa.prev.pub", b"")
+    crt = files[f"{name}.crt"]
+    return crt + files.get(f"{name}.next.crt", files.get(f"{name}.prev.crt", b""))
+
+
+def settle(stored: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The files, with a step of a staged rotation that an interrupted run left half-written
+    completed or undone (kubeplat writes the old one's `prev` copy first, then the new
+    certificate, then its key, and removes `next` last), so every run resumes where the last
+    one stopped and never loses the CA that nodes still trust."""
+    files = dict(stored)
+    for name in CAS:
+        crt, nxt = files.get(f"{name}.crt"), files.get(f"{name}.next.crt")
+        nkey = files.get(f"{name}.next.key")
+        if nxt is not None and nkey is not None:
+            if crt == nxt:  # promoted, `next` not yet removed
+                files[f"{name}.key"] = nkey
+                del files[f"{name}.next.crt"], files[f"{name}.next.key"]
+            elif files.get(f"{name}.prev.crt") == crt:  # promotion had only begun
+                del files[f"{name}.prev.crt"]
+        elif nxt is not None or nkey is not None:  # half of a pair: a begin or a removal
+            files.pop(f"{name}.next.crt", None)
+            files.pop(f"{name}.next.key", None)
+        if files.get(f"{name}.prev.crt") is not None and files.get(f"{name}.prev.crt") == crt:
+            del files[f"{name}.prev.crt"]
+    key = files.get(SA_KEY)
+    if key is not None and files.get("sa.next.key") == key:
+        del files["sa.next.key"]
+    if (
+        key is not None
+        and "sa.prev.pub" in files
+        and files["sa.prev.pub"] == _public_pem(_parse_key(SA_KEY, key))
+    ):
+        del files["sa.prev.pub"]
+    return files
+
+
+def begin(
+    env: Environment, stored: Mapping[str, bytes], names: Sequence[str], now: dt.datetime
+) -> Result:
+    """Step 1 of a staged rotation: a new CA (or service-account key) that nodes trust beside
+    the old one, which keeps signing."""
+    files = settle(stored)
+    result = Result(files)
+    busy = staged(files)
+    if busy:
+        raise KubeplatError(
+            "a rotation is already in progress: "
+            + ", ".join(f"{n} ({busy[n]})" for n in sorted(busy)),
+            "finish it first: kubeplat certs rotation -e ENV",
+        )
+    for name in names:
+        if name == "sa":
+            files["sa.next.key"] = private_pem(new_key(env.key_algorithm))
+            result.issued.append("sa.next")
+            result.reasons["sa.next"] = "new, trusted beside the old one"
+            continue
+        cert, key = _issue_ca(env, name, now, Result({}), "")
+        files[f"{name}.next.crt"] = cert.public_bytes(serialization.Encoding.PEM)
+        files[f"{name}.next.key"] = private_pem(key)
+        result.issued.append(f"{name}.next")
+        result.reasons[f"{name}.next"] = "new, trusted beside the old one"
+    return result
+
+
+def advance(env: Environment, stored: Mapping[str, bytes], now: dt.datetime) -> Result:
+    """The next step of every staged rotation in the files: `trust` → the new one signs
+    (the old one kept as `prev`, still trusted; every leaf it signed reissued); `reissue` →
+    the old one dropped."""
+    files = settle(stored)
+    for name, phase in staged(files).items():
+        if name == "sa":
+            if phase == TRUST:
+                files["sa.prev.pub"] = _public_pem(_parse_key(SA_KEY, files[SA_KEY]))
+                files[SA_KEY] = files.pop("sa.next.key")
+                files.pop(SA_PUB, None)
+            else:
+                del files["sa.prev.pub"]
+        elif phase == TRUST:
+            files[f"{name}.prev.crt"] = files[f"{name}.crt"]
+            files[f"{name}.crt"] = files.pop(f"{name}.next.crt")
+            files[f"{name}.key"] = files.pop(f"{name}.next.key")
+        else:
+            del files[f"{name}.prev.crt"]
+    return ensure(env, files, now=now)

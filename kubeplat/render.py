@@ -78,7 +78,14 @@ def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]
 
     for name in _COMMON:
         give("common", name)
-    placed["common/client-ca-bundle.crt"] = files["ca.crt"] + files["kubelet-ca.crt"]
+    # What nodes trust: during a staged rotation the new CA beside the old one (the signing
+    # one first). kubelet-ca.crt itself stays one certificate: the controller-manager signs with
+    # it, and the API server trusts the kubelet CAs through client-ca-bundle.crt.
+    for ca in ("ca", "front-proxy-ca", "etcd/ca"):
+        placed[f"common/{ca}.crt"] = pki.trust_bundle(files, ca)
+    placed["common/client-ca-bundle.crt"] = pki.trust_bundle(files, "ca") + pki.trust_bundle(
+        files, "kubelet-ca"
+    )
     for layer in layers(env):
         wanted: list[str] = []
         if layer.etcd:
@@ -90,6 +97,8 @@ def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]
             wanted += ["bootstrap-token"]
         for name in wanted:
             give(layer.name, name)
+        if "sa.pub" in wanted:
+            placed[f"{layer.name}/sa.pub"] = pki.trust_bundle(files, "sa")
     for name in sorted(set(files) - handed_out):
         # The CA keys, the admin identity and the SSH key: no node role may read these.
         placed[f"locked/{name}"] = files[name]
@@ -491,7 +500,9 @@ def admin_kubeconfig(
             {
                 "name": env.environment,
                 "cluster": {
-                    "certificate-authority-data": b64("ca.crt"),
+                    "certificate-authority-data": base64.b64encode(
+                        pki.trust_bundle(files, "ca")
+                    ).decode(),
                     "server": server or f"https://{env.api_dns_name}",
                 },
             }

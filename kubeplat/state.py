@@ -23,6 +23,7 @@ class Bootstrap:
 
     key_arn: str
     created: list[str]
+    plain_http: tuple[str, ...] = ()  # existing buckets that do not refuse plain HTTP
 
 
 AUTOSCALING_ROLE = "AWSServiceRoleForAutoScaling"
@@ -288,9 +289,78 @@ def bootstrap(aws: Aws, env: Environment) -> Bootstrap:
     key = _kms_metadata(aws, env)
     key_arn = str(key["Arn"])
     volume_key_access(aws, env, key)
-    created = [
-        name
-        for name in (env.terraform_bucket_name, env.secrets_bucket_name)
-        if ensure_bucket(aws, name, key_arn)
-    ]
-    return Bootstrap(key_arn, created)
+    names = (env.terraform_bucket_name, env.secrets_bucket_name)
+    created = [name for name in names if ensure_bucket(aws, name, key_arn)]
+    plain = tuple(n for n in names if n not in created and accepts_plain_http(aws, n))
+    return Bootstrap(key_arn, created, plain)
+
+
+def accepts_plain_http(aws: Aws, name: str) -> bool:
+    """Whether a bucket's policy lets requests without TLS in (a bucket made before kubeplat
+    added its TLS-only policy, or by someone else). Never where kubeplat itself is told to use
+    plain HTTP (the sandbox), where such a policy would lock it out."""
+    if (aws.endpoint or "").startswith("http://"):
+        return False
+    policy = _bucket_policy(aws, name)
+    return not any(_refuses_plain_http(s) for s in _statements(policy))
+
+
+def add_tls_only(aws: Aws, name: str) -> bool:
+    """Add kubeplat's TLS-only statement to a bucket's policy, keeping its other statements;
+    False when its policy already refuses plain HTTP."""
+    if not accepts_plain_http(aws, name):
+        return False
+    merged = with_tls_only(_bucket_policy(aws, name), name, aws.region)
+    with errors(f"setting the policy of the bucket {name}", aws):
+        aws.client("s3").put_bucket_policy(Bucket=name, Policy=json.dumps(merged))
+    return True
+
+
+def with_tls_only(policy: dict[str, Any] | None, bucket: str, region: str) -> dict[str, Any]:
+    """`policy` with kubeplat's TLS-only statement (replacing one of the same Sid)."""
+    ours = tls_only(bucket, region)
+    if not policy:
+        return ours
+    kept = [s for s in _statements(policy) if s.get("Sid") != "KubeplatTLSOnly"]
+    return {**policy, "Statement": [*kept, *ours["Statement"]]}
+
+
+def _bucket_policy(aws: Aws, name: str) -> dict[str, Any] | None:
+    from botocore.exceptions import ClientError
+
+    with errors(f"reading the policy of the bucket {name}", aws):
+        try:
+            text = aws.client("s3").get_bucket_policy(Bucket=name)["Policy"]
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] == "NoSuchBucketPolicy":
+                return None
+            raise
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _statements(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
+    found = (policy or {}).get("Statement", [])
+    found = [found] if isinstance(found, dict) else found
+    return [s for s in found if isinstance(s, dict)]
+
+
+def _refuses_plain_http(statement: dict[str, Any]) -> bool:
+    def listed(value: Any) -> list[Any]:
+        return value if isinstance(value, list) else [value]
+
+    principal = statement.get("Principal")
+    everyone = principal == "*" or (
+        isinstance(principal, dict) and "*" in listed(principal.get("AWS"))
+    )
+    condition = (statement.get("Condition") or {}).get("Bool") or {}
+    insecure = [str(v).lower() for v in listed(condition.get("aws:SecureTransport"))]
+    return (
+        statement.get("Effect") == "Deny"
+        and everyone
+        and any(a in ("*", "s3:*") for a in listed(statement.get("Action")))
+        and insecure == ["false"]
+    )

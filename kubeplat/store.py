@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from kubeplat.aws import Aws, errors
 from kubeplat.errors import KubeplatError
+from kubeplat.pki import first_certificate
 
 if TYPE_CHECKING:
     from kubeplat.config import Environment
@@ -32,6 +33,19 @@ class Conflict(KubeplatError):
 def sha256(data: bytes) -> str:
     """The digest kubeplat stores with every object."""
     return hashlib.sha256(data).hexdigest()
+
+
+def pki_files(objects: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The PKI files (kubeadm names) from the bucket's `pki/<prefix>/<file>` objects."""
+    files: dict[str, bytes] = {}
+    for name, data in sorted(objects.items()):
+        relative = name.split("/", 2)[2]
+        if relative in _DERIVED:
+            continue
+        # A CA's object in common/ is what nodes trust: during a staged rotation the signing CA
+        # followed by the other one (kept in locked/ as `.next` or `.prev`).
+        files[relative] = first_certificate(data) if relative.endswith(".crt") else data
+    return files
 
 
 @dataclass
@@ -70,13 +84,7 @@ class BucketStore:
         """The PKI files (kubeadm names) the bucket holds, from every pki/<prefix>/."""
         names = [n for n in self.names("pki/") if n.count("/") >= 2]
         with ThreadPoolExecutor(WORKERS) as pool:
-            contents = dict(zip(names, pool.map(self.get, names), strict=True))
-        files: dict[str, bytes] = {}
-        for name, data in sorted(contents.items()):
-            relative = name.split("/", 2)[2]  # pki/<prefix>/<file>
-            if relative not in _DERIVED:
-                files[relative] = data
-        return files
+            return pki_files(dict(zip(names, pool.map(self.get, names), strict=True)))
 
     def digests(self, names: Iterable[str]) -> dict[str, str | None]:
         """The stored sha256 of each object (None when missing or written by something else)."""

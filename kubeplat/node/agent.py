@@ -51,6 +51,7 @@ STATE_NAME = ".kubeplat-agent.json"
 STALE_S = 300.0  # a peer silent this long is not waited for
 HEARTBEAT_S = 60.0
 READY_TIMEOUT_S = 300.0
+KUBELET_RETRY_S = 600.0  # between two requests of a kubelet client certificate by the agent
 log = logging.getLogger("kubeplat-agent")
 
 
@@ -195,11 +196,13 @@ class Sync:
         pki: list[Agent],
         reloads: dict[str, tuple[str, ...]],
         restart: Callable[[str], None],
+        kubelet_client: Path | None = None,
     ) -> None:
         self.manifests = manifests
         self.pki = pki
         self.reloads = reloads
         self.restart = restart
+        self.kubelet_client = kubelet_client  # the kubelet's client certificate (a symlink)
         folder = pki[0].target if pki else manifests.target
         self.pending_path = folder / ".kubeplat-restarts-owed.json"  # not a state file
         for one in pki:
@@ -240,7 +243,45 @@ class Sync:
             self.restart(unit)
             left = [u for u in self.pending() if u != unit]
             _atomic_write(self.pending_path, json.dumps(left).encode())
+        self._renew_kubelet_client()
         return changes
+
+    def kubelet_client_state(self) -> str:
+        """`current` when the kubelet's client certificate is signed by the kubelet CA the
+        controller-manager signs with now (kubelet-ca.crt), `old` when by another (a rotated
+        one), "" when there is nothing to tell (no certificate yet, or not asked)."""
+        if self.kubelet_client is None or not self.pki:
+            return ""
+        try:
+            cert = self.kubelet_client.read_bytes()
+            ca = (self.pki[0].target / "kubelet-ca.crt").read_bytes()
+        except OSError:
+            return ""
+        issuer, signer = key_ids(cert)[1], key_ids(ca)[0]
+        if issuer is None or signer is None:
+            return ""
+        return "current" if issuer == signer else "old"
+
+    def _renew_kubelet_client(self) -> None:
+        """A kubelet whose client certificate a rotated kubelet CA signed gets a new one: the
+        certificate is removed and the kubelet restarted, so it asks again with its bootstrap
+        token (a leader controller-manager that still signed with the old CA is retried every
+        KUBELET_RETRY_S). The old CA is dropped only once every node reports `current`."""
+        client = self.kubelet_client
+        if client is None or self.kubelet_client_state() != "old":
+            return
+        try:
+            age = time.time() - os.lstat(client).st_mtime
+        except OSError:
+            return
+        if age < KUBELET_RETRY_S:
+            return
+        log.info(
+            "restarting kubelet.service: its client certificate is signed by a kubelet CA that "
+            "is being retired; it asks for a new one"
+        )
+        client.unlink(missing_ok=True)
+        self.restart("kubelet.service")
 
 
 def run(syncer: Agent | Sync, interval: float, roll: Roll | None = None) -> None:
@@ -277,7 +318,9 @@ class Roll:
         ready: Callable[[], bool],
         ready_timeout_s: float = READY_TIMEOUT_S,
         poll_s: float = 2.0,
+        facts: Callable[[], dict[str, Any]] = dict,
     ) -> None:
+        self.facts = facts  # more to report (the kubelet client certificate's state)
         self.peers = peers  # instance ids of the layer's running nodes
         self.status = status  # a health.Reporter-like object: publish(), read(instance, name)
         self.me = me
@@ -341,7 +384,8 @@ class Roll:
 
     def _report(self, running: str, ready: bool) -> None:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.status.publish("manifests", {"digest": running, "ready": ready, "updated": now})
+        report = {**self.facts(), "digest": running, "ready": ready, "updated": now}
+        self.status.publish("manifests", report)
         self.last_report = time.monotonic()
 
 
@@ -417,6 +461,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readyz", default="", help="an API server's /readyz, when it runs one")
     parser.add_argument("--ca", default="/etc/kubernetes/pki/ca.crt")
     parser.add_argument("--etcd-health", default="", help="etcd's /health, when it runs etcd")
+    parser.add_argument(
+        "--kubelet-client",
+        type=Path,
+        help="the kubelet's client certificate: renewed when a rotated kubelet CA signed it",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     from . import aws
@@ -445,7 +494,16 @@ def main(argv: list[str] | None = None) -> int:
     syncer: Agent | Sync = manifests
     if args.pki_prefix:
         pki = [Agent(s3, args.bucket, p, args.pki_dir, tree=True) for p in args.pki_prefix]
-        syncer = Sync(manifests, pki, reloads(args.reload), restarter(args.reload_command))
+        syncer = Sync(
+            manifests,
+            pki,
+            reloads(args.reload),
+            restarter(args.reload_command),
+            args.kubelet_client,
+        )
+        if roll is not None and args.kubelet_client is not None:
+            state = syncer.kubelet_client_state
+            roll.facts = lambda: {"kubelet_client": state()} if state() else {}
     if args.once:
         for change in syncer.sync_once():
             log.info("synced %s", change)
@@ -504,3 +562,51 @@ def running_instances(ec2: Any, environment: str, layer: str) -> list[str]:
         for reservation in page["Reservations"]:
             found += [i["InstanceId"] for i in reservation["Instances"]]
     return sorted(found)
+
+
+def key_ids(pem: bytes) -> tuple[bytes | None, bytes | None]:
+    """A PEM certificate's subject and authority key identifiers (None where absent), read from
+    its DER: the node programs have no X.509 library beyond the standard one."""
+    import base64
+
+    try:
+        body = pem.split(b"-----BEGIN CERTIFICATE-----", 1)[1].split(b"-----END", 1)[0]
+        der = base64.b64decode(b"".join(body.split()))
+    except (IndexError, ValueError):
+        return None, None
+    subject = _extension(der, b"\x06\x03\x55\x1d\x0e")  # subjectKeyIdentifier
+    authority = _extension(der, b"\x06\x03\x55\x1d\x23")  # authorityKeyIdentifier
+    subject_id = _tlv(subject, 0) if subject and subject[0] == 0x04 else None
+    authority_id = None
+    if authority and authority[0] == 0x30:  # AuthorityKeyIdentifier ::= SEQUENCE { [0] keyId }
+        inner = _tlv(authority, 0)
+        if inner and inner[0] == 0x80:
+            authority_id = _tlv(inner, 0)
+    return subject_id, authority_id
+
+
+def _tlv(data: bytes, at: int) -> bytes | None:
+    """The contents of the DER element at `at`."""
+    try:
+        length, start = data[at + 1], at + 2
+        if length & 0x80:
+            count = length & 0x7F
+            length, start = int.from_bytes(data[start : start + count], "big"), start + count
+    except IndexError:
+        return None
+    if start + length > len(data):
+        return None
+    return data[start : start + length]
+
+
+def _extension(der: bytes, oid: bytes) -> bytes | None:
+    """The extnValue (an OCTET STRING's contents, itself DER) of the extension `oid`."""
+    at = der.find(oid)
+    if at < 0:
+        return None
+    at += len(oid)
+    if at < len(der) and der[at] == 0x01:  # critical BOOLEAN
+        at += 3
+    if at >= len(der) or der[at] != 0x04:
+        return None
+    return _tlv(der, at)

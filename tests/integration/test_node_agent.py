@@ -325,21 +325,25 @@ def test_instances_say_which_nodes_run_the_current_set(s3, aws: str) -> None:  #
     now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
     current = node_agent.digest(inventory.layer_listing(s3, BUCKET, ENV, "secure"))
 
-    def report(instance: str, digest: str, ready: bool, age: timedelta) -> None:
+    def report(instance: str, digest: str, ready: bool, age: timedelta, **more: str) -> None:
         stamp = (now - age).strftime("%Y-%m-%dT%H:%M:%SZ")
-        body = json.dumps({"digest": digest, "ready": ready, "updated": stamp})
+        body = json.dumps({"digest": digest, "ready": ready, "updated": stamp, **more})
         put(s3, f"status/secure/{instance}/manifests.json", body.encode())
 
-    report("i-1", current, True, timedelta(seconds=30))
+    report("i-1", current, True, timedelta(seconds=30), kubelet_client="current")
     report("i-2", current, False, timedelta(seconds=30))
     report("i-3", "an older set", True, timedelta(seconds=30))
     report("i-4", current, True, timedelta(minutes=6))
+    # Its kubelet still uses a certificate of a kubelet CA being rotated out.
+    report("i-6", current, True, timedelta(seconds=30), kubelet_client="old")
     rows = [
         inventory.Instance(f"n{i}", "", "", f"i-{i}", "running", "eu-west-1a", "secure", "")
-        for i in range(1, 6)
+        for i in range(1, 7)
     ]
     found = inventory.converged(Aws(boto3.Session(), "eu-west-1", aws), BUCKET, ENV, rows, now)
-    assert [r.config for r in found] == ["current", "not ready", "behind", "silent", "-"]
+    assert [r.config for r in found] == [
+        "current", "not ready", "behind", "silent", "-", "behind"
+    ]  # fmt: skip
     # A new certificate in the bucket: every node is behind until its agent reports it.
     put(s3, "pki/secure/apiserver.crt", b"apiserver 2\n")
     found = inventory.converged(Aws(boto3.Session(), "eu-west-1", aws), BUCKET, ENV, rows, now)
@@ -356,3 +360,89 @@ def _wait_for(condition, timeout: float) -> None:  # type: ignore[no-untyped-def
             pass
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_a_kubelet_whose_certificate_a_retired_kubelet_ca_signed_asks_for_a_new_one(
+    s3, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Step 2 of a kubelet-ca rotation: the controller-manager signs with the new kubelet CA,
+    so a kubelet's client certificate signed by the old one is removed and the kubelet
+    restarted (the real kubelet then asks for a new one with its bootstrap token: not run
+    here, there is no kubelet); the node reports it until its certificate is current."""
+    import datetime as dt
+
+    from kubeplat import config, pki
+
+    env = config.load_file(Path(__file__).parents[2] / "environments/example.tfvars")
+    now = dt.datetime.now(dt.UTC)
+    files = pki.ensure(env, {}, now=now).files
+    begun = pki.begin(env, files, ["kubelet-ca"], now).files
+    promoted = pki.advance(env, begun, now).files
+
+    def kubelet_cert(ca: str, ca_key: str) -> bytes:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import NameOID
+
+        signer = x509.load_pem_x509_certificate(ca_files[ca])
+        signer_key = serialization.load_pem_private_key(ca_files[ca_key], password=None)
+        key = pki.new_key("ecdsa-p256")
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:node:ip-10-0-0-9")])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(signer.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),  # type: ignore[arg-type]
+                critical=False,
+            )
+            .sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
+        )
+        return cert.public_bytes(serialization.Encoding.PEM) + pki.private_pem(key)
+
+    ca_files = {"old": begun["kubelet-ca.crt"], "old.key": begun["kubelet-ca.key"],
+                "new": promoted["kubelet-ca.crt"], "new.key": promoted["kubelet-ca.key"]}  # fmt: skip
+    # The agent reads key ids from DER by hand: they match what cryptography reads.
+    from cryptography import x509
+
+    new_ca = x509.load_pem_x509_certificate(ca_files["new"])
+    ski = new_ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    assert node_agent.key_ids(ca_files["new"])[0] == ski
+    assert node_agent.key_ids(kubelet_cert("new", "new.key"))[1] == ski
+    assert node_agent.key_ids(kubelet_cert("old", "old.key"))[1] not in (ski, None)
+
+    put(s3, "pki/common/kubelet-ca.crt", ca_files["old"])
+    kubelet = tmp_path / "var/lib/kubelet/pki"
+    kubelet.mkdir(parents=True)
+    (kubelet / "kubelet-client-2026.pem").write_bytes(kubelet_cert("old", "old.key"))
+    current = kubelet / "kubelet-client-current.pem"
+    current.symlink_to("kubelet-client-2026.pem")
+    os.utime(current, (1_000_000, 1_000_000), follow_symlinks=False)
+    restarted: list[str] = []
+    node = secure_node_again(s3, tmp_path, restarted.append)
+    node.kubelet_client = current
+    node.sync_once()
+    assert node.kubelet_client_state() == "current" and restarted == []
+
+    put(s3, "pki/common/kubelet-ca.crt", ca_files["new"])  # step 2: the new one signs
+    node.sync_once()
+    assert restarted == ["kubelet.service"]
+    assert not current.exists() and not current.is_symlink()
+    # The kubelet got a certificate from a controller-manager that still signed with the old
+    # CA: not asked again at once (a retry every KUBELET_RETRY_S), and reported as old.
+    (kubelet / "kubelet-client-2027.pem").write_bytes(kubelet_cert("old", "old.key"))
+    current.symlink_to("kubelet-client-2027.pem")
+    node.sync_once()
+    assert restarted == ["kubelet.service"] and node.kubelet_client_state() == "old"
+    os.utime(current, (1_000_000, 1_000_000), follow_symlinks=False)
+    node.sync_once()
+    assert restarted == ["kubelet.service"] * 2
+    (kubelet / "kubelet-client-2028.pem").write_bytes(kubelet_cert("new", "new.key"))
+    current.symlink_to("kubelet-client-2028.pem")
+    os.utime(current, (1_000_000, 1_000_000), follow_symlinks=False)
+    node.sync_once()
+    assert restarted == ["kubelet.service"] * 2 and node.kubelet_client_state() == "current"

@@ -114,3 +114,17 @@ def test_certs_json(kubeplat, environments: Path) -> None:  # type: ignore[no-un
     rows = json.loads(result.out)
     assert [r["name"] for r in rows][:4] == ["ca", "front-proxy-ca", "etcd/ca", "kubelet-ca"]
     assert all(r["days_left"] > 300 for r in rows)
+
+
+def test_rotation_and_buckets_need_a_running_environment(kubeplat, environments: Path) -> None:  # type: ignore[no-untyped-def]
+    for args in (("certs", "rotation", "-e", "example"), ("buckets", "-e", "example")):
+        result = kubeplat(*args)
+        assert result.code == 1, result.err
+        assert (
+            "Error: the sandbox is not running, so the sandbox environment has nothing to show"
+            in result.err
+        )
+        assert "Traceback" not in result.err
+    assert kubeplat("certs", "rotation", "-e", "example", "--force", "extra").code == 2
+    misplaced = kubeplat("certs", "-e", "example", "rotation")
+    assert misplaced.code == 2 and "give the options after the subcommand" in misplaced.err
