@@ -251,6 +251,79 @@ def certs_rotation(state: State, env: str, force: bool, output_format: str) -> N
     _rotation_lines(status)
 
 
+@cli.group(invoke_without_command=True)
+@click.option("-e", "--env", "env", metavar="ENV", help="Environment name or .tfvars path.")
+@click.pass_context
+def token(ctx: click.Context, env: str | None) -> None:
+    """The bootstrap token kubelets join with: its id and expiry (never its secret).
+
+    `kubeplat token rotate -e ENV` replaces it; `kubeplat token create -e ENV --ttl 24h` gives
+    the cluster an extra, short-lived one for a machine kubeplat does not launch.
+    """
+    from kubeplat import ops
+
+    state: State = ctx.obj
+    if ctx.invoked_subcommand:
+        if env:
+            raise click.UsageError(
+                f"give the options after the subcommand: kubeplat token {ctx.invoked_subcommand} "
+                "-e ENV"
+            )
+        return
+    if not env:
+        raise click.UsageError("Missing option '-e' / '--env'.")
+    _token_lines(ops.token(env, state.env_dir, sandbox=state.sandbox))
+
+
+def _token_lines(report: Any) -> None:
+    expires = f"{report.expires:%Y-%m-%d %H:%M} UTC" if report.expires else "never (no date)"
+    console.data(f"bootstrap token {report.token_id}, expires {expires}")
+    if report.issued and not report.where.startswith("s3://"):  # the bucket's step says it
+        console.status(f"issued bootstrap-token ({report.issued})", "ok")
+    console.status(
+        f"held in {report.where}; kubeplat up renews it within cert_renew_days of its expiry",
+        "info",
+    )
+
+
+@token.command("rotate")
+@env_option
+@click.pass_obj
+def token_rotate(state: State, env: str) -> None:
+    """Replace the environment's bootstrap token now.
+
+    Once the environment runs, the new one is in the secrets bucket: every node's agent installs
+    it (kubelets read it when they next ask for a certificate) and the control plane gives it to
+    the cluster and deletes the old one, which then stops working.
+    """
+    from kubeplat import ops
+
+    _token_lines(ops.token(env, state.env_dir, sandbox=state.sandbox, rotate=True))
+
+
+@token.command("create")
+@env_option
+@click.option("--ttl", default="24h", show_default=True, help="How long it works: 30m, 24h, 7d.")
+@click.option(
+    "--description", default="created by kubeplat token create", help="Kept with the token."
+)
+@click.pass_obj
+def token_create(state: State, env: str, ttl: str, description: str) -> None:
+    """Give the cluster an extra bootstrap token, for a machine kubeplat does not launch.
+
+    Printed once on stdout; the cluster deletes it when it expires. It goes through the API
+    server with the admin kubeconfig (kubeplat kubeconfig -e ENV writes it).
+    """
+    from kubeplat import ops
+
+    created = ops.token_create(env, state.env_dir, ttl, description, sandbox=state.sandbox)
+    console.data(created.token)
+    console.status(
+        f"the cluster at {created.server} accepts it until {created.expires:%Y-%m-%d %H:%M} UTC",
+        "ok",
+    )
+
+
 def _rotation_lines(status: Any) -> None:
     from kubeplat import rotation
 

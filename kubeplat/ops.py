@@ -238,6 +238,62 @@ def renew(
     return _bucket_pki(connected.env, store, now)
 
 
+@dataclass(frozen=True)
+class TokenReport:
+    """`kubeplat token`: the environment's bootstrap token (its id, never its secret)."""
+
+    token_id: str
+    expires: dt.datetime | None
+    where: str
+    issued: str = ""  # why it was just (re)issued
+
+
+def token(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, rotate: bool = False
+) -> TokenReport:
+    """The environment's bootstrap token; with `rotate`, a new one (in the bucket once the
+    environment runs: every node's agent gets it, the control plane gives it to the cluster and
+    deletes the old one)."""
+    from kubeplat import pki
+    from kubeplat.pkistore import LocalStore
+
+    issued = ""
+    if rotate:
+        report = certs(env, env_dir, rotate=pki.BOOTSTRAP_TOKEN, sandbox=sandbox)
+        issued = report.issued.get(pki.BOOTSTRAP_TOKEN, "")
+    live = _live_pki(env, env_dir, sandbox)
+    if live is not None:
+        files = live[1].load_pki()
+        where = f"s3://{live[1].bucket}/{live[1].prefix}/pki/"
+    else:
+        environment = config.load(env, env_dir)
+        store = LocalStore(environment.workdir / "pki")
+        files, where = store.load(), str(store.root)
+    if pki.BOOTSTRAP_TOKEN not in files:
+        raise KubeplatError(
+            f"no bootstrap token in {where}", f"create the PKI: kubeplat certs -e {env}"
+        )
+    token_id = files[pki.BOOTSTRAP_TOKEN].decode(errors="replace").split(".", 1)[0]
+    return TokenReport(token_id, pki.token_expiry(files), where, issued)
+
+
+def token_create(
+    env: str, env_dir: str | None, ttl: str, description: str, *, sandbox: bool = False
+) -> Any:
+    """An extra bootstrap token the cluster accepts for `ttl`, given through its API."""
+    from kubeplat import tokens
+
+    environment = config.load(env, env_dir)
+    duration = tokens.parse_ttl(ttl)
+    if environment.sandbox or sandbox:
+        raise KubeplatError(
+            f"{env} is a sandbox environment: the sandbox emulates AWS and runs no Kubernetes API "
+            "server to give a token to",
+            f"its nodes' own token: kubeplat token -e {env}",
+        )
+    return tokens.create(environment.kubeconfig_path, duration, description)
+
+
 class CertificatesExpiring(KubeplatError):
     """`certs --check`: at least one certificate expires soon; the table is carried."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ STAGED = (*CAS, "sa")
 TRUST, REISSUE = "trust", "reissue"
 SSH_KEY, SSH_PUB = "ssh/id_ed25519", "ssh/id_ed25519.pub"
 BOOTSTRAP_TOKEN = "bootstrap-token"
+# When the bootstrap token stops working (RFC 3339): the control plane gives it to the cluster
+# as the token Secret's `expiration`; `up` and `certs renew` replace it within cert_renew_days.
+TOKEN_EXPIRATION = "bootstrap-token-expiration"
 
 
 @dataclass(frozen=True)
@@ -202,11 +206,46 @@ def ensure(
 
     _ensure_service_account(env, files, result)
     _ensure_ssh(files, result, ssh_public_key)
-    if BOOTSTRAP_TOKEN not in files:
+    token_reason = "rotated" if rotate == BOOTSTRAP_TOKEN else _token_state(files, now, env)
+    if token_reason:
         files[BOOTSTRAP_TOKEN] = _bootstrap_token().encode()
+        files[TOKEN_EXPIRATION] = _stamp(now + dt.timedelta(days=cluster.LEAF_DAYS))
         result.issued.append(BOOTSTRAP_TOKEN)
-        result.reasons[BOOTSTRAP_TOKEN] = "missing"
+        result.reasons[BOOTSTRAP_TOKEN] = token_reason
+    elif TOKEN_EXPIRATION not in files:  # a token made before tokens expired: it gets a date
+        files[TOKEN_EXPIRATION] = _stamp(now + dt.timedelta(days=cluster.LEAF_DAYS))
     return result
+
+
+def _stamp(moment: dt.datetime) -> bytes:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ\n").encode()
+
+
+def token_expiry(files: Mapping[str, bytes]) -> dt.datetime | None:
+    """When the bootstrap token expires (None: no date, or not one kubeplat wrote)."""
+    try:
+        text = files[TOKEN_EXPIRATION].decode().strip()
+        return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except (KeyError, ValueError):
+        return None
+
+
+def _token_state(files: Mapping[str, bytes], now: dt.datetime, env: Environment) -> str:
+    """Why the bootstrap token needs replacing ("" when it does not)."""
+    token = files.get(BOOTSTRAP_TOKEN)
+    if token is None:
+        return "missing"
+    if not _TOKEN.fullmatch(token.decode(errors="replace").strip()):
+        return "it is not a bootstrap token"
+    if TOKEN_EXPIRATION not in files:
+        return ""
+    expires = token_expiry(files)
+    if expires is None:
+        return "its expiry is unreadable"
+    left = expires - now
+    if left <= dt.timedelta(days=env.cert_renew_days):
+        return f"expires in {max(0, left.days)} days"
+    return ""
 
 
 def _rotation(
@@ -223,7 +262,9 @@ def _rotation(
         return {"sa"}, {}
     if rotate in all_leaves:
         return set(), {rotate: "rotated"}
-    names = ", ".join(sorted({*STAGED, *all_leaves}))
+    if rotate == BOOTSTRAP_TOKEN:
+        return set(), {}  # replaced with its expiry below
+    names = ", ".join(sorted({*STAGED, *all_leaves, BOOTSTRAP_TOKEN}))
     raise KubeplatError(f"no certificate named {rotate!r}", f"one of: {names}")
 
 
@@ -476,6 +517,14 @@ def _ensure_ssh(files: dict[str, bytes], result: Result, given: bytes | None) ->
     result.reasons["ssh"] = "missing"
 
 
+_TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
+
+
+def new_bootstrap_token() -> str:
+    """A new kubelet TLS bootstrap token."""
+    return _bootstrap_token()
+
+
 def _bootstrap_token() -> str:
     """A kubelet TLS bootstrap token: `[a-z0-9]{6}.[a-z0-9]{16}`."""
     alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
@@ -572,6 +621,19 @@ def describe(files: Mapping[str, bytes], now: dt.datetime | None = None) -> list
                 expires=cert.not_valid_after_utc,
                 days_left=(cert.not_valid_after_utc - now).days,
                 fingerprint=cert.fingerprint(hashes.SHA256()).hex(),
+            )
+        )
+    expires = token_expiry(files)
+    if expires is not None and BOOTSTRAP_TOKEN in files:
+        token_id = files[BOOTSTRAP_TOKEN].decode(errors="replace").split(".", 1)[0]
+        rows.append(
+            CertInfo(
+                name=BOOTSTRAP_TOKEN,
+                subject=f"token id {token_id}",
+                issuer="-",
+                expires=expires,
+                days_left=(expires - now).days,
+                fingerprint="",
             )
         )
     return rows

@@ -93,6 +93,7 @@ def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]
         if layer.control_plane:
             wanted += [f"{n}.{ext}" for n in _CONTROL_PLANE_FILES for ext in ("crt", "key")]
             wanted += ["sa.key", "sa.pub", "kubelet-ca.key", "bootstrap-token"]
+            wanted += ["bootstrap-token-expiration"]
         if layer.worker:
             wanted += ["bootstrap-token"]
         for name in wanted:
@@ -372,7 +373,12 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
     reloads = {
         unit: ",".join(names)
         for unit, sources in _UNIT_READS.items()
-        if (names := sorted({n for f in sources for n in pki_files_read(written.get(f, ""))}))
+        if (
+            names := sorted(
+                {n for f in sources for n in pki_files_read(written.get(f, ""))}
+                - _READ_WHEN_USED.get(unit, set())
+            )
+        )
     }
     agent = _render(part + "kubeplat-agent.service.j2", {**ctx, "reloads": reloads})
     files.append((units + "kubeplat-agent.service", "0644", agent))
@@ -391,7 +397,11 @@ _UNIT_READS = {
         "/etc/kubeplat/bootstrap-kubelet.conf",
         "/etc/kubernetes/node.conf",
     ),
+    "kubeplat-addons.service": ("/opt/kubeplat/bin/apply-addons",),
 }
+# Files a unit names but reads afresh whenever it uses them: no restart when they change (the
+# kubelet reads its bootstrap token only when it asks for a certificate).
+_READ_WHEN_USED = {"kubelet.service": {"bootstrap-token"}}
 
 
 def pki_files_read(text: str) -> set[str]:

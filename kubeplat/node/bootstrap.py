@@ -129,9 +129,9 @@ class Bootstrap:
             _write(self.path(kubelet["config"]), template.replace("@RESOLV_CONF@", resolv), 0o644)
             done.append(f"kubelet resolvConf {resolv}")
             if kubelet.get("bootstrap_template"):
-                token = self.path("/etc/kubernetes/pki/bootstrap-token").read_text().strip()
+                # It names the token file (tokenFile), which the agent keeps in step.
                 text = self.path(kubelet["bootstrap_template"]).read_text()
-                _write(self.path(kubelet["bootstrap"]), text.replace("@TOKEN@", token), 0o600)
+                _write(self.path(kubelet["bootstrap"]), text, 0o600)
                 done.append("bootstrap kubeconfig")
         return ", ".join(done) or "nothing to configure"
 

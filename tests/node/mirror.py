@@ -49,7 +49,7 @@ container; of the static pods it does only what the tests need of a kubelet: a p
 manifest changed is (re)started, recorded in /run/kubelet-standin-pods.json (name → the
 `kubeplat.io/pki` annotation at each start), and kube-apiserver's `/readyz` is answered on
 127.0.0.1:6443 with the serving certificate its manifest names (read again at each start)."""
-import hashlib, http.server, json, os, signal, ssl, sys, threading, time
+import hashlib, http.server, json, os, re, signal, ssl, sys, threading, time
 import yaml
 
 args = {}
@@ -77,9 +77,13 @@ try:
     if not os.path.isdir(config["staticPodPath"]):
         os.makedirs(config["staticPodPath"], exist_ok=True)
     kubeconfig = yaml.safe_load(open(args["bootstrap-kubeconfig"]))
-    token = kubeconfig["users"][0]["user"]["token"]
-    if token != open("/etc/kubernetes/pki/bootstrap-token").read().strip():
-        problems.append("the bootstrap kubeconfig does not hold the node's bootstrap token")
+    token_file = kubeconfig["users"][0]["user"]["tokenFile"]
+    if token_file != "/etc/kubernetes/pki/bootstrap-token":
+        problems.append("the bootstrap kubeconfig does not name the node's bootstrap token")
+    elif not re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", open(token_file).read().strip()):
+        problems.append("the node's bootstrap token is not one")
+    elif oct(os.stat(token_file).st_mode & 0o777) != "0o600":
+        problems.append("the bootstrap token is readable by others")
     if not os.path.isfile(kubeconfig["clusters"][0]["cluster"]["certificate-authority"]):
         problems.append("the bootstrap kubeconfig's CA file is missing")
     if oct(os.stat(args["bootstrap-kubeconfig"]).st_mode & 0o777) != "0o600":

@@ -128,9 +128,8 @@ def test_configure_points_the_kubelet_at_the_real_resolver_list(root: Path, reso
         (root / "run/systemd/resolve/resolv.conf").write_text("nameserver 10.0.0.2\n")
     (root / "etc/kubeplat").mkdir()
     (root / "etc/kubeplat/kubelet-config.yaml").write_text('resolvConf: "@RESOLV_CONF@"\n')
-    (root / "etc/kubeplat/bootstrap-kubelet.conf").write_text('token: "@TOKEN@"\n')
-    (root / "etc/kubernetes/pki").mkdir(parents=True)
-    (root / "etc/kubernetes/pki/bootstrap-token").write_text("abcdef.0123456789abcdef\n")
+    template = "tokenFile: /etc/kubernetes/pki/bootstrap-token\n"
+    (root / "etc/kubeplat/bootstrap-kubelet.conf").write_text(template)
     kubelet = {
         "config_template": "/etc/kubeplat/kubelet-config.yaml",
         "config": "/var/lib/kubelet/config.yaml",
@@ -141,8 +140,9 @@ def test_configure_points_the_kubelet_at_the_real_resolver_list(root: Path, reso
     want = "/run/systemd/resolve/resolv.conf" if resolved else "/etc/resolv.conf"
     assert (root / "var/lib/kubelet/config.yaml").read_text() == f'resolvConf: "{want}"\n'
     written = root / "etc/kubernetes/bootstrap-kubelet.conf"
-    assert written.read_text() == 'token: "abcdef.0123456789abcdef"\n'
-    assert stat.S_IMODE(written.stat().st_mode) == 0o600  # it holds the token
+    # It names the token file the agent keeps in step (a rotated token is the one it uses).
+    assert written.read_text() == template
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
 
 
 def test_services_are_started_and_waited_for(root: Path) -> None:

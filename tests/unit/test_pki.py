@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kubeplat import config, pki
+from kubeplat import config, pki, render
 
 SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 KUBEADM_FILES = [
@@ -183,7 +183,9 @@ def test_leaves_near_expiry_are_renewed(env: config.Environment) -> None:
     then = dt.datetime.now(dt.UTC) - dt.timedelta(days=340)
     old = pki.ensure(env, {}, now=then).files
     renewed = pki.ensure(env, old)
-    assert set(renewed.issued) == set(KUBEADM_FILES) - {"ca", "front-proxy-ca", "etcd/ca"}
+    assert set(renewed.issued) == set(KUBEADM_FILES) - {"ca", "front-proxy-ca", "etcd/ca"} | {
+        "bootstrap-token"
+    }
     assert set(renewed.reasons.values()) == {"expires in 24 days"}
     assert renewed.files["ca.crt"] == old["ca.crt"]
 
@@ -277,3 +279,36 @@ def test_ip_sans_parse(env: config.Environment) -> None:
     _, ips = sans(cert(pki.ensure(env, {}).files, "apiserver"))
     for ip in ips:
         ipaddress.ip_address(ip)
+
+
+def test_the_bootstrap_token_expires_and_is_renewed_or_rotated(env: config.Environment) -> None:
+    now = dt.datetime.now(dt.UTC)
+    first = pki.ensure(env, {}, now=now).files
+    token = first["bootstrap-token"].decode()
+    assert re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token)
+    assert pki.token_expiry(first) == (now + dt.timedelta(days=365)).replace(microsecond=0)
+    row = {r.name: r for r in pki.describe(first, now)}["bootstrap-token"]
+    assert row.subject == f"token id {token[:6]}" and row.days_left in (364, 365)
+    assert token[7:] not in repr(pki.describe(first, now)), "the secret part is never shown"
+    # Kept while far from its end; replaced within cert_renew_days of it, or on request.
+    assert pki.ensure(env, first, now=now + dt.timedelta(days=200)).issued == []
+    late = pki.ensure(env, first, now=now + dt.timedelta(days=300))
+    assert re.fullmatch(r"expires in 6[45] days", late.reasons["bootstrap-token"])
+    assert late.files["bootstrap-token"] != first["bootstrap-token"]
+    rotated = pki.ensure(env, first, now=now, rotate="bootstrap-token")
+    assert rotated.issued == ["bootstrap-token"] and rotated.reasons["bootstrap-token"] == "rotated"
+    # A PKI from before tokens expired: the token is kept and given a date.
+    older = {k: v for k, v in first.items() if k != "bootstrap-token-expiration"}
+    dated = pki.ensure(env, older, now=now)
+    assert dated.issued == [] and dated.files["bootstrap-token"] == first["bootstrap-token"]
+    assert pki.token_expiry(dated.files) is not None
+    # Damaged: replaced, saying why.
+    bad = pki.ensure(env, {**first, "bootstrap-token": b"not a token"}, now=now)
+    assert bad.reasons["bootstrap-token"] == "it is not a bootstrap token"
+    unreadable = pki.ensure(env, {**first, "bootstrap-token-expiration": b"soon"}, now=now)
+    assert unreadable.reasons["bootstrap-token"] == "its expiry is unreadable"
+    # Only the control plane gets the date (it gives it to the cluster); both get the token.
+    placed = render.pki_layout(env, first)
+    assert placed["secure/bootstrap-token-expiration"] == first["bootstrap-token-expiration"]
+    assert "compute/bootstrap-token-expiration" not in placed
+    assert placed["compute/bootstrap-token"] == first["bootstrap-token"]
