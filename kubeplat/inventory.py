@@ -26,6 +26,7 @@ class Instance:
     layer: str
     launch_time: str
     config: str = "-"  # whether it runs its layer's current PKI and manifests (`converged`)
+    kubelet: str = "-"  # whether its kubelet's client certificate is the current kubelet CA's
 
     def as_json(self) -> dict[str, str]:
         return asdict(self)
@@ -143,5 +144,6 @@ def converged(
                 label = BEHIND  # its kubelet still uses a certificate of a rotated kubelet CA
             else:
                 label = CURRENT if found.get("ready") else NOT_READY
-        done.append(replace(row, config=label))
+        kubelet = str(found.get("kubelet_client") or NO_REPORT)
+        done.append(replace(row, config=label, kubelet=kubelet))
     return done

@@ -136,8 +136,10 @@ def sync_pki(
     now: dt.datetime | None = None,
     rotate: str | None = None,
     issued: dict[str, str] | None = None,
+    wrote: list[str] | None = None,
 ) -> dict[str, bytes]:
-    """The PKI: the bucket's, completed; new files written only if nobody wrote them first."""
+    """The PKI: the bucket's, completed; new files written only if nobody wrote them first.
+    `wrote`, when given, gets the names of the objects this wrote or removed."""
     from kubeplat.pkistore import LocalStore
 
     cache = LocalStore(env.workdir / "pki")
@@ -154,7 +156,9 @@ def sync_pki(
         try:
             result = pki.ensure(env, base, now=now, rotate=rotate, ssh_public_key=given)
             if write and result.files != stored:
-                _write_pki(env, store, result.files)
+                written = _write_pki(env, store, result.files)
+                if wrote is not None:
+                    wrote += written
             if write:
                 # The local cache follows the bucket (it writes only files whose bytes differ).
                 cache.save(result.files, removed=set(cache.load()) - set(result.files))
@@ -194,27 +198,40 @@ def store_pki(env: config.Environment, store: BucketStore, files: Mapping[str, b
     cache.save(files, removed=set(cache.load()) - set(files))
 
 
-def _write_pki(env: config.Environment, store: BucketStore, files: Mapping[str, bytes]) -> None:
+def _write_pki(
+    env: config.Environment, store: BucketStore, files: Mapping[str, bytes]
+) -> list[str]:
+    """Write what differs, in `write_order`; the names written or removed."""
     objects = {f"pki/{k}": v for k, v in render.pki_layout(env, files).items()}
     present = set(store.names("pki/"))
     changed = set(store.changed(objects))
+    # What no node can read and the set no longer has goes now (objects nodes read are removed
+    # only after an apply: `prune`): an old CA's `prev` copy first, so a run stopped while
+    # dropping it never puts it back; a promoted CA's `next` copy last, once it signs.
+    gone = sorted(n for n in present - set(objects) if n.startswith("pki/locked/"))
+    store.delete([n for n in gone if ".prev." in n])
+    written = [n for n in gone if ".prev." in n]
     # Each new object written only if absent: the first writer owns the CA.
     for name in write_order(objects):
         if name not in present:
             store.put(name, objects[name], only_if_new=True)
         elif name in changed:
             store.put(name, objects[name])
-    # What no node can read and the set no longer has (a finished rotation step's `next` or
-    # `prev`) goes now; objects nodes read are removed only after an apply (`prune`).
-    store.delete(sorted(n for n in present - set(objects) if n.startswith("pki/locked/")))
+        else:
+            continue
+        written.append(name)
+    store.delete([n for n in gone if ".prev." not in n])
+    return written + [n for n in gone if ".prev." not in n]
 
 
 def write_order(objects: Mapping[str, bytes]) -> list[str]:
     """The order the PKI objects are written in, so that a run stopped after any write leaves
-    a set `pki.settle` completes: an old CA's `prev` copy first, then the CAs nodes trust, then
-    the locked keys (a promoted CA's key after its certificate), then each layer's files."""
+    a set `pki.settle` completes: an old CA's `prev` copy first, then what nodes trust (the CAs,
+    `sa.pub`), then the locked keys (a promoted CA's key after its certificate), then each
+    layer's files."""
     kept = sorted(n for n in objects if n.startswith("pki/locked/") and ".prev." in n)
-    common = sorted(n for n in objects if n.startswith("pki/common/"))
+    # What nodes trust: the CAs, and the service-account keys the API servers accept.
+    common = sorted(n for n in objects if n.startswith("pki/common/") or n.endswith("/sa.pub"))
     locked = sorted(n for n in objects if n.startswith("pki/locked/") and n not in kept)
     return kept + common + locked + sorted(set(objects) - {*kept, *common, *locked})
 

@@ -768,7 +768,12 @@ def advance(env: Environment, stored: Mapping[str, bytes], now: dt.datetime) -> 
     (the old one kept as `prev`, still trusted; every leaf it signed reissued); `reissue` →
     the old one dropped."""
     files = settle(stored)
-    for name, phase in staged(files).items():
+    phases = staged(files)
+    # Names a stopped run left a step behind the others catch up first.
+    earliest = TRUST if TRUST in phases.values() else REISSUE
+    for name, phase in phases.items():
+        if phase != earliest:
+            continue
         if name == "sa":
             if phase == TRUST:
                 files["sa.prev.pub"] = _public_pem(_parse_key(SA_KEY, files[SA_KEY]))

@@ -88,18 +88,24 @@ def _stamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _record(store: BucketStore) -> dict[str, str]:
+def _record(store: BucketStore) -> dict[str, Any]:
     if RECORD not in store.names(RECORD):
         return {}
     try:
         found = json.loads(store.get(RECORD))
     except ValueError:
         return {}
-    return {k: str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+    return found if isinstance(found, dict) else {}
 
 
-def _save_record(store: BucketStore, phases: dict[str, str], moment: dt.datetime, by: str) -> None:
-    document = {"rotating": phases, "since": _stamp(moment), "by": by}
+def _save_record(
+    store: BucketStore,
+    rotated: list[str],
+    phases: dict[str, str],
+    moment: dt.datetime,
+    by: str,
+) -> None:
+    document = {"rotating": sorted(rotated), "steps": phases, "since": _stamp(moment), "by": by}
     store.put(RECORD, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
 
 
@@ -120,10 +126,12 @@ def begin(
     moment = _now(now)
     files = pipeline.sync_pki(env, store, write=True, now=moment)
     result = pki.begin(env, files, names_for(rotate), moment)
-    pipeline.store_pki(env, store, result.files)
     phases = pki.staged(result.files)
     by = _who()
-    _save_record(store, phases, moment, by)
+    # The record first: a run stopped before the PKI is written leaves a record that does not
+    # match the bucket, which the next run replaces (`step`).
+    _save_record(store, list(phases), phases, moment, by)
+    pipeline.store_pki(env, store, result.files)
     return Status(phases, _stamp(moment), by, taken=pki.TRUST, issued=dict(result.reasons))
 
 
@@ -138,41 +146,34 @@ def step(
 ) -> Status | None:
     """The next step of the rotation in progress, when every running node runs this one (or
     with `force`); None when no rotation is in progress. With `write` False, only look."""
-    from kubeplat import inventory, pipeline
+    from kubeplat import pipeline
 
     moment = _now(now)
-    files = pki.settle(store.load_pki())
+    locked = store.names("pki/locked/")
+    if not any(".next." in n or ".prev." in n for n in locked):  # one listing when none runs
+        _forget(store, write)
+        return None
+    # What a run that stopped half-way through a step left is completed first (and that
+    # completed step must reach the nodes before the next one is taken).
+    wrote: list[str] = []
+    files = pipeline.sync_pki(env, store, write=write, now=moment, wrote=wrote)
     phases = pki.staged(files)
     if not phases:
-        if write and RECORD in store.names(RECORD):
-            store.delete([RECORD])  # the last step was taken by a run that stopped after it
+        _forget(store, write)
         return None
     record = _record(store)
-    status = Status(phases, record.get("since", ""), record.get("by", ""))
-    rows = inventory.instances(aws, env.environment)
-    rows = inventory.converged(aws, env.secrets_bucket_name, env.environment, rows, now=None)
-    status.waiting = [
-        r for r in rows if r.state in ("pending", "running") and r.config != inventory.CURRENT
-    ]
-    if status.waiting:
-        status.hold = f"{len(status.waiting)} node(s) do not run this step yet: " + ", ".join(
-            f"{r.instance_id} ({'no report' if r.config == inventory.NO_REPORT else r.config})"
-            for r in status.waiting
-        )
-        if any(r.config == inventory.NO_REPORT for r in status.waiting):
-            status.hold += (
-                "; a node that never reports (the sandbox's, or one without kubeplat's agent) "
-                "is waited for too: --force takes the step without it"
-            )
-    elif phases.get("sa") == pki.REISSUE:
-        since = _parse(status.since)
-        if since is None or moment - since < TOKEN_TURNOVER:
-            until = (since or moment) + TOKEN_TURNOVER
-            status.hold = (
-                "service-account tokens signed by the old key may be in use until "
-                f"{until:%Y-%m-%d %H:%M} UTC"
-            )
-    if status.hold and not force:
+    by = str(record.get("by") or _who())
+    rotated = [str(n) for n in record.get("rotating") or []] or sorted(phases)
+    since = str(record.get("since", ""))
+    if record.get("steps") != phases:
+        # No record of this step (a run stopped between writing the record and the PKI, or
+        # the record is gone): the step counts from now.
+        since = _stamp(moment)
+        if write:
+            _save_record(store, rotated, phases, moment, by)
+    status = Status(phases, since, by, rotated=rotated)
+    status.hold = _hold(env, aws, status, phases, moment, bool(wrote))
+    if status.hold and (not force or wrote):
         return status
     if not write:
         status.hold = status.hold or "kubeplat up takes it (a plan only looks)"
@@ -180,17 +181,79 @@ def step(
     if status.hold:
         console.warn(f"taking the next rotation step anyway (--force): {status.hold}")
     result = pki.advance(env, files, moment)
-    pipeline.store_pki(env, store, result.files)
-    status.taken = next(iter(phases.values()))
+    status.taken = min(phases.values(), key=lambda p: p != pki.TRUST)  # the step it was at
     status.issued = dict(result.reasons)
     status.phases = pki.staged(result.files)
     if status.phases:
-        _save_record(store, status.phases, moment, status.by or _who())
+        _save_record(store, rotated, status.phases, moment, by)  # before the PKI: see above
+    pipeline.store_pki(env, store, result.files)
+    if status.phases:
         status.since = _stamp(moment)
     else:
         store.delete([RECORD])
     status.hold = ""
     return status
+
+
+def _forget(store: BucketStore, write: bool) -> None:
+    """No rotation runs: a record left by a run that stopped after the last step goes."""
+    if write and RECORD in store.names(RECORD):
+        store.delete([RECORD])
+
+
+def _hold(
+    env: Environment,
+    aws: Aws,
+    status: Status,
+    phases: dict[str, str],
+    moment: dt.datetime,
+    completed: bool,
+) -> str:
+    """Why the next step may not be taken yet ("" when it may)."""
+    from kubeplat import inventory
+
+    if completed:
+        return (
+            "this step was completed just now (a run had stopped half-way through it); "
+            "the nodes must run it first"
+        )
+    rows = inventory.instances(aws, env.environment)
+    rows = inventory.converged(aws, env.secrets_bucket_name, env.environment, rows)
+    running = [r for r in rows if r.state in ("pending", "running")]
+    status.waiting = [r for r in running if r.config != inventory.CURRENT]
+    kubelets = phases.get("kubelet-ca") == pki.REISSUE
+    if kubelets:
+        # Before the old kubelet CA goes, every kubelet must use a certificate of the new one.
+        status.waiting += [
+            r for r in running if r.config == inventory.CURRENT and r.kubelet != "current"
+        ]
+    if status.waiting:
+
+        def why(row: Instance) -> str:
+            if row.config == inventory.NO_REPORT:
+                return "no report"
+            if row.config != inventory.CURRENT:
+                return row.config
+            return "its kubelet's certificate is not the new kubelet CA's yet"
+
+        hold = f"{len(status.waiting)} node(s) do not run this step yet: " + ", ".join(
+            f"{r.instance_id} ({why(r)})" for r in status.waiting
+        )
+        if any(r.config == inventory.NO_REPORT for r in status.waiting):
+            hold += (
+                "; a node that never reports (the sandbox's, or one without kubeplat's agent) "
+                "is waited for too: --force takes the step without it"
+            )
+        return hold
+    if phases.get("sa") == pki.REISSUE:
+        since = _parse(status.since)
+        if since is None or moment - since < TOKEN_TURNOVER:
+            until = (since or moment) + TOKEN_TURNOVER
+            return (
+                "service-account tokens signed by the old key may be in use until "
+                f"{until:%Y-%m-%d %H:%M} UTC"
+            )
+    return ""
 
 
 def _parse(stamp: str) -> dt.datetime | None:
@@ -205,8 +268,15 @@ def describe(status: Status) -> list[str]:
     names = ", ".join(sorted(status.rotated))
     if not status.phases:
         return [f"rotation of {names} finished: the old one is trusted no more"]
-    phase = sorted(status.phases.values())[-1]
-    lines = [f"rotation of {names}: {'now at ' if status.taken else ''}{STEP[phase]}"]
+    at = "now at " if status.taken else ""
+    steps = set(status.phases.values())
+    if len(steps) == 1:
+        lines = [f"rotation of {names}: {at}{STEP[steps.pop()]}"]
+    else:  # a run stopped half-way through a step: the names behind catch up first
+        lines = [
+            f"rotation of {name}: {at}{STEP[phase]}"
+            for name, phase in sorted(status.phases.items())
+        ]
     if status.since and not status.taken:
         lines.append(f"  since {status.since.replace('T', ' ')[:-4]} UTC ({status.by})")
     if status.hold:

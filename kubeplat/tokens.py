@@ -31,7 +31,10 @@ def parse_ttl(text: str) -> dt.timedelta:
         raise KubeplatError(
             f"--ttl {text!r} is not a duration", "write it as minutes, hours or days: 30m, 24h, 7d"
         )
-    ttl = dt.timedelta(**{UNITS[found.group(2)]: int(found.group(1))})
+    try:
+        ttl = dt.timedelta(**{UNITS[found.group(2)]: int(found.group(1))})
+    except OverflowError:
+        ttl = MAX_TTL + MAX_TTL
     if ttl > MAX_TTL:
         raise KubeplatError(
             f"--ttl {text} is longer than 30 days",
@@ -101,17 +104,24 @@ def create(
 
 def _post(url: str, body: dict[str, Any], material: dict[str, str]) -> None:
     import base64
+    import binascii
 
     with tempfile.TemporaryDirectory(prefix="kubeplat-token-") as folder:
         paths = {}
-        for name, data in material.items():
-            path = Path(folder) / name
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(base64.b64decode(data))
-            paths[name] = str(path)
-        context = ssl.create_default_context(cafile=paths["ca"])
-        context.load_cert_chain(paths["crt"], paths["key"])
+        try:
+            for name, data in material.items():
+                path = Path(folder) / name
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "wb") as handle:
+                    handle.write(base64.b64decode(str(data), validate=True))
+                paths[name] = str(path)
+            context = ssl.create_default_context(cafile=paths["ca"])
+            context.load_cert_chain(paths["crt"], paths["key"])
+        except (binascii.Error, ValueError, ssl.SSLError):
+            raise KubeplatError(
+                "the admin kubeconfig's CA, certificate or key is not usable",
+                "write it again: kubeplat kubeconfig -e ENV",
+            ) from None
         request = urllib.request.Request(
             url,
             data=json.dumps(body).encode(),

@@ -243,7 +243,7 @@ class Sync:
             self.restart(unit)
             left = [u for u in self.pending() if u != unit]
             _atomic_write(self.pending_path, json.dumps(left).encode())
-        self._renew_kubelet_client()
+        self.renew_kubelet_client()
         return changes
 
     def kubelet_client_state(self) -> str:
@@ -262,7 +262,7 @@ class Sync:
             return ""
         return "current" if issuer == signer else "old"
 
-    def _renew_kubelet_client(self) -> None:
+    def renew_kubelet_client(self) -> None:
         """A kubelet whose client certificate a rotated kubelet CA signed gets a new one: the
         certificate is removed and the kubelet restarted, so it asks again with its bootstrap
         token (a leader controller-manager that still signed with the old CA is retried every
@@ -331,6 +331,8 @@ class Roll:
         self.waiting_for: list[str] = []
 
     def step(self, agent: Agent | Sync) -> None:
+        if isinstance(agent, Sync):
+            agent.renew_kubelet_client()  # every pass: a retry is due whatever else changed
         listing = agent.listing()
         wanted = digest(listing)
         current = agent.applied()

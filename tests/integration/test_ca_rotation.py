@@ -6,7 +6,10 @@ Each instance of the sandbox gets the agent program, run with the arguments of t
 a temporary root instead of /etc/kubernetes, with its identity and credentials from an IMDSv2
 stand-in and its restarts recorded by `--reload-command` instead of systemctl. Not here: the
 agent's health gates (`--readyz`, `--etcd-health`: nothing serves them in the sandbox; the
-node-boot tier and tests/integration/test_etcd_ca_rotation.py run etcd for real). `openssl
+node-boot tier and tests/integration/test_etcd_ca_rotation.py run etcd for real), and the
+kubelet: a STAND-IN (`KubeletStandIn`) does what a kubelet and the controller-manager's signer
+do for a kubelet's client certificate, which the agent removes after a kubelet CA rotation — it
+writes a new one signed by the kubelet CA the bucket signs with. `openssl
 verify` checks, after every step, every node's leaves against every other node's bundles.
 """
 
@@ -19,6 +22,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -71,7 +75,7 @@ def adapted(command: list[str], root: Path, restarts: Path) -> list[str]:
         if arg in ("--readyz", "--etcd-health", "--interval"):
             next(args)
             continue
-        if arg in ("--target", "--pki-dir"):
+        if arg in ("--target", "--pki-dir", "--kubelet-client"):
             out += [arg, str(root / next(args).lstrip("/"))]
             continue
         out.append(arg)
@@ -79,6 +83,67 @@ def adapted(command: list[str], root: Path, restarts: Path) -> list[str]:
         *out, "--interval", "1",
         "--reload-command", f"sh -c 'echo {{unit}} >> {restarts}'",
     ]  # fmt: skip
+
+
+def sign_kubelet_client(ca_pem: bytes, ca_key_pem: bytes, node: str) -> bytes:
+    """A kubelet client certificate as the controller-manager signs one (cert + key, PEM)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import NameOID
+
+    from kubeplat import pki
+
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    key = pki.new_key("ecdsa-p256")
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node}")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=365))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return cert.public_bytes(serialization.Encoding.PEM) + pki.private_pem(key)
+
+
+class KubeletStandIn(threading.Thread):
+    """STAND-IN for each node's kubelet and the controller-manager's CSR signer: a node whose
+    client certificate is gone gets a new one, signed by the kubelet CA the bucket holds now."""
+
+    def __init__(self, s3: Any, bucket: str, prefix: str, nodes: list[Node]) -> None:
+        super().__init__(daemon=True)
+        self.s3, self.bucket, self.prefix, self.nodes = s3, bucket, prefix, nodes
+        self.stop = threading.Event()
+        self.issued = 0
+
+    def get(self, name: str) -> bytes:
+        key = f"{self.prefix}/pki/{name}"
+        return bytes(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def run(self) -> None:
+        while not self.stop.wait(0.5):
+            for node in self.nodes:
+                if not node.kubelet_client.exists():
+                    self.give(node, self.get("secure/kubelet-ca.key"))
+
+    def give(self, node: Node, ca_key: bytes) -> None:
+        self.issued += 1
+        target = node.kubelet_client.with_name(f"kubelet-client-{self.issued}.pem")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ca = self.get("common/kubelet-ca.crt")
+        target.write_bytes(sign_kubelet_client(ca, ca_key, node.id))
+        node.kubelet_client.unlink(missing_ok=True)
+        node.kubelet_client.symlink_to(target.name)
 
 
 class Node:
@@ -92,6 +157,10 @@ class Node:
 
     def file(self, name: str) -> bytes:
         return (self.pki / name).read_bytes()
+
+    @property
+    def kubelet_client(self) -> Path:
+        return self.root / "var/lib/kubelet/pki/kubelet-client-current.pem"
 
     def restarted(self) -> list[str]:
         return self.restarts.read_text().split() if self.restarts.exists() else []
@@ -121,6 +190,18 @@ def agents(
                         target = node.pki / key.split(f"/pki/{part}/", 1)[1]
                         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                         target.write_bytes(body)
+            # The kubelet's client certificate from its boot, signed by the boot's kubelet CA
+            # (made long enough ago that the agent may ask for a new one at once).
+            node.kubelet_client.parent.mkdir(parents=True)
+            (node.kubelet_client.parent / "kubelet-client-boot.pem").write_bytes(
+                sign_kubelet_client(
+                    booted[f"{prefix}/pki/common/kubelet-ca.crt"],
+                    booted[f"{prefix}/pki/secure/kubelet-ca.key"],
+                    node.id,
+                )
+            )
+            node.kubelet_client.symlink_to("kubelet-client-boot.pem")
+            os.utime(node.kubelet_client, (1_000_000, 1_000_000), follow_symlinks=False)
             cloudconfig = s3.get_object(
                 Bucket=bucket, Key=f"{prefix}/cloudconfig/{roles[node.layer]}"
             )["Body"].read()
@@ -145,9 +226,12 @@ def agents(
             programs.append(
                 subprocess.Popen(command, env=child_env, stdout=log, stderr=subprocess.STDOUT)
             )
+        kubelets = KubeletStandIn(s3, bucket, prefix, nodes)
+        kubelets.start()
         try:
             yield nodes
         finally:
+            kubelets.stop.set()
             for program in programs:
                 program.terminate()
             for program in programs:
@@ -254,6 +338,22 @@ def test_a_staged_rotation_reaches_every_node_and_sticks(
         assert "issued etcd/peer (etcd/ca rotated)" in step2.stderr
         wait_for("every node runs step 2", all_current)
         assert_every_node_trusts_every_other(nodes, tmp_path)
+        # Every kubelet was made to ask for a certificate of the new kubelet CA, and has one.
+        new_kubelet_ca = nodes[0].file("kubelet-ca.crt")
+        for node in nodes:
+            log = (node.root / "agent.log").read_text()
+            assert (
+                "restarting kubelet.service: its client certificate is signed by a kubelet CA"
+                in log
+            )
+            client = node.kubelet_client.read_bytes()
+            assert verify(tmp_path, new_kubelet_ca, client.split(b"-----BEGIN PRIVATE")[0])
+
+        def kubelets_current() -> bool:
+            listed = kubeplat(user, "instances", "-e", "example", "-o", "json")
+            return [r["kubelet"] for r in json.loads(listed.stdout)] == ["current"] * len(rows)
+
+        wait_for("every node reports its kubelet's certificate as current", kubelets_current)
         old_ca = nodes[0].file("ca.crt").split(b"-----END CERTIFICATE-----")[1]
 
         step3 = rotation()
