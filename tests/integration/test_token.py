@@ -153,7 +153,14 @@ def test_create_gives_the_cluster_an_extra_token_through_its_api(  # type: ignor
     assert f"Error: the API server at {url} refused the token (HTTP 403 Forbidden)" in refused.err
     gone = kubeplat("token", "create", "-e", str(on_aws))  # that server is closed now
     assert gone.code == 1 and f"Error: cannot reach the API server at {url}" in gone.err
-    assert "Traceback" not in refused.err + gone.err
+    # A kubeconfig whose key is damaged: said, no connection made.
+    text = env.kubeconfig_path.read_text()
+    damaged = re.sub(r"client-key-data: \S+", "client-key-data: bm90IGEga2V5", text)
+    env.kubeconfig_path.write_text(damaged)
+    broken = kubeplat("token", "create", "-e", str(on_aws))
+    assert broken.code == 1
+    assert "Error: the admin kubeconfig's CA, certificate or key is not usable" in broken.err
+    assert "Traceback" not in refused.err + gone.err + broken.err
 
 
 def test_create_refuses_bad_durations_and_the_sandbox(kubeplat, environments: Path) -> None:  # type: ignore[no-untyped-def]
@@ -161,6 +168,7 @@ def test_create_refuses_bad_durations_and_the_sandbox(kubeplat, environments: Pa
         ("soon", "Error: --ttl 'soon' is not a duration"),
         ("0h", "Error: --ttl '0h' is not a duration"),
         ("31d", "Error: --ttl 31d is longer than 30 days"),
+        ("99999999999d", "Error: --ttl 99999999999d is longer than 30 days"),
     ):
         result = kubeplat("token", "create", "-e", "example", "--ttl", ttl)
         assert result.code == 1 and message in result.err, result.err
