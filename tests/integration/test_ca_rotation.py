@@ -36,6 +36,7 @@ import yaml
 from kubeplat import config
 from tests import imds_standin
 from tests.integration.sandbox_user import kubeplat
+from tests.kubelet_certs import kubelet_client as signed_kubelet_client
 
 pytestmark = pytest.mark.integration
 
@@ -85,37 +86,6 @@ def adapted(command: list[str], root: Path, restarts: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def sign_kubelet_client(ca_pem: bytes, ca_key_pem: bytes, node: str) -> bytes:
-    """A kubelet client certificate as the controller-manager signs one (cert + key, PEM)."""
-    import datetime as dt
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import NameOID
-
-    from kubeplat import pki
-
-    ca = x509.load_pem_x509_certificate(ca_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    key = pki.new_key("ecdsa-p256")
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node}")]))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=365))
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),  # type: ignore[arg-type]
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    return cert.public_bytes(serialization.Encoding.PEM) + pki.private_pem(key)
-
-
 class KubeletStandIn(threading.Thread):
     """STAND-IN for each node's kubelet and the controller-manager's CSR signer: a node whose
     client certificate is gone gets a new one, signed by the kubelet CA the bucket holds now."""
@@ -141,7 +111,7 @@ class KubeletStandIn(threading.Thread):
         target = node.kubelet_client.with_name(f"kubelet-client-{self.issued}.pem")
         target.parent.mkdir(parents=True, exist_ok=True)
         ca = self.get("common/kubelet-ca.crt")
-        target.write_bytes(sign_kubelet_client(ca, ca_key, node.id))
+        target.write_bytes(signed_kubelet_client(ca, ca_key, node.id))
         node.kubelet_client.unlink(missing_ok=True)
         node.kubelet_client.symlink_to(target.name)
 
@@ -194,7 +164,7 @@ def agents(
             # (made long enough ago that the agent may ask for a new one at once).
             node.kubelet_client.parent.mkdir(parents=True)
             (node.kubelet_client.parent / "kubelet-client-boot.pem").write_bytes(
-                sign_kubelet_client(
+                signed_kubelet_client(
                     booted[f"{prefix}/pki/common/kubelet-ca.crt"],
                     booted[f"{prefix}/pki/secure/kubelet-ca.key"],
                     node.id,

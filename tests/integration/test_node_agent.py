@@ -17,6 +17,7 @@ import pytest
 from kubeplat import inventory
 from kubeplat.node import agent as node_agent
 from tests import imds_standin
+from tests.kubelet_certs import kubelet_client
 
 pytestmark = pytest.mark.integration
 
@@ -380,29 +381,7 @@ def test_a_kubelet_whose_certificate_a_retired_kubelet_ca_signed_asks_for_a_new_
     promoted = pki.advance(env, begun, now).files
 
     def kubelet_cert(ca: str, ca_key: str) -> bytes:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.x509.oid import NameOID
-
-        signer = x509.load_pem_x509_certificate(ca_files[ca])
-        signer_key = serialization.load_pem_private_key(ca_files[ca_key], password=None)
-        key = pki.new_key("ecdsa-p256")
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:node:ip-10-0-0-9")])
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(signer.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()),  # type: ignore[arg-type]
-                critical=False,
-            )
-            .sign(signer_key, hashes.SHA256())  # type: ignore[arg-type]
-        )
-        return cert.public_bytes(serialization.Encoding.PEM) + pki.private_pem(key)
+        return kubelet_client(ca_files[ca], ca_files[ca_key], "ip-10-0-0-9")
 
     ca_files = {"old": begun["kubelet-ca.crt"], "old.key": begun["kubelet-ca.key"],
                 "new": promoted["kubelet-ca.crt"], "new.key": promoted["kubelet-ca.key"]}  # fmt: skip
