@@ -170,10 +170,11 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
     assert len(listed) == 3 and {i["layer"] for i in listed} == {"secure"}
     assert set(listed[0]) == {
         "name", "private_ip", "public_ip", "instance_id", "state", "availability_zone", "layer",
-        "launch_time", "config",
+        "launch_time", "config", "kubelet",
     }  # fmt: skip
     # No node runs in the sandbox: none has reported what it runs.
     assert {i["config"] for i in listed} == {"-"}
+    assert {i["kubelet"] for i in listed} == {"-"}
 
     kc = tmp_path / "kc"
     made = kubeplat(user, "kubeconfig", "-e", "example", "--out", str(kc))
