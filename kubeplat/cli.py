@@ -131,7 +131,7 @@ def validate(state: State, env: str, output_format: str) -> None:
     "--rotate",
     metavar="NAME",
     help="Reissue one certificate; on an environment that runs, begin a staged rotation of a CA "
-    "(`ca`: every CA) or of the service-account key (`sa`).",
+    "(`ca`: every CA), of the service-account key (`sa`) or of the SSH key pair (`ssh`).",
 )
 @click.option(
     "--check",
@@ -231,10 +231,10 @@ def certs_renew(state: State, env: str, output_format: str) -> None:
 @_output_option
 @click.pass_obj
 def certs_rotation(state: State, env: str, force: bool, output_format: str) -> None:
-    """Show a CA or service-account key rotation in progress and take its next step.
+    """Show a CA, service-account key or SSH key rotation in progress and take its next step.
 
     `kubeplat certs -e ENV --rotate NAME` begins it (NAME: ca for every CA, etcd/ca,
-    front-proxy-ca, kubelet-ca, or sa). Each step is taken only once every running node runs
+    front-proxy-ca, kubelet-ca, sa or ssh). Each step is taken only once every running node runs
     the one before (kubeplat instances -e ENV: config current); kubeplat up takes it too.
     """
     from kubeplat import ops

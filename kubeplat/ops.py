@@ -736,6 +736,7 @@ def ssh(
             )
         instance = matches[0]
     key = connected.env.workdir / "pki" / SSH_KEY
+    _refresh_ssh_key(connected, key)
     identity = ["-i", str(key), "-o", "IdentitiesOnly=yes"] if key.exists() else []
     user = NODE_USER
     options = [
@@ -758,6 +759,20 @@ def ssh(
             )
             argv += ["-o", f"ProxyCommand={proxy}", f"{user}@{instance.private_ip}"]
     return SshPlan(instance, argv)
+
+
+def _refresh_ssh_key(connected: Any, key: Path) -> None:
+    """The key the nodes authorize now: the bucket's (another checkout or a CI job may have
+    taken a step of an SSH key rotation since this cache was written)."""
+    from kubeplat.pki import SSH_KEY
+
+    store = _bucket_store(connected)
+    name = f"pki/locked/{SSH_KEY}"
+    if store is None or name not in store.names(name):
+        return
+    data = store.get(name)
+    if not key.exists() or key.read_bytes() != data:
+        _write_private(key, data)
 
 
 def run_ssh(plan: SshPlan) -> None:

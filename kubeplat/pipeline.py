@@ -333,7 +333,7 @@ def variables_file(prepared: Prepared, tf: Terraform) -> Iterator[Path]:
     from kubeplat import terraform
 
     path = tf.module / VARS_FILE
-    inputs = terraform.variables(prepared.env, prepared.bundle, prepared.files[pki.SSH_PUB])
+    inputs = terraform.variables(prepared.env, prepared.bundle)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(inputs, handle, sort_keys=True)

@@ -40,9 +40,14 @@ SA_KEY, SA_PUB = "sa.key", "sa.pub"
 # A staged rotation of a CA or of the service-account key ("sa"): the new one is first only
 # trusted (`X.next.*`), then signs while the old one is still trusted (`X.prev.crt`,
 # `sa.prev.pub`), then the old one is dropped. The phase is read from the files themselves.
-STAGED = (*CAS, "sa")
+STAGED = (*CAS, "sa", "ssh")
 TRUST, REISSUE = "trust", "reissue"
 SSH_KEY, SSH_PUB = "ssh/id_ed25519", "ssh/id_ed25519.pub"
+# The SSH key pair kubeplat made rotates the same way: the new key is first only authorized
+# beside the old one (`kubeplat ssh` still uses the old), then used (the old still authorized),
+# then the old one is dropped. What the node user's authorized_keys holds is `trust_bundle`.
+SSH_NEXT, SSH_PREV = "ssh/id_ed25519.next.key", "ssh/id_ed25519.prev.pub"
+AUTHORIZED_KEYS = "ssh/authorized_keys"
 BOOTSTRAP_TOKEN = "bootstrap-token"
 # When the bootstrap token stops working (RFC 3339): the control plane gives it to the cluster
 # as the token Secret's `expiration`; `up` and `certs renew` replace it within cert_renew_days.
@@ -184,6 +189,16 @@ def ensure(
         files.pop(SA_PUB, None)
         rotate_cas.discard("sa")
         result.reasons["sa"] = "rotated"
+    if "ssh" in rotate_cas:
+        rotate_cas.discard("ssh")
+        if ssh_public_key is not None:
+            raise KubeplatError(
+                "this environment brings its own SSH key (ssh_public_key): kubeplat holds no "
+                "private key to rotate",
+                "put the new public key in the file ssh_public_key names",
+            )
+        for name in (SSH_KEY, SSH_NEXT, SSH_PREV):  # a new pair below, said as "rotated"
+            files.pop(name, None)
     for name in CAS:
         signed = [leaf.name for leaf in all_leaves.values() if leaf.ca == name]
         loaded = None if name in rotate_cas else _load_ca(files, name, signed, now)
@@ -258,8 +273,8 @@ def _rotation(
         return set(CAS), {}
     if rotate in CAS:
         return {rotate}, {}
-    if rotate == "sa":
-        return {"sa"}, {}
+    if rotate in ("sa", "ssh"):
+        return {rotate}, {}
     if rotate in all_leaves:
         return set(), {rotate: "rotated"}
     if rotate == BOOTSTRAP_TOKEN:
@@ -487,34 +502,50 @@ def _ensure_ssh(files: dict[str, bytes], result: Result, given: bytes | None) ->
     if given is not None:
         if files.get(SSH_PUB) != given.strip() + b"\n":
             files[SSH_PUB] = given.strip() + b"\n"
-        files.pop(SSH_KEY, None)
+        for name in (SSH_KEY, SSH_NEXT, SSH_PREV):  # kubeplat's own key pair is not used
+            files.pop(name, None)
         return
     if SSH_KEY in files:
-        try:
-            key = serialization.load_ssh_private_key(files[SSH_KEY], password=None)
-        except ValueError:
-            raise PKIError(
-                f"{SSH_KEY} is not an OpenSSH private key", f"restore it, or delete {SSH_KEY}"
-            ) from None
-        public = key.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
-        files[SSH_PUB] = public + b"\n"
+        files[SSH_PUB] = _ssh_public(_load_ssh_key(SSH_KEY, files[SSH_KEY]))
         return
-    new = ed25519.Ed25519PrivateKey.generate()
-    files[SSH_KEY] = new.private_bytes(
+    rotated = SSH_PUB in files
+    files[SSH_KEY] = _new_ssh_key()
+    files[SSH_PUB] = _ssh_public(_load_ssh_key(SSH_KEY, files[SSH_KEY]))
+    files.pop(SSH_NEXT, None)
+    files.pop(SSH_PREV, None)
+    result.issued.append("ssh")
+    result.reasons["ssh"] = "rotated" if rotated else "missing"
+
+
+def _new_ssh_key() -> bytes:
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
-    files[SSH_PUB] = (
-        new.public_key().public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-        )
+
+
+def _load_ssh_key(name: str, data: bytes) -> ed25519.Ed25519PrivateKey | PrivateKey:
+    try:
+        key = serialization.load_ssh_private_key(data, password=None)
+    except ValueError:
+        raise PKIError(
+            f"{name} is not an OpenSSH private key", f"restore it, or delete {name}"
+        ) from None
+    if not isinstance(
+        key, ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    ):
+        raise PKIError(f"{name} is not a key kubeplat uses", f"restore it, or delete {name}")
+    return key
+
+
+def _ssh_public(key: ed25519.Ed25519PrivateKey | PrivateKey) -> bytes:
+    """One authorized_keys line for a private key."""
+    public = key.public_key()
+    return (
+        public.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
         + b"\n"
     )
-    result.issued.append("ssh")
-    result.reasons["ssh"] = "missing"
 
 
 _TOKEN = re.compile(r"[a-z0-9]{6}\.[a-z0-9]{16}")
@@ -653,7 +684,7 @@ _LEAF_ORDER = (
 )
 
 PRIVATE_FILES = frozenset(
-    [f"{n}.key" for n in (*CAS, *_LEAF_ORDER)] + [SA_KEY, SSH_KEY, BOOTSTRAP_TOKEN]
+    [f"{n}.key" for n in (*CAS, *_LEAF_ORDER)] + [SA_KEY, SSH_KEY, SSH_NEXT, BOOTSTRAP_TOKEN]
 )
 
 
@@ -688,12 +719,22 @@ def staged(files: Mapping[str, bytes]) -> dict[str, str]:
         found["sa"] = TRUST
     elif "sa.prev.pub" in files:
         found["sa"] = REISSUE
+    if SSH_NEXT in files:
+        found["ssh"] = TRUST
+    elif SSH_PREV in files:
+        found["ssh"] = REISSUE
     return found
 
 
 def trust_bundle(files: Mapping[str, bytes], name: str) -> bytes:
-    """What nodes trust for one CA (`ca`, `etcd/ca`…) or for the service-account key (`sa`):
-    the current one first, then the one being introduced or retired."""
+    """What nodes trust for one CA (`ca`, `etcd/ca`…), for the service-account key (`sa`) or
+    for SSH (`ssh`, the node user's authorized_keys): the current one first, then the one
+    being introduced or retired."""
+    if name == "ssh":
+        keys = files[SSH_PUB]
+        if SSH_NEXT in files:
+            keys += _ssh_public(_load_ssh_key(SSH_NEXT, files[SSH_NEXT]))
+        return keys + files.get(SSH_PREV, b"")
     if name == "sa":
         pub = files[SA_PUB]
         if "sa.next.key" in files:
@@ -723,6 +764,11 @@ def settle(stored: Mapping[str, bytes]) -> dict[str, bytes]:
             files.pop(f"{name}.next.key", None)
         if files.get(f"{name}.prev.crt") is not None and files.get(f"{name}.prev.crt") == crt:
             del files[f"{name}.prev.crt"]
+    ssh = files.get(SSH_KEY)
+    if ssh is not None and files.get(SSH_NEXT) == ssh:  # promoted, `next` not yet removed
+        del files[SSH_NEXT]
+    if ssh is not None and files.get(SSH_PREV) == _ssh_public(_load_ssh_key(SSH_KEY, ssh)):
+        del files[SSH_PREV]  # promotion had only begun
     key = files.get(SA_KEY)
     if key is not None and files.get("sa.next.key") == key:
         del files["sa.next.key"]
@@ -750,6 +796,18 @@ def begin(
             "finish it first: kubeplat certs rotation -e ENV",
         )
     for name in names:
+        if name == "ssh":
+            if SSH_KEY not in files:
+                raise KubeplatError(
+                    "this environment brings its own SSH key (ssh_public_key): kubeplat holds "
+                    "no private key to rotate",
+                    "put the new public key in the file ssh_public_key names; kubeplat up "
+                    "installs it on every node",
+                )
+            files[SSH_NEXT] = _new_ssh_key()
+            result.issued.append("ssh.next")
+            result.reasons["ssh.next"] = "new, authorized beside the old one"
+            continue
         if name == "sa":
             files["sa.next.key"] = private_pem(new_key(env.key_algorithm))
             result.issued.append("sa.next")
@@ -774,7 +832,14 @@ def advance(env: Environment, stored: Mapping[str, bytes], now: dt.datetime) -> 
     for name, phase in phases.items():
         if phase != earliest:
             continue
-        if name == "sa":
+        if name == "ssh":
+            if phase == TRUST:
+                files[SSH_PREV] = files[SSH_PUB]
+                files[SSH_KEY] = files.pop(SSH_NEXT)
+                files.pop(SSH_PUB, None)
+            else:
+                del files[SSH_PREV]
+        elif name == "sa":
             if phase == TRUST:
                 files["sa.prev.pub"] = _public_pem(_parse_key(SA_KEY, files[SA_KEY]))
                 files[SA_KEY] = files.pop("sa.next.key")
@@ -787,4 +852,6 @@ def advance(env: Environment, stored: Mapping[str, bytes], now: dt.datetime) -> 
             files[f"{name}.key"] = files.pop(f"{name}.next.key")
         else:
             del files[f"{name}.prev.crt"]
-    return ensure(env, files, now=now)
+    # An environment that brings its own SSH key keeps it (there is no private key here).
+    given = files.get(SSH_PUB) if SSH_KEY not in files else None
+    return ensure(env, files, now=now, ssh_public_key=given)

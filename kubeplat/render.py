@@ -86,6 +86,11 @@ def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]
     placed["common/client-ca-bundle.crt"] = pki.trust_bundle(files, "ca") + pki.trust_bundle(
         files, "kubelet-ca"
     )
+    # What the API server checks kubelets' serving certificates with (approved CSRs).
+    placed["common/kubelet-serving-ca.crt"] = pki.trust_bundle(files, "kubelet-ca")
+    # The node user's authorized_keys, which the bootstrap and the agent install (so a new or
+    # rotated key reaches running nodes without replacing them).
+    placed[f"common/{pki.AUTHORIZED_KEYS}"] = pki.trust_bundle(files, "ssh")
     for layer in layers(env):
         wanted: list[str] = []
         if layer.etcd:
@@ -194,6 +199,7 @@ def _layer_context(env: Environment, layer: Layer) -> dict[str, Any]:
     return {
         **base_context(env),
         "layer": layer.name,
+        "node_user": NODE_USER,
         "etcd": layer.etcd,
         "control_plane": layer.control_plane,
         "worker": layer.worker,
@@ -253,6 +259,8 @@ def node_config(env: Environment, layer: Layer) -> dict[str, Any]:
         if present
     ]
     services = ["containerd.service", "kubelet.service", "kubeplat-agent.service"]
+    if layer.control_plane:
+        services.append("kubeplat-csr-approver.service")
     if layer.etcd:
         services[:0] = [
             "etcd.service",
@@ -267,6 +275,8 @@ def node_config(env: Environment, layer: Layer) -> dict[str, Any]:
         "region": env.aws_region,
         "node_os": env.node_os,
         "roles": roles,
+        "ssh_user": NODE_USER,
+        "pki_dir": "/etc/kubernetes/pki",
         "artifacts": _artifacts(env, layer),
         "kubelet": {
             "config_template": "/etc/kubeplat/kubelet-config.yaml",
@@ -366,6 +376,7 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
         files += [
             ("/opt/kubeplat/bin/apply-addons", "0755", _render(part + "apply-addons.sh.j2", ctx)),
             unit("kubeplat-addons.service"),
+            unit("kubeplat-csr-approver.service"),
         ]
         for name, text in sorted(_addons(env).items()):
             files.append((f"/etc/kubernetes/addons/{name}", "0644", text))
@@ -432,11 +443,12 @@ def _addons(env: Environment) -> dict[str, str]:
 NODE_USER = "core"
 
 
-def cloudconfig(env: Environment, layer: Layer, ssh_public_key: str) -> bytes:
+def cloudconfig(env: Environment, layer: Layer) -> bytes:
     """The layer's cloud-config (standard cloud-init, no `coreos:` section).
 
-    It also creates the node user of the seed (`core`, on any distribution) with the
-    environment's SSH public key.
+    It also creates the node user of the seed (`core`, on any distribution); its SSH keys are
+    not in here (a new key would replace every node) but in the PKI's common prefix, which the
+    bootstrap and the agent install as its authorized_keys.
     """
     text = _render(
         "cloudconfig/layer.yaml.j2",
@@ -444,7 +456,6 @@ def cloudconfig(env: Environment, layer: Layer, ssh_public_key: str) -> bytes:
             **_layer_context(env, layer),
             "files": _node_files(env, layer),
             "node_user": NODE_USER,
-            "ssh_public_key": ssh_public_key.strip(),
         },
     )
     return _yaml_checked(f"cloudconfig/{layer.cloudconfig}", text)
@@ -542,7 +553,7 @@ def bundle(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]:
     """Everything a node would get, as SPEC's `render --out DIR` layout."""
     out: dict[str, bytes] = {}
     for layer in layers(env):
-        config = cloudconfig(env, layer, files[pki.SSH_PUB].decode())
+        config = cloudconfig(env, layer)
         out[f"cloudconfig/{layer.cloudconfig}"] = config
         out[f"userdata/{layer.name}"] = userdata(env, layer, config)
         out.update(manifests(env, layer))

@@ -1,4 +1,5 @@
-"""Staged rotation of a CA or of the service-account key, kept in the secrets bucket.
+"""Staged rotation of a CA, of the service-account key or of the SSH key pair, kept in the
+secrets bucket.
 
 Three steps, each taken only when every running node runs the one before (its agent's report
 in `status/`, as `kubeplat instances` shows it), so that no node ever trusts only one of two CAs
@@ -6,7 +7,8 @@ another node uses:
 
 1. `trust`: the new CA (or key) is trusted beside the old one, which still signs;
 2. `reissue`: the new one signs and every leaf it vouches for is reissued; the old one is still
-   trusted (for the service-account key: until every token has turned over, a day);
+   trusted (for the service-account key: until every token has turned over, a day; for the SSH
+   key: `kubeplat ssh` uses the new key, the old one is still authorized);
 3. the old one is dropped.
 
 Which step a rotation is at is read from the PKI itself (`pki.staged`), so a second checkout or
@@ -40,6 +42,15 @@ STEP = {
     pki.TRUST: "step 1 of 3: the new one is trusted beside the old one, which still signs",
     pki.REISSUE: "step 2 of 3: the new one signs, the old one is still trusted",
 }
+SSH_STEP = {
+    pki.TRUST: "step 1 of 3: the new key is authorized beside the old one, which kubeplat ssh "
+    "still uses",
+    pki.REISSUE: "step 2 of 3: kubeplat ssh uses the new key, the old one is still authorized",
+}
+
+
+def _step_text(names: list[str], phase: str) -> str:
+    return (SSH_STEP if names == ["ssh"] else STEP)[phase]
 
 
 @dataclass
@@ -271,10 +282,10 @@ def describe(status: Status) -> list[str]:
     at = "now at " if status.taken else ""
     steps = set(status.phases.values())
     if len(steps) == 1:
-        lines = [f"rotation of {names}: {at}{STEP[steps.pop()]}"]
+        lines = [f"rotation of {names}: {at}{_step_text(sorted(status.phases), steps.pop())}"]
     else:  # a run stopped half-way through a step: the names behind catch up first
         lines = [
-            f"rotation of {name}: {at}{STEP[phase]}"
+            f"rotation of {name}: {at}{_step_text([name], phase)}"
             for name, phase in sorted(status.phases.items())
         ]
     if status.since and not status.taken:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 WORKERS = 8
 # Derived from other PKI files, never loaded back as one.
-_DERIVED = {"client-ca-bundle.crt"}
+_DERIVED = {"client-ca-bundle.crt", "kubelet-serving-ca.crt", "ssh/authorized_keys"}
 
 
 class Conflict(KubeplatError):

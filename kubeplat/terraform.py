@@ -226,11 +226,9 @@ class Terraform:
         return [d for d in report.get("diagnostics", []) if d.get("severity") == "error"]
 
 
-def variables(
-    env: Environment, bundle: Mapping[str, bytes], ssh_public_key: bytes
-) -> dict[str, Any]:
-    """Every input of the root module: the environment file's values, the rendered user-data
-    stubs and the SSH public key. Never a private key: the stubs and the public key only."""
+def variables(env: Environment, bundle: Mapping[str, bytes]) -> dict[str, Any]:
+    """Every input of the root module: the environment file's values and the rendered
+    user-data stubs. Never a private key."""
     from kubeplat import render
 
     return {
@@ -238,7 +236,6 @@ def variables(
         "userdata": {
             layer.name: bundle[f"userdata/{layer.name}"].decode() for layer in render.layers(env)
         },
-        "node_ssh_public_key": ssh_public_key.decode().strip(),
     }
 
 

@@ -9,13 +9,3 @@ variable "userdata" {
     error_message = "Each user-data stub must be under 16 KB and hold no private key."
   }
 }
-
-variable "node_ssh_public_key" {
-  type        = string
-  description = "The environment's SSH public key (OpenSSH format), installed as the EC2 key pair. Example: \"ssh-ed25519 AAAA... kubeplat\"."
-
-  validation {
-    condition     = can(regex("^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp[0-9]+) ", var.node_ssh_public_key))
-    error_message = "node_ssh_public_key must be an OpenSSH public key."
-  }
-}

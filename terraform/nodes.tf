@@ -60,11 +60,9 @@ data "aws_ami" "node" {
   }
 }
 
-# The environment's SSH public key, installed on every node.
-resource "aws_key_pair" "nodes" {
-  key_name   = local.name
-  public_key = var.node_ssh_public_key
-}
+# No EC2 key pair: a launch template's key would stay on its instances for their life, so a
+# rotated key would still open them. The node user's authorized_keys comes from the PKI's
+# common prefix, kept in step by the node agent.
 
 # One launch template per layer: IMDSv2 only, encrypted root volume, the layer's role and the
 # user-data stub (which names its configuration by digest, so a changed configuration changes
@@ -74,7 +72,6 @@ resource "aws_launch_template" "node" {
   name          = "${local.name}-${each.key}"
   image_id      = terraform_data.image[each.key].output
   instance_type = each.value.flavor
-  key_name      = aws_key_pair.nodes.key_name
   user_data     = base64encode(var.userdata[each.key])
   ebs_optimized = true
 

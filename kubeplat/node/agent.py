@@ -14,6 +14,9 @@ that it runs that set and its API server answers `/readyz`. A node that stopped 
 so a bad manifest takes down one API server, not all of them. A node's first set (at boot) is
 applied at once: nothing runs yet that a turn would protect.
 
+With `--ssh-user` it keeps that user's authorized_keys equal to the PKI's `ssh/authorized_keys`
+(`sshkeys`), so a rotated SSH key reaches the node without replacing it.
+
 With `--pki-prefix` (the layer's `pki/common/` and `pki/LAYER/`) it keeps the node's
 certificates and keys in `--pki-dir` in step the same way (keys 0600), before the manifests,
 so a node picks up a renewed or rotated certificate without being replaced. Then it tells each
@@ -197,8 +200,15 @@ class Sync:
         reloads: dict[str, tuple[str, ...]],
         restart: Callable[[str], None],
         kubelet_client: Path | None = None,
+        ssh_user: str = "",
+        root: Path = Path("/"),
+        kubelet_serving: Path | None = None,
     ) -> None:
         self.manifests = manifests
+        self.kubelet_serving = kubelet_serving  # the kubelet's serving certificate (a symlink)
+        self.ssh_user = ssh_user  # whose authorized_keys follows the PKI's ssh/authorized_keys
+        self.root = root  # where /etc/passwd and the user's home are
+        self._ssh_said = ""
         self.pki = pki
         self.reloads = reloads
         self.restart = restart
@@ -243,17 +253,35 @@ class Sync:
             self.restart(unit)
             left = [u for u in self.pending() if u != unit]
             _atomic_write(self.pending_path, json.dumps(left).encode())
+        self.install_ssh_keys()
         self.renew_kubelet_client()
         return changes
 
-    def kubelet_client_state(self) -> str:
-        """`current` when the kubelet's client certificate is signed by the kubelet CA the
-        controller-manager signs with now (kubelet-ca.crt), `old` when by another (a rotated
-        one), "" when there is nothing to tell (no certificate yet, or not asked)."""
-        if self.kubelet_client is None or not self.pki:
-            return ""
+    def install_ssh_keys(self) -> None:
+        """The node user's authorized_keys as the PKI's (a rotated key, within one pass)."""
+        if not self.ssh_user or not self.pki:
+            return
+        from . import sshkeys
+
         try:
-            cert = self.kubelet_client.read_bytes()
+            done = sshkeys.install(self.pki[0].target, self.ssh_user, self.root)
+        except (RuntimeError, OSError) as exc:
+            if str(exc) != self._ssh_said:  # said once, not every pass
+                log.warning("SSH keys of %s not installed: %s", self.ssh_user, exc)
+            self._ssh_said = str(exc)
+            return
+        self._ssh_said = ""
+        if done:
+            log.info("installed %s", done)
+
+    def _kubelet_certs(self) -> list[tuple[str, Path]]:
+        found = [("client", self.kubelet_client), ("serving", self.kubelet_serving)]
+        return [(kind, path) for kind, path in found if path is not None]
+
+    def _kubelet_cert_state(self, path: Path) -> str:
+        """`current`, `old` or "" (see kubelet_client_state) for one certificate."""
+        try:
+            cert = path.read_bytes()
             ca = (self.pki[0].target / "kubelet-ca.crt").read_bytes()
         except OSError:
             return ""
@@ -262,26 +290,41 @@ class Sync:
             return ""
         return "current" if issuer == signer else "old"
 
+    def kubelet_client_state(self) -> str:
+        """`current` when the kubelet's certificates (client, and serving when asked) are signed
+        by the kubelet CA the controller-manager signs with now (kubelet-ca.crt), `old` when one
+        is by another (a rotated one), "" when there is nothing to tell (none yet, not asked)."""
+        if not self.pki:
+            return ""
+        states = {self._kubelet_cert_state(path) for _, path in self._kubelet_certs()} - {""}
+        return "old" if "old" in states else ("current" if states else "")
+
     def renew_kubelet_client(self) -> None:
-        """A kubelet whose client certificate a rotated kubelet CA signed gets a new one: the
-        certificate is removed and the kubelet restarted, so it asks again with its bootstrap
-        token (a leader controller-manager that still signed with the old CA is retried every
-        KUBELET_RETRY_S). The old CA is dropped only once every node reports `current`."""
-        client = self.kubelet_client
-        if client is None or self.kubelet_client_state() != "old":
+        """A kubelet whose client or serving certificate a rotated kubelet CA signed gets a new
+        one: the certificate is removed and the kubelet restarted, so it asks again (with its
+        bootstrap token, or as itself for serving); a leader controller-manager that still
+        signed with the old CA is retried every KUBELET_RETRY_S. The old CA is dropped only once
+        every node reports `current`."""
+        if not self.pki:
             return
-        try:
-            age = time.time() - os.lstat(client).st_mtime
-        except OSError:
-            return
-        if age < KUBELET_RETRY_S:
-            return
-        log.info(
-            "restarting kubelet.service: its client certificate is signed by a kubelet CA that "
-            "is being retired; it asks for a new one"
-        )
-        client.unlink(missing_ok=True)
-        self.restart("kubelet.service")
+        removed = []
+        for kind, path in self._kubelet_certs():
+            if self._kubelet_cert_state(path) != "old":
+                continue
+            try:
+                age = time.time() - os.lstat(path).st_mtime
+            except OSError:
+                continue
+            if age >= KUBELET_RETRY_S:
+                path.unlink(missing_ok=True)
+                removed.append(kind)
+        if removed:
+            log.info(
+                "restarting kubelet.service: its %s certificate is signed by a kubelet CA that "
+                "is being retired; it asks for a new one",
+                " and ".join(removed),
+            )
+            self.restart("kubelet.service")
 
 
 def run(syncer: Agent | Sync, interval: float, roll: Roll | None = None) -> None:
@@ -468,6 +511,19 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="the kubelet's client certificate: renewed when a rotated kubelet CA signed it",
     )
+    parser.add_argument(
+        "--kubelet-serving",
+        type=Path,
+        help="the kubelet's serving certificate: renewed when a rotated kubelet CA signed it",
+    )
+    parser.add_argument(
+        "--ssh-user",
+        default="",
+        help="keep this user's authorized_keys equal to the PKI's ssh/authorized_keys",
+    )
+    parser.add_argument(
+        "--root", type=Path, default=Path("/"), help="where /etc/passwd and homes are (tests)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     from . import aws
@@ -502,8 +558,11 @@ def main(argv: list[str] | None = None) -> int:
             reloads(args.reload),
             restarter(args.reload_command),
             args.kubelet_client,
+            args.ssh_user,
+            args.root,
+            args.kubelet_serving,
         )
-        if roll is not None and args.kubelet_client is not None:
+        if roll is not None and (args.kubelet_client or args.kubelet_serving):
             state = syncer.kubelet_client_state
             roll.facts = lambda: {"kubelet_client": state()} if state() else {}
     if args.once:

@@ -3,6 +3,8 @@
 Run by `kubeplat-bootstrap.service` (the one unit the user-data stub enables) on the first
 boot and on every reboot. Each step checks before it changes, so a rerun is quick and safe:
 
+  ssh       the node user's authorized_keys from the PKI (first: a node whose bootstrap fails
+            later can still be looked at; a failure here is noted, not fatal: the agent retries)
   os        the image is the operating system the environment names, and a supported one
   packages  the family's packages (conntrack, iptables, socat, boto3…), installed if missing
   kernel    overlay and br_netfilter present; forwarding and bridge netfilter switched on
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import aws, fetch, health, osfamily
+from . import aws, fetch, health, osfamily, sshkeys
 from .steps import Permanent, Status, Step, run_steps, say
 
 CONFIG = Path("/etc/kubeplat/node.json")
@@ -51,6 +53,7 @@ class Bootstrap:
     def steps(self) -> list[Step]:
         roles = self.config["roles"]
         found = [
+            Step("ssh", self.ssh, deadline_s=0),
             Step("os", self.check_os, deadline_s=0),
             Step("packages", self.packages, deadline_s=900),
             Step("kernel", self.kernel, deadline_s=30),
@@ -63,6 +66,17 @@ class Bootstrap:
         if self.config.get("background"):
             found.append(Step("addons", self.background, deadline_s=60))
         return found
+
+    def ssh(self) -> str:
+        user = self.config.get("ssh_user")
+        if not user:
+            return "no node user"
+        pki = self.path(self.config.get("pki_dir", "/etc/kubernetes/pki"))
+        try:
+            done = sshkeys.install(pki, user, self.root)
+        except (RuntimeError, OSError) as exc:
+            return f"not installed ({exc}); the agent tries again"
+        return done or "already in place"
 
     def check_os(self) -> str:
         release = self.path("/etc/os-release")

@@ -15,6 +15,10 @@ COMMANDS = {
     "bootstrap": ("bootstrap", "bring this node to what its layer needs (every boot)"),
     "agent": ("agent", "keep the layer's manifests in step with the secrets bucket"),
     "etcd-member": ("etcd", "prepare: decide how this etcd member starts; watch: promote, prune"),
+    "csr-approver": (
+        "approver",
+        "approve kubelet serving certificates of this environment's nodes",
+    ),
     "status": ("", "print this node's bootstrap record"),
 }
 

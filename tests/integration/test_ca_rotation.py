@@ -43,6 +43,9 @@ pytestmark = pytest.mark.integration
 WAIT_S = 90
 
 
+CORE = 4321  # the node user's uid and gid on every node here
+
+
 def environment(user: dict[str, str]) -> config.Environment:
     return config.load_file(Path(user["CHECKOUT"]) / "environments/example.tfvars")
 
@@ -81,7 +84,7 @@ def adapted(command: list[str], root: Path, restarts: Path) -> list[str]:
             continue
         out.append(arg)
     return [
-        *out, "--interval", "1",
+        *out, "--interval", "1", "--root", str(root),
         "--reload-command", f"sh -c 'echo {{unit}} >> {restarts}'",
     ]  # fmt: skip
 
@@ -135,6 +138,11 @@ class Node:
     def restarted(self) -> list[str]:
         return self.restarts.read_text().split() if self.restarts.exists() else []
 
+    def authorized_keys(self) -> list[bytes]:
+        """The node user's authorized_keys, as sshd would read them (none yet: [])."""
+        path = self.root / "home/core/.ssh/authorized_keys"
+        return path.read_bytes().splitlines() if path.exists() else []
+
 
 @contextmanager
 def agents(
@@ -153,6 +161,10 @@ def agents(
         for row in rows:
             node = Node(row, tmp / row["instance_id"])
             nodes.append(node)
+            # The node user, as cloud-init creates it from the cloud-config.
+            (node.root / "etc").mkdir(parents=True)
+            (node.root / "etc/passwd").write_text(f"core:x:{CORE}:{CORE}::/home/core:/bin/sh\n")
+            (node.root / "home/core").mkdir(parents=True)
             # What the user-data stub wrote at boot: the layer's PKI as the bucket held it.
             for key, body in booted.items():
                 for part in ("common", node.layer):
@@ -234,6 +246,16 @@ def assert_every_node_trusts_every_other(nodes: list[Node], tmp: Path) -> None:
                 assert verify(tmp, truster.file(bundle), holder.file(leaf)), (
                     f"{truster.id} does not trust {holder.id}'s {leaf}"
                 )
+
+
+def authorized_line(private: bytes) -> bytes:
+    """The authorized_keys line of an OpenSSH private key, as ssh-keygen prints it."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(private, password=None)
+    return key.public_key().public_bytes(  # type: ignore[union-attr]
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
 
 
 def certificates(bundle: bytes) -> int:
@@ -357,6 +379,36 @@ def test_a_staged_rotation_reaches_every_node_and_sticks(
         assert all(n.file("sa.pub").count(b"BEGIN PUBLIC KEY") == 1 for n in secure)
         for node in nodes:
             assert not (node.pki / "sa.key").exists() or node.layer == "secure"
+
+        # The SSH key pair: authorized beside the old one, then used, then the old one dropped;
+        # `kubeplat ssh` uses the key every node authorizes at each step.
+        def ssh_key() -> bytes:
+            printed = kubeplat(user, "ssh", "-e", "example", "--print", rows[0]["instance_id"])
+            assert printed.returncode == 0, printed.stderr
+            key = Path(shlex.split(printed.stdout)[2])
+            assert oct(key.stat().st_mode & 0o777) == "0o600"
+            return authorized_line(key.read_bytes())
+
+        first = ssh_key()
+        assert all(n.authorized_keys() == [first] for n in nodes), "installed at the agent's start"
+        assert all((n.root / "home/core/.ssh").stat().st_uid == CORE for n in nodes)
+        begun = kubeplat(user, "certs", "-e", "example", "--rotate", "ssh")
+        assert begun.returncode == 0, begun.stderr
+        assert "the new key is authorized beside the old one" in begun.stderr
+        wait_for("every node runs ssh step 1", all_current)
+        assert ssh_key() == first
+        assert all(len(n.authorized_keys()) == 2 and first in n.authorized_keys() for n in nodes)
+        assert "kubeplat ssh uses the new key" in rotation().stderr
+        second = ssh_key()
+        assert second != first
+        wait_for("every node runs ssh step 2", all_current)
+        assert all(second in n.authorized_keys() for n in nodes)
+        assert "finished" in rotation().stderr
+        wait_for("every node runs the finished ssh set", all_current)
+        assert all(n.authorized_keys() == [second] for n in nodes)
+        # No node was replaced for it: the launch templates do not change.
+        plan = kubeplat(user, "plan", "-e", "example", "--detailed-exitcode")
+        assert plan.returncode == 0, plan.stderr[-3000:]
 
     # A later up keeps all of it, and writes the admin kubeconfig for the new CA.
     after = bucket_pki()

@@ -46,7 +46,7 @@ def applied(aws: str, environments: Path, terraform_cli_config: Path, tmp_path: 
     workdir = tmp_path / "module"
     shutil.copytree(REPO / "terraform", workdir)
     (workdir / "backend_override.tf").write_text('terraform {\n  backend "local" {}\n}\n')
-    inputs = terraform.variables(env, bundle, files["ssh/id_ed25519.pub"])
+    inputs = terraform.variables(env, bundle)
     (workdir / "kubeplat.auto.tfvars.json").write_text(json.dumps(inputs))
     init = tf(workdir, "init", "-input=false")
     assert init.returncode == 0, init.stdout + init.stderr

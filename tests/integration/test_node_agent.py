@@ -425,3 +425,57 @@ def test_a_kubelet_whose_certificate_a_retired_kubelet_ca_signed_asks_for_a_new_
     os.utime(current, (1_000_000, 1_000_000), follow_symlinks=False)
     node.sync_once()
     assert restarted == ["kubelet.service"] * 2 and node.kubelet_client_state() == "current"
+
+
+def test_a_kubelet_serving_certificate_of_a_retired_kubelet_ca_is_asked_for_again(
+    s3, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """The serving certificate (approved CSR, signer kubelet-serving, signed with kubelet-ca
+    too) is watched like the client one: after step 2 of a kubelet-ca rotation an old one is
+    removed and the kubelet restarted once for both, so it asks again (the approver approves
+    it; not run here, there is no kubelet); the node is `old` until both are current."""
+    import datetime as dt
+
+    from kubeplat import config, pki
+
+    env = config.load_file(Path(__file__).parents[2] / "environments/example.tfvars")
+    now = dt.datetime.now(dt.UTC)
+    begun = pki.begin(env, pki.ensure(env, {}, now=now).files, ["kubelet-ca"], now).files
+    promoted = pki.advance(env, begun, now).files
+    old = (begun["kubelet-ca.crt"], begun["kubelet-ca.key"])
+    new = (promoted["kubelet-ca.crt"], promoted["kubelet-ca.key"])
+
+    put(s3, "pki/common/kubelet-ca.crt", old[0])
+    kubelet = tmp_path / "var/lib/kubelet/pki"
+    kubelet.mkdir(parents=True)
+    links = {}
+    for kind in ("client", "server"):
+        (kubelet / f"kubelet-{kind}-1.pem").write_bytes(kubelet_client(*old, "ip-10-0-0-9"))
+        links[kind] = kubelet / f"kubelet-{kind}-current.pem"
+        links[kind].symlink_to(f"kubelet-{kind}-1.pem")
+        os.utime(links[kind], (1_000_000, 1_000_000), follow_symlinks=False)
+    restarted: list[str] = []
+    node = secure_node_again(s3, tmp_path, restarted.append)
+    node.kubelet_client, node.kubelet_serving = links["client"], links["server"]
+    node.sync_once()
+    assert node.kubelet_client_state() == "current" and restarted == []
+
+    put(s3, "pki/common/kubelet-ca.crt", new[0])  # step 2: the new one signs
+    node.sync_once()
+    assert restarted == ["kubelet.service"], "one restart for both certificates"
+    assert not links["client"].is_symlink() and not links["server"].is_symlink()
+    # The client one comes back new, the serving one not yet: still `old`.
+    (kubelet / "kubelet-client-2.pem").write_bytes(kubelet_client(*new, "ip-10-0-0-9"))
+    links["client"].symlink_to("kubelet-client-2.pem")
+    (kubelet / "kubelet-server-2.pem").write_bytes(kubelet_client(*old, "ip-10-0-0-9"))
+    links["server"].symlink_to("kubelet-server-2.pem")
+    node.sync_once()
+    assert node.kubelet_client_state() == "old" and restarted == ["kubelet.service"]
+    os.utime(links["server"], (1_000_000, 1_000_000), follow_symlinks=False)
+    node.sync_once()
+    assert restarted == ["kubelet.service"] * 2
+    assert links["client"].is_symlink() and not links["server"].is_symlink()
+    (kubelet / "kubelet-server-3.pem").write_bytes(kubelet_client(*new, "ip-10-0-0-9"))
+    links["server"].symlink_to("kubelet-server-3.pem")
+    node.sync_once()
+    assert node.kubelet_client_state() == "current" and restarted == ["kubelet.service"] * 2

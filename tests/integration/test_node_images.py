@@ -54,7 +54,7 @@ def module(aws: str, environments: Path, terraform_cli_config: Path, tmp_path: P
 def planned(workdir: Path, env: config.Environment, files: dict[str, bytes]) -> list[Any]:
     """Resolve the images (a targeted apply of the image records only), then plan everything:
     the plan's resource changes."""
-    inputs = terraform.variables(env, render.bundle(env, files), files["ssh/id_ed25519.pub"])
+    inputs = terraform.variables(env, render.bundle(env, files))
     (workdir / "kubeplat.auto.tfvars.json").write_text(json.dumps(inputs))
     resolved = tf(workdir, "apply", "-auto-approve", "-target=terraform_data.image")
     assert resolved.returncode == 0, resolved.stdout[-3000:] + resolved.stderr

@@ -12,8 +12,6 @@ import datetime as dt
 import http.server
 import json
 import re
-import ssl
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 
 from kubeplat import config, render
 from kubeplat.pkistore import LocalStore
+from tests import tls_standin
 
 pytestmark = pytest.mark.integration
 
@@ -55,17 +54,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 def api_server(pki_dir: Path, status: int = 201) -> Iterator[StandIn]:
     server = StandIn(("127.0.0.1", 0), Handler)
     server.requests, server.status = [], status
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(pki_dir / "apiserver.crt", pki_dir / "apiserver.key")
-    context.load_verify_locations(pki_dir / "ca.crt")
-    context.verify_mode = ssl.CERT_REQUIRED
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with tls_standin.serving(server, pki_dir):
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

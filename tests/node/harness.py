@@ -46,7 +46,7 @@ from typing import Any
 SUITE = "bookworm"
 PACKAGES = (
     "systemd,systemd-sysv,dbus,cloud-init,python3-boto3,python3-cffi-backend,iproute2,"
-    "ca-certificates,curl,conntrack,iptables,socat,tar,systemd-resolved,procps"
+    "ca-certificates,curl,conntrack,iptables,socat,tar,systemd-resolved,procps,openssh-server"
 )
 # Bump when the image configuration below changes meaning without changing its text.
 IMAGE_VERSION = 1

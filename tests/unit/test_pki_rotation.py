@@ -76,6 +76,22 @@ def assert_trusted(
         assert done.returncode == 0, f"{name}: {done.stdout}{done.stderr}"
 
 
+def ssh_key_line(private: bytes) -> bytes:
+    """The authorized_keys line of an OpenSSH private key."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_ssh_private_key(private, password=None)
+    return key.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
+
+
+def assert_ssh_reaches(holders: Mapping[str, bytes], trusters: Mapping[str, bytes]) -> None:
+    """The key `kubeplat ssh` uses with the set `holders` is authorized by the set `trusters`."""
+    key = ssh_key_line(holders["pki/locked/ssh/id_ed25519"])
+    assert key in trusters["pki/common/ssh/authorized_keys"].splitlines()
+
+
 def public_keys(bundle: bytes) -> list[bytes]:
     from cryptography.hazmat.primitives import serialization
 
@@ -116,7 +132,7 @@ def test_every_step_of_a_staged_rotation_keeps_every_node_trusted(
     env: config.Environment, tmp_path: Path
 ) -> None:
     before = pki.ensure(env, {}, now=NOW).files
-    begun = pki.ensure(env, pki.begin(env, before, [*pki.CAS, "sa"], NOW).files, now=NOW)
+    begun = pki.ensure(env, pki.begin(env, before, list(pki.STAGED), NOW).files, now=NOW)
     assert pki.staged(begun.files) == {name: pki.TRUST for name in pki.STAGED}
     assert not begun.issued, "beginning a rotation issues no leaf"
     reissued = pki.advance(env, begun.files, NOW)
@@ -152,6 +168,16 @@ def test_every_step_of_a_staged_rotation_keeps_every_node_trusted(
                 assert signs(key, pub)
     assert not signs(keys[0], pubs[3]), "the old key is dropped at the end"
 
+    # SSH: the key `kubeplat ssh` uses at each step is authorized on nodes of that step and of
+    # the step before (nodes whose agent has not synced yet); the old key goes at the end.
+    ssh_keys = [ssh_key_line(s["pki/locked/ssh/id_ed25519"]) for s in steps]
+    authorized = [s["pki/common/ssh/authorized_keys"].splitlines() for s in steps]
+    assert [len(a) for a in authorized] == [1, 2, 2, 1]
+    for i, key in enumerate(ssh_keys):
+        assert key in authorized[i] and key in authorized[max(0, i - 1)], i
+    assert ssh_keys[0] == ssh_keys[1] != ssh_keys[2] == ssh_keys[3]
+    assert ssh_keys[0] not in authorized[3], "the old SSH key is dropped at the end"
+
     # The controller-manager signs with kubelet-ca.crt: always exactly one certificate.
     for step in steps:
         assert step["pki/common/kubelet-ca.crt"].count(b"BEGIN CERTIFICATE") == 1
@@ -166,7 +192,7 @@ def test_every_step_of_a_staged_rotation_keeps_every_node_trusted(
 
 def test_the_bucket_set_reads_back_as_written_at_every_step(env: config.Environment) -> None:
     before = pki.ensure(env, {}, now=NOW).files
-    begun = pki.begin(env, before, ["ca", "sa"], NOW).files
+    begun = pki.begin(env, before, ["ca", "sa", "ssh"], NOW).files
     for files in (before, begun, pki.advance(env, begun, NOW).files):
         again = pki.ensure(env, pki_files(layout(env, files)), now=NOW)
         assert not again.issued
@@ -178,7 +204,7 @@ def test_a_step_stopped_after_any_write_resumes_without_losing_trust(
     env: config.Environment, tmp_path: Path, stage: str
 ) -> None:
     before = pki.ensure(env, {}, now=NOW).files
-    begun = pki.ensure(env, pki.begin(env, before, ["ca", "etcd/ca", "sa"], NOW).files).files
+    begun = pki.ensure(env, pki.begin(env, before, ["ca", "etcd/ca", "sa", "ssh"], NOW).files).files
     reissued = pki.advance(env, begun, NOW).files
     start, goal = {
         "begin": (before, begun),
@@ -198,6 +224,9 @@ def test_a_step_stopped_after_any_write_resumes_without_losing_trust(
         # Nodes still holding what the bucket had before the write trust it and are trusted.
         assert_trusted(env, tmp_path, bucket, placed)
         assert_trusted(env, tmp_path, placed, bucket)
+        # `kubeplat ssh` after the stop reaches nodes of either set.
+        assert_ssh_reaches(placed, placed)
+        assert_ssh_reaches(placed, old)
         phases = pki.staged(resumed.files)
         assert set(phases.values()) <= {pki.TRUST, pki.REISSUE}
     # The locked leftovers go last; what is left then is exactly the goal.
@@ -224,3 +253,34 @@ def test_the_certificate_table_shows_both_cas_while_rotating(env: config.Environ
     assert "ca.prev" in rows and "ca.next" not in rows
     old = x509.load_pem_x509_certificate(files["ca.crt"])
     assert rows["ca.prev"].fingerprint == old.fingerprint(hashes.SHA256()).hex()
+
+
+GIVEN_SSH = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIO6f0f0bX2kM5lq3bHvq0bn3c7z2C8yqcSk8E1XwW1qT op\n"
+
+
+def test_an_environment_that_brings_its_own_ssh_key_keeps_it_through_every_step(
+    env: config.Environment,
+) -> None:
+    # A CA rotation step must not swap the operator's key for one kubeplat makes.
+    files = pki.begin(
+        env, pki.ensure(env, {}, now=NOW, ssh_public_key=GIVEN_SSH).files, ["ca"], NOW
+    ).files
+    for _ in range(2):
+        files = pki.advance(env, files, NOW).files
+        assert files["ssh/id_ed25519.pub"] == GIVEN_SSH
+        assert "ssh/id_ed25519" not in files
+        assert render.pki_layout(env, files)["common/ssh/authorized_keys"] == GIVEN_SSH
+    with pytest.raises(KubeplatError, match="brings its own SSH key"):
+        pki.begin(env, files, ["ssh"], NOW)
+    with pytest.raises(KubeplatError, match="brings its own SSH key"):
+        pki.ensure(env, files, now=NOW, rotate="ssh", ssh_public_key=GIVEN_SSH)
+
+
+def test_a_new_ssh_key_before_the_first_up_is_a_new_pair(env: config.Environment) -> None:
+    files = pki.ensure(env, {}, now=NOW).files
+    again = pki.ensure(env, files, now=NOW, rotate="ssh")
+    assert again.reasons == {"ssh": "rotated"}
+    assert again.files["ssh/id_ed25519"] != files["ssh/id_ed25519"]
+    assert again.files["ssh/id_ed25519.pub"] == (
+        ssh_key_line(again.files["ssh/id_ed25519"]) + b"\n"
+    )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -100,8 +102,11 @@ def test_pki_split(env: config.Environment, files: dict[str, bytes]) -> None:
         if name.startswith(node_prefixes):
             base = name.split("/", 1)[1]
             assert base not in ("ca.key", "front-proxy-ca.key", "etcd/ca.key", "admin.key"), name
-            assert not base.startswith("ssh/"), name
+            # The node user's public keys only: the SSH private key stays locked.
+            assert not base.startswith("ssh/") or base == "ssh/authorized_keys", name
+    assert layout["common/ssh/authorized_keys"] == files["ssh/id_ed25519.pub"]
     assert {
+        "locked/ssh/id_ed25519",
         "locked/ca.key",
         "locked/etcd/ca.key",
         "locked/front-proxy-ca.key",
@@ -172,6 +177,44 @@ def test_each_component_is_told_of_the_pki_files_it_reads(
     compute = agent_unit(out, "worker")
     assert "--reload kubelet.service=ca.crt " in compute and "etcd.service" not in compute
     assert "--report example/compute" in compute and "--roll" not in compute
+
+
+@pytest.mark.parametrize("topology", ["stacked", "separate"])
+def test_kubelet_serving_certificates_come_from_approved_csrs(
+    env: config.Environment, files: dict[str, bytes], topology: str
+) -> None:
+    """Kubelets ask for their serving certificate (serverTLSBootstrap), the control plane runs
+    the approver, and the API server checks kubelets with the kubelet CA bundle the bucket's
+    common prefix holds (so every node, and each API server, gets it)."""
+    out = render.bundle(dataclasses.replace(env, topology=topology), files)
+    api_layer = "secure" if topology == "stacked" else "control-plane"
+    cloudconfigs = {"secure": "master", "control-plane": "control-plane", "compute": "worker"}
+    for layer, name in cloudconfigs.items():
+        if f"cloudconfig/{name}" not in out:
+            continue
+        written = {
+            f["path"]: f["content"]
+            for f in yaml.safe_load(out[f"cloudconfig/{name}"])["write_files"]
+        }
+        kubelet = yaml.safe_load(written["/etc/kubeplat/kubelet-config.yaml"])
+        assert kubelet["serverTLSBootstrap"] is True and kubelet["rotateCertificates"] is True
+        node = json.loads(written["/etc/kubeplat/node.json"])
+        approver = "/etc/systemd/system/kubeplat-csr-approver.service"
+        runs = layer == api_layer
+        assert (approver in written) == runs, layer
+        assert ("kubeplat-csr-approver.service" in node["services"]) == runs, layer
+        if runs:
+            assert f"--environment {env.environment} " in written[approver]
+        agent = written["/etc/systemd/system/kubeplat-agent.service"]
+        assert "--kubelet-serving /var/lib/kubelet/pki/kubelet-server-current.pem" in agent
+        assert "--ssh-user core" in agent
+    apiserver = out[f"manifests/{api_layer}/kube-apiserver.yaml"].decode()
+    flag = "--kubelet-certificate-authority=/etc/kubernetes/pki/kubelet-serving-ca.crt"
+    assert flag in apiserver
+    assert out["pki/common/kubelet-serving-ca.crt"] == files["kubelet-ca.crt"]
+    rotating = pki.begin(env, files, ["kubelet-ca"], dt.datetime.now(dt.UTC)).files
+    bundle = render.bundle(env, rotating)["pki/common/kubelet-serving-ca.crt"]
+    assert bundle == rotating["kubelet-ca.crt"] + rotating["kubelet-ca.next.crt"]
 
 
 def test_missing_template_value_is_a_clear_error(env: config.Environment) -> None:
