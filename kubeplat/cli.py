@@ -388,6 +388,19 @@ def _show_plan(report: Any) -> None:
         console.status(
             f"no longer used, removed once the apply succeeds: {', '.join(removed)}", "warn"
         )
+    if report.purge:
+        console.status(
+            "removed from the secrets bucket once the destroy succeeds (every version; the "
+            f"PKI cannot be brought back): {', '.join(report.purge)}",
+            "warn",
+        )
+    for other in report.unclaimed:
+        console.status(
+            f"the secrets bucket also holds environment {other}, which no environment file "
+            f"here names (renamed or removed?): its objects stay until kubeplat destroy -e "
+            f"{other} --purge (with its file back) removes them",
+            "info",
+        )
     if not report.changes:
         console.status("no changes", "ok")
 
@@ -449,9 +462,16 @@ def up(state: State, env: str, auto_approve: bool) -> None:
 @cli.command()
 @env_option
 @click.option("--auto-approve", is_flag=True, help="Destroy without asking (CI).")
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Once the destroy has succeeded, also remove the environment's prefix of the secrets "
+    "bucket (PKI, node configuration, reports, etcd backups; every version) and its local PKI.",
+)
 @click.pass_obj
-def destroy(state: State, env: str, auto_approve: bool) -> None:
-    """Destroy the environment's infrastructure (the buckets, state and PKI are kept)."""
+def destroy(state: State, env: str, auto_approve: bool, purge: bool) -> None:
+    """Destroy the environment's infrastructure (the buckets, state and PKI are kept; --purge
+    removes the environment's objects and PKI too, e.g. after renaming it)."""
     from kubeplat import ops
 
     _require_approval("destroy", auto_approve)
@@ -465,8 +485,14 @@ def destroy(state: State, env: str, auto_approve: bool) -> None:
         )
         return bool(typed == report.environment)
 
-    report = ops.destroy(env, state.env_dir, sandbox=state.sandbox, confirm=confirm)
+    report = ops.destroy(env, state.env_dir, sandbox=state.sandbox, confirm=confirm, purge=purge)
     console.status(f"destroyed {report.destroy} resources of {report.environment}", "ok")
+    if purge:
+        console.status(
+            f"removed {', '.join(report.purge) or 'nothing (already gone)'} from the secrets "
+            "bucket (every version), and the local PKI",
+            "ok",
+        )
 
 
 @cli.command()

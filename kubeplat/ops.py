@@ -5,8 +5,9 @@ These functions never print to stdout and never exit: they return results or rai
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -376,10 +377,15 @@ class PlanReport:
     uploads: list[str]
     plan_file: str | None
     roll_order: list[str]
+    # Other environments' prefixes in the secrets bucket that no environment file beside this
+    # one names (a renamed or removed environment).
+    unclaimed: list[str] = field(default_factory=list)
+    # `destroy --purge`: what goes from the secrets bucket once the destroy has succeeded.
+    purge: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
-        return bool(self.add or self.change or self.destroy or self.uploads)
+        return bool(self.add or self.change or self.destroy or self.uploads or self.purge)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -393,6 +399,8 @@ class PlanReport:
             "roll_order": self.roll_order,
             "uploads": self.uploads,
             "plan_file": self.plan_file,
+            "unclaimed": self.unclaimed,
+            "purge": self.purge,
             "changes": self.changes,
         }
 
@@ -426,7 +434,20 @@ def _report(
         prepared.pending,
         str(plan_file) if plan_file else None,
         order,
+        _unclaimed(prepared),
     )
+
+
+def _unclaimed(prepared: pipeline.Prepared) -> list[str]:
+    """Environments whose PKI the secrets bucket holds and that no environment file in this
+    one's folder names (a rename makes a new environment; the old one's objects stay until it
+    is destroyed with --purge)."""
+    from kubeplat.store import environments_in
+
+    env = prepared.env
+    folder = env.path.parent
+    named = {p.stem for p in folder.glob("*.tfvars")} | {env.environment}
+    return [e for e in environments_in(prepared.aws, env.secrets_bucket_name) if e not in named]
 
 
 def plan(
@@ -510,8 +531,11 @@ def destroy(
     *,
     sandbox: bool = False,
     confirm: Callable[[PlanReport], bool] | None = None,
+    purge: bool = False,
 ) -> PlanReport:
-    """Destroy what Terraform built; the buckets (state, PKI) are kept."""
+    """Destroy what Terraform built; the buckets (state, PKI) are kept. With `purge`, once the
+    destroy has succeeded, the environment's prefix of the secrets bucket goes too (every
+    version): its PKI, node configuration, reports and etcd backups."""
     from kubeplat import pipeline
 
     prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
@@ -521,13 +545,32 @@ def destroy(
     try:
         summary = pipeline.plan(prepared, tf, plan_file, destroy=True)
         report = _report(prepared, summary, None)
-        if summary.changes:
+        if purge:
+            report = dataclasses.replace(report, purge=_purge_plan(prepared.store))
+        if report.changes:
             if confirm is not None and not confirm(report):
                 raise KubeplatError("cancelled: nothing was destroyed", "")
-            pipeline.apply(prepared, tf, plan_file)
+            if summary.changes:
+                pipeline.apply(prepared, tf, plan_file)
     finally:
         plan_file.unlink(missing_ok=True)
+    if purge:
+        # Only now: a failed destroy leaves running nodes that still read these objects.
+        prepared.store.purge()
+        from kubeplat.pkistore import LocalStore
+
+        cache = LocalStore(prepared.env.workdir / "pki")
+        cache.save({}, removed=set(cache.load()))
     return report
+
+
+def _purge_plan(store: Any) -> list[str]:
+    """What `destroy --purge` removes, a line per folder of the environment's prefix."""
+    counts: dict[str, int] = {}
+    for name in store.names(""):
+        folder = name.split("/", 1)[0] + "/" if "/" in name else name
+        counts[folder] = counts.get(folder, 0) + 1
+    return [f"{store.prefix}/{folder} ({n} objects)" for folder, n in sorted(counts.items())]
 
 
 def output(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> dict[str, object]:

@@ -35,6 +35,20 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def environments_in(aws: Aws, bucket: str) -> list[str]:
+    """The environments whose PKI a secrets bucket holds (its top-level `NAME/pki/` prefixes)."""
+    s3 = aws.client("s3")
+    found = []
+    with errors(f"listing s3://{bucket}/", aws):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/"):
+            for prefix in page.get("CommonPrefixes", []):
+                name = prefix["Prefix"].rstrip("/")
+                held = s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/pki/", MaxKeys=1)
+                if held.get("KeyCount", 0):
+                    found.append(name)
+    return sorted(found)
+
+
 def pki_files(objects: Mapping[str, bytes]) -> dict[str, bytes]:
     """The PKI files (kubeadm names) from the bucket's `pki/<prefix>/<file>` objects."""
     files: dict[str, bytes] = {}
@@ -148,6 +162,37 @@ class BucketStore:
         with ThreadPoolExecutor(WORKERS) as pool:
             list(pool.map(lambda n: self.put(n, objects[n]), changed))
         return changed
+
+    def purge(self) -> int:
+        """Delete every object under the environment's prefix, every version of it and every
+        delete marker (so no key stays recoverable from the versioned bucket); the number of
+        object names removed. Safe to run again: a stopped purge is finished by the next."""
+        s3 = self.aws.client("s3")
+        names: set[str] = set()
+        where = f"s3://{self.bucket}/{self.prefix}/"
+        with errors(f"purging {where}", self.aws):
+            pages = s3.get_paginator("list_object_versions").paginate(
+                Bucket=self.bucket, Prefix=self.key("")
+            )
+            for page in pages:
+                found = [
+                    {"Key": item["Key"], "VersionId": item["VersionId"]}
+                    for kind in ("Versions", "DeleteMarkers")
+                    for item in page.get(kind, [])
+                ]
+                names.update(item["Key"] for item in page.get("Versions", []))
+                for at in range(0, len(found), 1000):
+                    answer = s3.delete_objects(
+                        Bucket=self.bucket, Delete={"Objects": found[at : at + 1000], "Quiet": True}
+                    )
+                    if answer.get("Errors"):
+                        first = answer["Errors"][0]
+                        raise KubeplatError(
+                            f"could not delete s3://{self.bucket}/{first['Key']}: "
+                            f"{first.get('Message', first.get('Code'))}",
+                            "run the same command again; it continues where it stopped",
+                        )
+        return len(names)
 
     def delete(self, names: Iterable[str]) -> None:
         s3 = self.aws.client("s3")

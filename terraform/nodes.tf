@@ -146,6 +146,22 @@ resource "aws_autoscaling_group" "node" {
   capacity_reservation_specification {
     capacity_reservation_preference = "default"
   }
+
+  # Instances launch only once every firewall rule between the layers exists, so etcd members,
+  # kubelets and the pod network reach each other from their first boot.
+  depends_on = [
+    aws_vpc_security_group_egress_rule.all,
+    aws_vpc_security_group_ingress_rule.ssh_compute,
+    aws_vpc_security_group_ingress_rule.ssh_private,
+    aws_vpc_security_group_ingress_rule.api_public,
+    aws_vpc_security_group_ingress_rule.api_vpc,
+    aws_vpc_security_group_ingress_rule.etcd_peers,
+    aws_vpc_security_group_ingress_rule.etcd_clients,
+    aws_vpc_security_group_ingress_rule.kubelet,
+    aws_vpc_security_group_ingress_rule.pod_network,
+    aws_vpc_security_group_ingress_rule.compute_internal,
+  ]
+
   lifecycle {
     ignore_changes = [capacity_reservation_specification]
   }
