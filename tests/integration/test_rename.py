@@ -9,9 +9,9 @@ import json
 import shutil
 from pathlib import Path
 
-import boto3
 import pytest
 
+from tests.conftest import emulator_clients
 from tests.integration.sandbox_user import kubeplat
 
 pytestmark = pytest.mark.integration
@@ -23,13 +23,7 @@ def test_rename_then_purge_the_old_name(user: dict[str, str], tmp_path: Path) ->
     up = kubeplat(user, "up", "-e", "example", "--auto-approve")
     assert up.returncode == 0, up.stderr[-3000:]
     endpoint = kubeplat(user, "sandbox", "status").stdout.strip()
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="eu-west-1",
-        aws_access_key_id="sandbox",
-        aws_secret_access_key="sandbox",
-    )
+    s3 = emulator_clients(endpoint, "eu-west-1")["s3"]
     bucket = "kubeplat-example-secrets"
 
     def versions(prefix: str) -> int:
@@ -64,23 +58,16 @@ def test_rename_then_purge_the_old_name(user: dict[str, str], tmp_path: Path) ->
 
     # A destroy that fails (its state is locked by someone else) purges nothing.
     shutil.move(tmp_path / "example.tfvars", environments / "example.tfvars")
-    terraform = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="eu-west-1",
-        aws_access_key_id="sandbox",
-        aws_secret_access_key="sandbox",
-    )
     lock = "eu-west-1/example/terraform.tfstate.tflock"
     holder = {"ID": "0b5e", "Operation": "OperationTypeApply", "Who": "bob@ci", "Version": "1.9",
               "Created": "2026-12-03T10:00:00Z", "Path": "x", "Info": ""}  # fmt: skip
-    terraform.put_object(Bucket="kubeplat-example-terraform", Key=lock, Body=json.dumps(holder))
+    s3.put_object(Bucket="kubeplat-example-terraform", Key=lock, Body=json.dumps(holder))
     locked = kubeplat(user, "destroy", "-e", "example", "--auto-approve", "--purge")
     assert locked.returncode == 1, locked.stderr[-2000:]
     # (Naming the holder from the lock file is issue 16's part: not asserted here.)
     assert "the environment's state is locked" in locked.stderr, locked.stderr[-2000:]
     assert versions("example/") == old_objects
-    terraform.delete_object(Bucket="kubeplat-example-terraform", Key=lock)
+    s3.delete_object(Bucket="kubeplat-example-terraform", Key=lock)
 
     purged = kubeplat(user, "destroy", "-e", "example", "--auto-approve", "--purge")
     assert purged.returncode == 0, purged.stderr[-3000:]
