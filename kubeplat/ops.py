@@ -546,6 +546,8 @@ def destroy(
         summary = pipeline.plan(prepared, tf, plan_file, destroy=True)
         report = _report(prepared, summary, None)
         if purge:
+            if not summary.changes:  # an empty destroy: are they really gone?
+                _refuse_purge_while_running(prepared, before=True)
             report = dataclasses.replace(report, purge=_purge_plan(prepared.store))
         if report.changes:
             if confirm is not None and not confirm(report):
@@ -556,12 +558,36 @@ def destroy(
         plan_file.unlink(missing_ok=True)
     if purge:
         # Only now: a failed destroy leaves running nodes that still read these objects.
+        _refuse_purge_while_running(prepared, before=False)
         prepared.store.purge()
         from kubeplat.pkistore import LocalStore
 
         cache = LocalStore(prepared.env.workdir / "pki")
         cache.save({}, removed=set(cache.load()))
+        prepared.env.kubeconfig_path.unlink(missing_ok=True)  # it holds the admin key
     return report
+
+
+def _refuse_purge_while_running(prepared: pipeline.Prepared, *, before: bool) -> None:
+    """No purge while an instance of the environment may still read its objects: a state
+    that lost track of them (moved, deleted) plans an empty destroy, which must not be
+    taken for a destroyed environment."""
+    from kubeplat import inventory
+
+    alive = [
+        i.instance_id
+        for i in inventory.instances(prepared.aws, prepared.env.environment)
+        if i.state in ("pending", "running", "stopping", "stopped")
+    ]
+    if not alive:
+        return
+    when = "nothing was destroyed or removed" if before else "its bucket objects were kept"
+    raise KubeplatError(
+        f"--purge refused: {len(alive)} instance(s) of environment {prepared.env.environment} "
+        f"are not terminated ({', '.join(alive[:5])}); {when}",
+        "they read the objects --purge would remove: destroy them first (is the Terraform state "
+        "the one that built them?), then run the same command again",
+    )
 
 
 def _purge_plan(store: Any) -> list[str]:
@@ -806,16 +832,24 @@ def ssh(
 
 def _refresh_ssh_key(connected: Any, key: Path) -> None:
     """The key the nodes authorize now: the bucket's (another checkout or a CI job may have
-    taken a step of an SSH key rotation since this cache was written)."""
+    taken a step of an SSH key rotation since this cache was written), into the local PKI
+    cache (0600 in 0700 folders, .kubeplat/ ignored by git). When the bucket cannot be read,
+    the cached key is used, with a warning."""
+    from kubeplat import console
     from kubeplat.pki import SSH_KEY
+    from kubeplat.pkistore import LocalStore
 
-    store = _bucket_store(connected)
     name = f"pki/locked/{SSH_KEY}"
-    if store is None or name not in store.names(name):
+    try:
+        store = _bucket_store(connected)
+        if store is None or name not in store.names(name):
+            return
+        data = store.get(name)
+    except KubeplatError as exc:
+        console.warn(f"using the cached SSH key: the bucket's could not be read ({exc})")
         return
-    data = store.get(name)
     if not key.exists() or key.read_bytes() != data:
-        _write_private(key, data)
+        LocalStore(key.parents[1]).save({SSH_KEY: data})
 
 
 def run_ssh(plan: SshPlan) -> None:

@@ -36,16 +36,22 @@ def sha256(data: bytes) -> str:
 
 
 def environments_in(aws: Aws, bucket: str) -> list[str]:
-    """The environments whose PKI a secrets bucket holds (its top-level `NAME/pki/` prefixes)."""
+    """The environments whose PKI a secrets bucket holds (its top-level `NAME/pki/` prefixes);
+    none when the caller may not list the bucket's root."""
+    from botocore.exceptions import ClientError
+
     s3 = aws.client("s3")
     found = []
-    with errors(f"listing s3://{bucket}/", aws):
+    try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/"):
             for prefix in page.get("CommonPrefixes", []):
                 name = prefix["Prefix"].rstrip("/")
                 held = s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/pki/", MaxKeys=1)
                 if held.get("KeyCount", 0):
                     found.append(name)
+    except ClientError:
+        # An operator allowed only their environment's prefix: nothing to say about others.
+        return []
     return sorted(found)
 
 

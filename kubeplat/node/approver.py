@@ -9,7 +9,8 @@ program, on every control-plane node (`kubeplat-csr-approver.service`), approves
   that node (CN `system:node:NAME`, O `system:nodes`);
 - it asks for the serving usages only (digital signature, server auth, key encipherment) and
   names no e-mail address or URI;
-- NAME is a running instance of this environment (the EC2 API, tag `Environment`), and every
+- NAME is a running instance of this environment (the EC2 API, tag `Environment`: so no
+  instance outside the environment may carry that tag), and every
   DNS name and IP address the request names is that instance's own (its private and public
   DNS names and addresses, or NAME itself).
 
@@ -91,17 +92,19 @@ def _children(data: bytes) -> Iterator[tuple[int, bytes]]:
 
 def parse_request(pem: bytes) -> Request:
     """The subject and subject alternative names of a PEM certificate request."""
-    text = pem.decode("ascii", errors="replace")
+    # Exactly one PEM block and nothing else: what the signer decodes (Go's pem.Decode takes the
+    # first well-formed block, wherever it starts) must be what was checked here.
+    text = pem.decode("ascii", errors="replace").strip()
     begin, end = "-----BEGIN CERTIFICATE REQUEST-----", "-----END CERTIFICATE REQUEST-----"
-    if begin not in text or end not in text:
-        raise BadRequest("not a PEM certificate request")
-    body = text.split(begin, 1)[1].split(end, 1)[0]
+    if not (text.startswith(begin) and text.endswith(end)) or text.count("-----") != 4:
+        raise BadRequest("not exactly one PEM certificate request")
+    body = text[len(begin) : -len(end)]
     try:
         der = base64.b64decode("".join(body.split()), validate=True)
     except ValueError:
         raise BadRequest("not base64") from None
-    tag, outer, _ = _read(der, 0)
-    if tag != 0x30:
+    tag, outer, after = _read(der, 0)
+    if tag != 0x30 or after != len(der):
         raise BadRequest("not a certificate request")
     tag, info, _ = _read(outer, 0)
     parts = list(_children(info))
@@ -283,9 +286,9 @@ def approve_once(api: Api, instances: Callable[[], list[Instance]]) -> list[str]
         try:
             api.call("PUT", f"{PATH}/{name}/approval", csr)
         except urllib.error.HTTPError as exc:
-            if exc.code == 409:  # another approver was first, or the CSR changed: next pass
-                continue
-            raise
+            if exc.code != 409:  # 409: another approver was first, or it changed: next pass
+                done.append(f"{name}: not {kind.lower()}: the API server answered {exc.code}")
+            continue
         done.append(f"{name}: {kind.lower()}, {decision.reason}")
     return done
 

@@ -52,6 +52,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         name = self.path.removeprefix(self.PATH + "/").removesuffix("/approval")
         current = self.server.csrs[name]
+        if name == "unprocessable":  # the API server refuses this one: the others still go
+            self._send(422, {"reason": "Invalid"})
+            return
         if body["metadata"]["resourceVersion"] != current["metadata"]["resourceVersion"]:
             self._send(409, {"reason": "Conflict"})
             return
@@ -127,6 +130,7 @@ def test_the_approver_approves_its_own_nodes_and_denies_the_rest(  # type: ignor
         return pem, f"system:node:{name}"
 
     with api_server(pki_dir) as server:
+        add(server, "unprocessable", *node_request(mine))
         add(server, "good", *node_request(mine))
         add(server, "claims-another-ip", *node_request(mine, (other["PrivateIpAddress"],)))
         add(server, "other-environment", *node_request(foreign))
@@ -172,6 +176,7 @@ def test_the_approver_approves_its_own_nodes_and_denies_the_rest(  # type: ignor
         assert set(decided) == {"good", "claims-another-ip", "not-a-node"}, decided
         assert {client for *_, client in server.decided} == {"kube-apiserver-kubelet-client"}
         assert "good: approved" in done.stderr
+        assert "unprocessable: not approved: the API server answered 422" in done.stderr
         assert (
             f"other-environment: pending, no running instance of this environment is named "
             f"{foreign['PrivateDnsName']}" in done.stderr

@@ -6,6 +6,7 @@ it, and `destroy --purge` removes it (every version) only after its destroy succ
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -56,8 +57,24 @@ def test_rename_then_purge_the_old_name(user: dict[str, str], tmp_path: Path) ->
     ) in shown.stderr
     assert versions("example/") == old_objects
 
-    # A destroy that fails (its state is locked by someone else) purges nothing.
     shutil.move(tmp_path / "example.tfvars", environments / "example.tfvars")
+
+    # A state that lost track of the nodes (moved, deleted) plans an empty destroy: --purge
+    # does not take that for a destroyed environment while its instances run.
+    state_key = "eu-west-1/example/terraform.tfstate"
+    saved = s3.get_object(Bucket="kubeplat-example-terraform", Key=state_key)["Body"].read()
+    s3.delete_object(Bucket="kubeplat-example-terraform", Key=state_key)
+    lost = kubeplat(user, "destroy", "-e", "example", "--auto-approve", "--purge")
+    assert lost.returncode == 1, lost.stderr[-2000:]
+    assert re.search(
+        r"Error: --purge refused: \d+ instance\(s\) of environment example are not terminated",
+        lost.stderr,
+    ), lost.stderr[-2000:]
+    assert "nothing was destroyed or removed" in lost.stderr
+    assert versions("example/") == old_objects
+    s3.put_object(Bucket="kubeplat-example-terraform", Key=state_key, Body=saved)
+
+    # A destroy that fails (its state is locked by someone else) purges nothing.
     lock = "eu-west-1/example/terraform.tfstate.tflock"
     holder = {"ID": "0b5e", "Operation": "OperationTypeApply", "Who": "bob@ci", "Version": "1.9",
               "Created": "2026-12-03T10:00:00Z", "Path": "x", "Info": ""}  # fmt: skip
@@ -78,6 +95,7 @@ def test_rename_then_purge_the_old_name(user: dict[str, str], tmp_path: Path) ->
     )
     assert versions("example/") == 0, "no version of any object, no key, stays"
     assert not any((checkout / ".kubeplat/example/pki").rglob("*.key"))
+    assert not (checkout / ".kubeplat/example/pki/kubeconfig/admin.conf").exists()
     # The renamed environment is untouched, and nothing is left to name.
     after = kubeplat(user, "plan", "-e", "renamed", "--detailed-exitcode")
     assert after.returncode == 0, after.stderr[-3000:]

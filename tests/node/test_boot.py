@@ -610,6 +610,10 @@ def test_a_failed_bootstrap_is_retried_then_reported_unhealthy(cluster: Cluster)
     assert len(asked) == 2  # fetched, refused, fetched once more, refused for good
     health = autoscaling.describe_auto_scaling_instances(InstanceIds=[info.instance_id])
     assert health["AutoScalingInstances"][0]["HealthStatus"].upper() == "UNHEALTHY"
+    # The unit fails when the program exits, a moment after its last save.
+    until = time.monotonic() + 60
+    while node.failed_units() != ["kubeplat-bootstrap.service"] and time.monotonic() < until:
+        time.sleep(1)
     assert node.failed_units() == ["kubeplat-bootstrap.service"]
     assert "sha256" in node.journal("kubeplat-bootstrap.service")
     key = f"boot/status/compute/{info.instance_id}/bootstrap.json"

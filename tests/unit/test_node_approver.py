@@ -160,3 +160,20 @@ def test_an_unknown_node_waits_and_others_requests_are_left_alone() -> None:
     assert decide(csr(request(), signer="kubernetes.io/kube-apiserver-client-kubelet")) is None
     decided = [{"type": "Denied", "status": "True"}]
     assert decide(csr(request(), conditions=decided)) is None
+
+
+def test_a_request_hiding_a_second_one_is_denied() -> None:
+    """What the signer decodes must be what was checked: a first block that names only the
+    node's own address followed by another that names someone else's, or text before the
+    block (Go's PEM decoder would skip it and sign the second), is not approved."""
+    good = request()
+    evil = request(ips=("10.0.1.9",))
+    for pem in (
+        good + evil,
+        b"x" + good + evil,
+        good.replace(b"-----\n", b"----- junk\n", 1) + evil,
+    ):
+        verdict = decide(csr(pem))
+        assert verdict is not None and verdict.verdict == "deny", verdict
+        assert "cannot be read" in verdict.reason
+    assert decide(csr(b"\n" + good + b"\n")) == decide(csr(good))  # surrounding whitespace is fine
