@@ -192,11 +192,7 @@ def ensure(
     if "ssh" in rotate_cas:
         rotate_cas.discard("ssh")
         if ssh_public_key is not None:
-            raise KubeplatError(
-                "this environment brings its own SSH key (ssh_public_key): kubeplat holds no "
-                "private key to rotate",
-                "put the new public key in the file ssh_public_key names",
-            )
+            raise _brought_ssh_key()
         for name in (SSH_KEY, SSH_NEXT, SSH_PREV):  # a new pair below, said as "rotated"
             files.pop(name, None)
     for name in CAS:
@@ -517,6 +513,15 @@ def _ensure_ssh(files: dict[str, bytes], result: Result, given: bytes | None) ->
     result.reasons["ssh"] = "rotated" if rotated else "missing"
 
 
+def _brought_ssh_key() -> KubeplatError:
+    return KubeplatError(
+        "this environment brings its own SSH key (ssh_public_key): kubeplat holds no private "
+        "key to rotate",
+        "put the new public key in the file ssh_public_key names; kubeplat up installs it on "
+        "every node",
+    )
+
+
 def _new_ssh_key() -> bytes:
     return ed25519.Ed25519PrivateKey.generate().private_bytes(
         serialization.Encoding.PEM,
@@ -798,12 +803,7 @@ def begin(
     for name in names:
         if name == "ssh":
             if SSH_KEY not in files:
-                raise KubeplatError(
-                    "this environment brings its own SSH key (ssh_public_key): kubeplat holds "
-                    "no private key to rotate",
-                    "put the new public key in the file ssh_public_key names; kubeplat up "
-                    "installs it on every node",
-                )
+                raise _brought_ssh_key()
             files[SSH_NEXT] = _new_ssh_key()
             result.issued.append("ssh.next")
             result.reasons["ssh.next"] = "new, authorized beside the old one"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,13 +89,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 def serving(
     meta: dict[str, str] | None = None, other: Callable[[Any], None] | None = None
 ) -> Iterator[StandIn]:
-    server = StandIn(meta or {}, other)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    from tests.tls_standin import running
+
+    with running(StandIn(meta or {}, other)) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 NO_OTHER_CREDENTIALS = (

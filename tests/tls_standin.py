@@ -23,6 +23,13 @@ def serving(server: Server, pki_dir: Path) -> Iterator[Server]:
     context.load_verify_locations(pki_dir / "ca.crt")
     context.verify_mode = ssl.CERT_REQUIRED
     server.socket = context.wrap_socket(server.socket, server_side=True)
+    with running(server):
+        yield server
+
+
+@contextmanager
+def running(server: Server) -> Iterator[Server]:
+    """Serve `server` in a thread until leaving; then shut it down and close it."""
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield server

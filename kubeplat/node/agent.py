@@ -647,17 +647,13 @@ def key_ids(pem: bytes) -> tuple[bytes | None, bytes | None]:
 
 
 def _tlv(data: bytes, at: int) -> bytes | None:
-    """The contents of the DER element at `at`."""
+    """The contents of the DER element at `at` (None when there is none)."""
+    from . import der
+
     try:
-        length, start = data[at + 1], at + 2
-        if length & 0x80:
-            count = length & 0x7F
-            length, start = int.from_bytes(data[start : start + count], "big"), start + count
-    except IndexError:
+        return der.read(data, at)[1]
+    except der.DerError:
         return None
-    if start + length > len(data):
-        return None
-    return data[start : start + length]
 
 
 def _extension(der: bytes, oid: bytes) -> bytes | None:

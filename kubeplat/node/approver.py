@@ -34,10 +34,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from . import der
 
 SIGNER = "kubernetes.io/kubelet-serving"
 USAGES = frozenset({"digital signature", "server auth", "key encipherment"})
@@ -51,8 +53,8 @@ _EXTENSION_REQUEST = bytes.fromhex("2a864886f70d01090e")  # 1.2.840.113549.1.9.1
 _SAN = bytes([0x55, 0x1D, 0x11])  # 2.5.29.17
 
 
-class BadRequest(ValueError):
-    """A certificate request that cannot be read."""
+# A certificate request that cannot be read.
+BadRequest = der.DerError
 
 
 @dataclass
@@ -66,30 +68,6 @@ class Request:
     other_names: int = 0  # e-mail addresses, URIs and the like
 
 
-def _read(data: bytes, at: int) -> tuple[int, bytes, int]:
-    """The DER element at `at`: (tag, contents, offset after it)."""
-    if at + 2 > len(data):
-        raise BadRequest("truncated")
-    tag, length = data[at], data[at + 1]
-    at += 2
-    if length & 0x80:
-        size = length & 0x7F
-        if size == 0 or size > 4 or at + size > len(data):
-            raise BadRequest("bad length")
-        length = int.from_bytes(data[at : at + size], "big")
-        at += size
-    if at + length > len(data):
-        raise BadRequest("truncated")
-    return tag, data[at : at + length], at + length
-
-
-def _children(data: bytes) -> Iterator[tuple[int, bytes]]:
-    at = 0
-    while at < len(data):
-        tag, contents, at = _read(data, at)
-        yield tag, contents
-
-
 def parse_request(pem: bytes) -> Request:
     """The subject and subject alternative names of a PEM certificate request."""
     # Exactly one PEM block and nothing else: what the signer decodes (Go's pem.Decode takes the
@@ -100,20 +78,20 @@ def parse_request(pem: bytes) -> Request:
         raise BadRequest("not exactly one PEM certificate request")
     body = text[len(begin) : -len(end)]
     try:
-        der = base64.b64decode("".join(body.split()), validate=True)
+        encoded = base64.b64decode("".join(body.split()), validate=True)
     except ValueError:
         raise BadRequest("not base64") from None
-    tag, outer, after = _read(der, 0)
-    if tag != 0x30 or after != len(der):
+    tag, outer, after = der.read(encoded, 0)
+    if tag != 0x30 or after != len(encoded):
         raise BadRequest("not a certificate request")
-    tag, info, _ = _read(outer, 0)
-    parts = list(_children(info))
+    tag, info, _ = der.read(outer, 0)
+    parts = list(der.children(info))
     if tag != 0x30 or len(parts) < 3:
         raise BadRequest("not a certificate request")
     found = Request()
-    for rdn_tag, rdn in _children(parts[1][1]):  # Name: SEQUENCE OF SET OF AttributeTypeAndValue
-        for _, pair in _children(rdn):
-            items = list(_children(pair))
+    for rdn_tag, rdn in der.children(parts[1][1]):  # Name: SEQUENCE OF SET OF AttributeTypeAndValue
+        for _, pair in der.children(rdn):
+            items = list(der.children(pair))
             if rdn_tag != 0x31 or len(items) != 2 or items[0][0] != 0x06:
                 raise BadRequest("bad subject")
             value = items[1][1].decode("utf-8", errors="replace")
@@ -124,23 +102,23 @@ def parse_request(pem: bytes) -> Request:
     for attr_tag, attributes in parts[3:]:
         if attr_tag != 0xA0:
             continue
-        for _, attribute in _children(attributes):
-            items = list(_children(attribute))
+        for _, attribute in der.children(attributes):
+            items = list(der.children(attribute))
             if len(items) != 2 or items[0][1] != _EXTENSION_REQUEST:
                 continue
-            for _, extensions in _children(items[1][1]):
-                for _, extension in _children(extensions):
-                    fields = list(_children(extension))
+            for _, extensions in der.children(items[1][1]):
+                for _, extension in der.children(extensions):
+                    fields = list(der.children(extension))
                     if fields and fields[0][1] == _SAN:
                         _names(fields[-1][1], found)
     return found
 
 
 def _names(octets: bytes, found: Request) -> None:
-    tag, names, _ = _read(octets, 0)
+    tag, names, _ = der.read(octets, 0)
     if tag != 0x30:
         raise BadRequest("bad subject alternative names")
-    for name_tag, value in _children(names):
+    for name_tag, value in der.children(names):
         if name_tag == 0x82:  # dNSName
             found.dns.append(value.decode("ascii", errors="replace"))
         elif name_tag == 0x87:  # iPAddress
