@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -806,28 +807,58 @@ def ssh(
         instance = matches[0]
     key = connected.env.workdir / "pki" / SSH_KEY
     _refresh_ssh_key(connected, key)
-    identity = ["-i", str(key), "-o", "IdentitiesOnly=yes"] if key.exists() else []
     user = NODE_USER
+    if instance.public_ip:
+        argv = ssh_argv(key, connected.env.workdir / "known_hosts", f"{user}@{instance.public_ip}")
+    else:
+        # Private layers are reached through a compute node (the only layer with public addresses).
+        jump = next((i for i in running if i.layer == "compute" and i.public_ip), None)
+        argv = ssh_argv(
+            key,
+            connected.env.workdir / "known_hosts",
+            f"{user}@{instance.private_ip}",
+            jump=f"{user}@{jump.public_ip}" if jump else None,
+        )
+    return SshPlan(instance, argv)
+
+
+def ssh_argv(key: Path, known_hosts: Path, target: str, *, jump: str | None = None) -> list[str]:
+    """The ssh command line for `target` (through `jump` when given), with the environment's
+    key and known_hosts file. Paths may hold spaces, quotes, `$(…)` or `%`: each reaches ssh
+    as one argument, is quoted for ssh's own option parser (`-o NAME="…"`), and the
+    ProxyCommand that ssh hands to a shell quotes every word (`shlex`), so no path runs as
+    shell code."""
+    key, known_hosts = key.absolute(), known_hosts.absolute()
+    for path in (key, known_hosts):
+        if '"' in str(path) or "\n" in str(path):
+            raise KubeplatError(
+                f"ssh cannot be given the path {str(path)[:80]!r} (it holds a double quote or "
+                "a line break)",
+                "move the checkout to a plainer path",
+            )
+
+    def option(name: str, path: Path) -> str:
+        # ssh expands %-tokens in these paths and splits unquoted values at spaces.
+        return f'{name}="{str(path).replace("%", "%%")}"'
+
+    # Not `-i`: ssh drops an -i path it cannot stat before expanding its %-tokens.
+    identity = (
+        ["-o", option("IdentityFile", key), "-o", "IdentitiesOnly=yes"] if key.exists() else []
+    )
     options = [
         "-o",
         "StrictHostKeyChecking=accept-new",
         "-o",
-        f"UserKnownHostsFile={connected.env.workdir / 'known_hosts'}",
+        option("UserKnownHostsFile", known_hosts),
     ]
     argv = ["ssh", *identity, *options]
-    if instance.public_ip:
-        argv.append(f"{user}@{instance.public_ip}")
-    else:
-        # Private layers are reached through a compute node (the only layer with public addresses).
-        jump = next((i for i in running if i.layer == "compute" and i.public_ip), None)
-        if jump is None:
-            argv.append(f"{user}@{instance.private_ip}")
-        else:
-            proxy = " ".join(
-                ["ssh", *identity, *options, "-W", "%h:%p", f"{user}@{jump.public_ip}"]
-            )
-            argv += ["-o", f"ProxyCommand={proxy}", f"{user}@{instance.private_ip}"]
-    return SshPlan(instance, argv)
+    if jump is None:
+        return [*argv, target]
+    # ssh runs the ProxyCommand with `sh -c` after expanding its %-tokens: every word quoted
+    # for the shell, a literal % doubled, and only our own %h:%p left for ssh to fill.
+    words = [shlex.quote(w).replace("%", "%%") for w in [*argv, "-W"]]
+    proxy = " ".join([*words, "%h:%p", shlex.quote(jump).replace("%", "%%")])
+    return [*argv, "-o", f"ProxyCommand={proxy}", target]
 
 
 def _refresh_ssh_key(connected: Any, key: Path) -> None:

@@ -193,7 +193,8 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
     ssh = kubeplat(user, "ssh", "-e", "example", "--print", instance)
     assert ssh.returncode == 0, ssh.stderr
     command = ssh.stdout.strip()
-    assert command.startswith("ssh -i ") and "pki/ssh/id_ed25519" in command
+    assert command.startswith("ssh ") and "IdentityFile=" in command
+    assert "pki/ssh/id_ed25519" in command
     assert f"core@{listed[0]['private_ip']}" in command
     unknown = kubeplat(user, "ssh", "-e", "example", "--print", "i-doesnotexist")
     assert unknown.returncode == 1

@@ -438,7 +438,8 @@ def test_an_ssh_key_rotation_reaches_sshd_on_every_node_without_a_roll(
         printed = pinned(cluster.user, "ssh", "-e", "boot", "--print", nodes[0].spec.instance_id)
         assert printed.returncode == 0, printed.stderr
         copy = tmp_path / name
-        copy.write_bytes(Path(shlex.split(printed.stdout)[2]).read_bytes())
+        word = next(w for w in shlex.split(printed.stdout) if w.startswith("IdentityFile="))
+        copy.write_bytes(Path(word.partition("=")[2].strip('"')).read_bytes())
         copy.chmod(0o600)
         return copy
 
