@@ -6,8 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -356,14 +360,14 @@ def _interactive() -> bool:
     return sys.stdin.isatty() and sys.stderr.isatty()
 
 
-def _require_approval(command: str, auto_approve: bool) -> None:
+def _require_approval(command: str, auto_approve: bool, usage: str = "-e ENV") -> None:
     """No terminal means no prompt: without --auto-approve, stop at once."""
     if not auto_approve and not _interactive():
         from kubeplat.errors import KubeplatError
 
         raise KubeplatError(
             f"{command} needs --auto-approve when there is no terminal to confirm on",
-            f"kubeplat {command} -e ENV --auto-approve (CI), or run it in a terminal",
+            f"kubeplat {command} {usage} --auto-approve (CI), or run it in a terminal",
         )
 
 
@@ -445,7 +449,13 @@ def up(state: State, env: str, auto_approve: bool) -> None:
     result = ops.up(
         env, state.env_dir, sandbox=state.sandbox, confirm=None if auto_approve else confirm
     )
-    if auto_approve or not result.plan.changes:
+    _show_result(result, shown=not auto_approve and result.plan.changes)
+
+
+def _show_result(result: Any, *, shown: bool) -> None:
+    """What `up` or `apply` did: the plan (unless the confirmation showed it), the uploads and
+    removals, the outputs and the kubeconfig."""
+    if not shown:
         _show_plan(result.plan)
     for name in result.uploaded:
         if name.startswith("-"):
@@ -457,6 +467,33 @@ def up(state: State, env: str, auto_approve: bool) -> None:
             console.data(f"{name} = {value}")
     if result.kubeconfig:
         console.status(f"kubeconfig: {result.kubeconfig}", "ok")
+
+
+@cli.command()
+@env_option
+@click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--auto-approve", is_flag=True, help="Apply without asking (CI).")
+@click.pass_obj
+def apply(state: State, env: str, plan_file: Path, auto_approve: bool) -> None:
+    """Apply exactly a plan saved with `kubeplat plan --out PLAN_FILE`: upload the node
+    configuration it was made with, apply, prune. Refused, with nothing uploaded, when the
+    configuration or the state changed since the plan was made."""
+    from kubeplat import ops
+
+    _require_approval("apply", auto_approve, f"-e {env} {plan_file}")
+
+    def confirm(report: Any) -> bool:
+        _show_plan(report)
+        return click.confirm("Apply this saved plan?", default=False, err=True)
+
+    result = ops.apply(
+        env,
+        plan_file,
+        state.env_dir,
+        sandbox=state.sandbox,
+        confirm=None if auto_approve else confirm,
+    )
+    _show_result(result, shown=not auto_approve and result.plan.changes)
 
 
 @cli.command()
@@ -493,6 +530,19 @@ def destroy(state: State, env: str, auto_approve: bool, purge: bool) -> None:
             "bucket (every version), and the local PKI",
             "ok",
         )
+
+
+@cli.command()
+@env_option
+@click.argument("lock_id")
+@click.pass_obj
+def unlock(state: State, env: str, lock_id: str) -> None:
+    """Release the environment's Terraform state lock LOCK_ID, left by a run that died (the
+    lock error names it). Refused while a run started from this checkout still goes."""
+    from kubeplat import ops
+
+    ops.unlock(env, lock_id, state.env_dir, sandbox=state.sandbox)
+    console.status(f"released the state lock {lock_id}", "ok")
 
 
 @cli.command()
@@ -839,6 +889,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
+    _survive_hangup()
     try:
         cli.main(args=args, prog_name="kubeplat", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -847,11 +898,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except (click.Abort, KeyboardInterrupt):
+        if debug:
+            traceback.print_exc()
         console.error("interrupted")
         sys.exit(130)
     except KubeplatError as exc:
         if debug:
-            raise
+            traceback.print_exc()
         if isinstance(exc, ConfigError):
             for problem in exc.problems:
                 if problem.warning:
@@ -860,6 +913,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     console.status(str(problem), "error")
         console.error(exc.message, exc.hint)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if debug:
+            traceback.print_exc()
+        console.error(*_os_error(exc))
+        sys.exit(1)
     except Exception as exc:  # the last line of defence: no traceback without --debug
         if debug:
             raise
@@ -869,3 +927,38 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(0)
+
+
+def _os_error(exc: OSError) -> tuple[str, str]:
+    """A file-system error as one line naming the path and the cause, and a hint."""
+    from kubeplat.errors import os_hint
+
+    cause = exc.strerror or type(exc).__name__
+    path = exc.filename if exc.filename is not None else exc.filename2
+    shown = str(path) if path is not None else ""
+    if len(shown) > 120:
+        shown = shown[:60] + "…" + shown[-40:]
+    where = f"{shown}: " if shown else ""
+    return f"{where}{cause}", os_hint(exc)
+
+
+def _survive_hangup() -> None:
+    """A closed terminal (SIGHUP) does not stop kubeplat half-way: what went to the terminal
+    goes to /dev/null from then on (what went to a file still goes there) and the command runs
+    to its end (Terraform's own output stays in `.kubeplat/ENV/logs/`). `nohup` is kept."""
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        return
+    # Known now: once hung up, a terminal may no longer answer isatty().
+    terminals = [fd for fd in (0, 1, 2) if os.isatty(fd)]
+
+    def detach(_signum: int, _frame: Any) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in terminals:
+            with contextlib.suppress(OSError):
+                os.dup2(null, fd)
+        os.close(null)
+
+    signal.signal(signal.SIGHUP, detach)

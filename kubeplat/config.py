@@ -3,6 +3,10 @@
 The variable set (names, types, defaults) is read from the Terraform module's `variables.tf`,
 so the module and kubeplat can never disagree about it. Every problem in a file is collected and
 reported at once (`ConfigError`), each with file, line, variable, what is wrong and a hint.
+
+Whatever the path or the bytes, reading fails fast with one such error: only a regular file of
+at most `MAX_BYTES` is read (never a FIFO or a device), and the other `MAX_*` limits are checked
+before the parser sees the text. A value is quoted to ~80 characters at most.
 """
 
 from __future__ import annotations
@@ -11,13 +15,14 @@ import difflib
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kubeplat.errors import ConfigError, EnvironmentNotFound, KubeplatError, Problem
+from kubeplat.errors import ConfigError, EnvironmentNotFound, KubeplatError, Problem, os_hint
 from kubeplat.resources import data_dir, module_dir
 
 ENV_DIR_VARIABLE = "KUBEPLAT_ENV_DIR"
@@ -43,6 +48,53 @@ _CUSTOMER = re.compile(r"^([a-z0-9][a-z0-9-]{0,62})?$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _KUBE_VERSION = re.compile(r"^1\.\d+\.\d+$")
 _ETCD_VERSION = re.compile(r"^3\.\d+\.\d+$")
+# Only ASCII digits make a number: `\d` and `int()` also take '１２３' and '١٢٣'.
+_INTEGER = re.compile(r"-?[0-9]+")
+_EXPONENT = re.compile(r"-?[0-9]+(\.[0-9]+)?[eE][+-]?[0-9]+")
+
+# Every number variable's range, (lowest, highest, an example). AWS takes at most a 32-bit
+# integer anywhere (`_INT32`, for a variable missing here); these are far tighter.
+_RANGES: dict[str, tuple[int, int, int]] = {
+    # Longer than two hours keeps a broken instance in service for hours.
+    "compute_asg_grace_period": (0, 7200, 300),
+    # Kubernetes' own documented limit is 5,000 nodes in a cluster.
+    "compute_asg_min": (0, 5000, 2),
+    "compute_asg_max": (0, 5000, 3),
+    # etcd: 7 members at most (each write waits for a majority).
+    "secure_asg_min": (1, 7, 3),
+    "secure_asg_max": (1, 7, 3),
+    "etcd_snapshot_minutes": (5, 1440, 30),
+    "etcd_snapshot_keep": (1, 10_000, 48),
+    "etcd_snapshot_max_age_days": (1, 3650, 7),
+    "cert_renew_days": (7, 180, 90),
+}
+_INT32 = (-(2**31), 2**31 - 1, 1)
+
+# Limits on an environment file, checked before it is parsed: python-hcl2 takes about a
+# millisecond a token and a line, and recurses once per level of nesting, so a corrupt or
+# hostile file must fail here at once, not after minutes or with a RecursionError. A real
+# file sets ~35 variables on ~80 lines in ~4 KB.
+MAX_BYTES = 1 << 20
+MAX_LINES = 5_000
+MAX_VARIABLES = 200
+MAX_TOKENS = 2_000
+MAX_DEPTH = 32
+MAX_DIGITS = 100  # a number literal; far below int()'s 4,300-digit limit
+_KEY_BYTES = 64 << 10  # an OpenSSH public key file
+_SHOWN = 80  # characters of a value a message quotes
+
+# Tokens as far as the limits care: strings and comments are skipped whole (an unterminated
+# one ends at the end of its line, or of the file, so no input makes this scan quadratic).
+_TOKEN = re.compile(
+    r'(?P<string>"(?:[^"\\\n]|\\.)*(?:"|$))'
+    r"|(?P<comment>(?:#|//)[^\n]*|/\*[\s\S]*?(?:\*/|\Z))"
+    r"|(?P<open>[\[{(])|(?P<close>[\]})])"
+    r"|(?P<word>[A-Za-z_][A-Za-z0-9_-]*)"
+    r"|(?P<digits>[0-9]+)"
+    r"|(?P<equals>=(?![=>]))"
+    r"|(?P<other>[=!<>]=|=>|\S)",
+    re.MULTILINE,
+)
 
 
 @dataclass(frozen=True)
@@ -172,15 +224,35 @@ def find_env_file(env: str, directory: str | None = None) -> Path:
     """Resolve `-e` to a file: a path to a `.tfvars` file, or a name under the env dir."""
     if env.endswith(".tfvars") or os.sep in env or "/" in env:
         path = Path(env)
-        if not path.exists():
+        if not _exists(path):
             raise EnvironmentNotFound(path.stem, path, [])
         return path
     folder = env_dir(directory)
     path = folder / f"{env}.tfvars"
-    if not path.exists():
-        available = sorted(p.stem for p in folder.glob("*.tfvars")) if folder.is_dir() else []
-        raise EnvironmentNotFound(env, path, available)
+    if not _exists(path):
+        raise EnvironmentNotFound(env, path, _available(folder))
     return path
+
+
+def _exists(path: Path) -> bool:
+    """Whether `path` names anything; a path that cannot even be looked up (a NUL byte, a name
+    too long, a symbolic link loop) is a `ConfigError` naming it and why."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        raise _file_error(path, "the path contains a NUL byte", "check the path") from None
+    except OSError as exc:
+        raise _file_error(path, f"cannot be read: {exc.strerror}", _os_hint(exc)) from None
+    return True
+
+
+def _available(folder: Path) -> list[str]:
+    try:
+        return sorted(p.stem for p in folder.glob("*.tfvars")) if folder.is_dir() else []
+    except OSError:
+        return []
 
 
 def load(env: str, directory: str | None = None) -> Environment:
@@ -191,6 +263,7 @@ def load(env: str, directory: str | None = None) -> Environment:
 def load_file(path: Path) -> Environment:
     """Read and validate one environment file."""
     text = _read(path)
+    _check_limits(path, text)
     try:
         data, lines = _parse_hcl(text)
     except SyntaxError as exc:
@@ -200,7 +273,7 @@ def load_file(path: Path) -> Environment:
                 Problem(
                     path,
                     None,
-                    f"not a valid tfvars file: {exc.msg}",
+                    f"not a valid tfvars file: {_clip(exc.msg)}",
                     "every line is NAME = VALUE, strings in double quotes",
                     line=exc.lineno,
                 )
@@ -215,21 +288,205 @@ def load_file(path: Path) -> Environment:
 
 
 def _read(path: Path) -> str:
-    def fail(message: str, hint: str) -> ConfigError:
-        return ConfigError(path, [Problem(path, None, message, hint)])
-
-    if path.is_dir():
-        raise fail("is a directory, not an environment file", "pass a .tfvars file or a name")
+    """The file's text: UTF-8 without a byte-order mark, any line ending made `\\n`."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise fail(f"cannot be read: {exc.strerror}", "check the file's permissions") from None
+        raw = _read_regular(path, MAX_BYTES, "an environment file")
+    except _Unreadable as exc:
+        raise _file_error(path, exc.message, exc.hint) from None
     if b"\x00" in raw:
-        raise fail("is binary, not a tfvars text file", "pass an environment .tfvars file")
+        raise _file_error(path, "is binary, not a tfvars text file", "pass an environment file")
     try:
-        return raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is not content
     except UnicodeDecodeError:
-        raise fail("is not UTF-8 text", "save the file as UTF-8") from None
+        raise _file_error(path, "is not UTF-8 text", "save the file as UTF-8") from None
+    # Windows' CRLF and old Mac's CR-only endings: each CR is one line break, as editors show it.
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+class _Unreadable(Exception):
+    """A path that cannot be read as a regular file: why, and what to do."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+def _read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes, else `_Unreadable`.
+
+    Opened without blocking and checked before any read, so that a FIFO, a device such as
+    /dev/zero or a folder is refused at once instead of hanging or filling the memory; and
+    never more than `limit` + 1 bytes are read, whatever the file claims its size is.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except ValueError:
+        raise _Unreadable("the path contains a NUL byte", "check the path") from None
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read: {exc.strerror}", _os_hint(exc)) from None
+    try:
+        info = os.fstat(fd)
+        kind = _not_regular(info.st_mode)
+        if kind:
+            raise _Unreadable(f"is {kind}, not {what}", f"give the path of {what}")
+        if info.st_size > limit:
+            raise _too_big(f"{info.st_size:,} bytes", limit, what)
+        data = _read_at_most(fd, limit + 1)
+    except OSError as exc:
+        raise _Unreadable(f"cannot be read: {exc.strerror}", _os_hint(exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:  # a file larger than its size said (in /proc, or growing)
+        raise _too_big(f"more than {limit:,} bytes", limit, what)
+    return data
+
+
+def _read_at_most(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    left = size
+    while left > 0:
+        chunk = os.read(fd, min(left, 1 << 16))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _not_regular(mode: int) -> str:
+    """What a file that is not a regular file is, or "" for a regular file."""
+    if stat.S_ISREG(mode):
+        return ""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
+
+
+def _too_big(shown: str, limit: int, what: str) -> _Unreadable:
+    return _Unreadable(
+        f"is {shown}; {what} is at most {limit:,} bytes",
+        "is this the right file? Each variable is one NAME = VALUE line",
+    )
+
+
+def _file_error(path: Path, message: str, hint: str) -> ConfigError:
+    """A `ConfigError` about the file as a whole (it cannot be read, or is not text)."""
+    shown = _shown_path(path)
+    return ConfigError(shown, [Problem(shown, None, message, hint)])
+
+
+def _shown_path(path: Path) -> Path:
+    """`path` as a message shows it: a NUL byte visible, an over-long path shortened."""
+    text = str(path).replace("\x00", "\\0")
+    return Path(text if len(text) <= 120 else f"{text[:60]}…{text[-40:]}")
+
+
+def _os_hint(exc: OSError) -> str:
+    return os_hint(exc, "check the path")
+
+
+def _clip(text: str, limit: int = _SHOWN) -> str:
+    """`text` cut to about `limit` characters, with an ellipsis where it was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}…"
+
+
+def _quote(value: Any) -> str:
+    """A value as a message quotes it: `repr` of text, never more than ~80 characters of it
+    (a huge value is cut and its length given, instead of being echoed back whole)."""
+    if isinstance(value, str):
+        if len(value) <= _SHOWN:
+            return repr(value)
+        shown = repr(value[:_SHOWN])
+        return f"{shown[:-1]}…{shown[-1]} ({len(value):,} characters)"
+    return _clip(str(value))
+
+
+def _check_limits(path: Path, text: str) -> None:
+    """Refuse, before parsing, what the parser cannot finish quickly or at all (see MAX_*)."""
+    lines = text.count("\n") + 1
+    if lines > MAX_LINES:
+        raise ConfigError(
+            path,
+            [
+                Problem(
+                    path,
+                    None,
+                    f"has {lines:,} lines; an environment file has at most {MAX_LINES:,}",
+                    "is this the right file? Each variable is one NAME = VALUE line",
+                )
+            ],
+        )
+    found = _over_limits(text)
+    if found:
+        variable, message, hint, offset = found
+        line = text.count("\n", 0, offset) + 1
+        raise ConfigError(path, [Problem(path, variable and _clip(variable), message, hint, line)])
+
+
+def _over_limits(text: str) -> tuple[str | None, str, str, int] | None:
+    """The first limit `text` goes over, as (variable, message, hint, offset), else None."""
+    single = "a variable takes one value: a string, a whole number, true or false"
+    depth = tokens = count = 0
+    variable: str | None = None
+    word: str | None = None
+    for match in _TOKEN.finditer(text):
+        kind = match.lastgroup
+        if kind == "comment":
+            continue
+        tokens += 1
+        if tokens > MAX_TOKENS:
+            message = f"has more than {MAX_TOKENS:,} names, values and symbols"
+            return None, message, single, match.start()
+        if kind == "open":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return (
+                    variable,
+                    f"nests lists or maps more than {MAX_DEPTH} deep",
+                    single,
+                    match.start(),
+                )
+        elif kind == "close":
+            depth = max(depth - 1, 0)
+        elif kind == "equals" and depth == 0:
+            count += 1
+            variable = word
+            if count > MAX_VARIABLES:
+                message = (
+                    f"sets more than {MAX_VARIABLES} variables (the module has {len(variables())})"
+                )
+                return (
+                    None,
+                    message,
+                    "is this the right file? See environments/env.tfvars.sample",
+                    match.start(),
+                )
+        elif kind == "digits" and len(match.group()) > MAX_DIGITS:
+            message, hint = _long_number(variable, len(match.group()))
+            return variable, message, hint, match.start()
+        word = match.group() if kind == "word" else None
+    return None
+
+
+def _long_number(variable: str | None, digits: int) -> tuple[str, str]:
+    """A number literal too long to convert: (message, hint)."""
+    if variable in _RANGES:
+        example = _RANGES[variable][2]
+        message = f"is a {digits:,}-digit number; it must be {_bounds(variable)}"
+        return message, f"e.g. {variable} = {example}"
+    return f"has a {digits:,}-digit number; no value here is that long", "check the value"
+
+
+def _bounds(variable: str) -> str:
+    low, high, _ = _RANGES.get(variable, _INT32)
+    return f"{low} or more and {high} or less"
 
 
 def _parse_hcl(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
@@ -245,6 +502,8 @@ def _parse_hcl(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
         raise err from None
     except (LarkError, ValueError) as exc:
         raise SyntaxError(str(exc).splitlines()[0]) from None
+    except RecursionError:  # MAX_DEPTH keeps environment files well clear of this
+        raise SyntaxError("nested too deeply") from None
     lines: dict[str, list[int]] = {}
     body = tree.children[0]
     for attribute in getattr(body, "children", []):
@@ -254,7 +513,12 @@ def _parse_hcl(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
         token = attribute.children[0].children[0]
         lines.setdefault(str(token), []).append(int(token.line))
     options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
-    data = hcl2.serialize(hcl2.transform(tree), serialization_options=options)
+    try:
+        data = hcl2.serialize(hcl2.transform(tree), serialization_options=options)
+    except (LarkError, ValueError) as exc:
+        raise SyntaxError(str(exc).splitlines()[0]) from None
+    except RecursionError:
+        raise SyntaxError("nested too deeply") from None
     return data, lines
 
 
@@ -262,8 +526,9 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",")]
 
 
-def _network(item: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    return ipaddress.ip_network(item if "/" in item else f"{item}/32", strict=True)
+def _network(item: str) -> ipaddress.IPv4Network:
+    """An IPv4 address or CIDR as a network (a bare address is a /32); ValueError otherwise."""
+    return ipaddress.IPv4Network(item if "/" in item else f"{item}/32", strict=True)
 
 
 class _Checker:
@@ -277,7 +542,8 @@ class _Checker:
 
     def problem(self, var: str | None, message: str, hint: str = "", warning: bool = False) -> None:
         line = self.lines.get(var, [None])[0] if var else None
-        self.problems.append(Problem(self.path, var, message, hint, line, warning))
+        shown = _clip(var) if var else None
+        self.problems.append(Problem(self.path, shown, message, hint, line, warning))
 
     def run(self) -> dict[str, Any]:
         known = variables()
@@ -295,7 +561,7 @@ class _Checker:
                 )
         for name, raw in self.data.items():
             if name not in known:
-                close = difflib.get_close_matches(name, list(known), n=1)
+                close = _close_matches(name, list(known))
                 hint = (
                     f"did you mean {close[0]!r}?" if close else "see environments/env.tfvars.sample"
                 )
@@ -321,6 +587,7 @@ class _Checker:
 
     def _convert(self, var: Variable, raw: Any) -> Any:
         """Coerce one value to its declared type; None (with a problem) when it cannot be."""
+        raw = _unwrap_number(raw)
         if isinstance(raw, str) and "${" in raw:
             self.problem(
                 var.name,
@@ -331,25 +598,20 @@ class _Checker:
         if isinstance(raw, str) and (raw.strip() in _PLACEHOLDERS or _is_list_placeholder(raw)):
             self.problem(
                 var.name,
-                f"placeholder {raw!r} left in",
+                f"placeholder {_quote(raw)} left in",
                 f"fill it in: {var.description}",
             )
             return None
         if var.type == "number":
-            if isinstance(raw, bool):
-                pass
-            elif isinstance(raw, int):
-                return raw
-            elif isinstance(raw, str) and re.fullmatch(r"\s*-?\d+\s*", raw):
-                return int(raw)
-            self.problem(var.name, f"expected a whole number, got {raw!r}", f"e.g. {var.name} = 3")
-            return None
+            return self._number(var, raw)
         if var.type == "bool":
             if isinstance(raw, bool):
                 return raw
             if isinstance(raw, str) and raw in ("true", "false"):
                 return raw == "true"
-            self.problem(var.name, f"expected true or false, got {raw!r}", f"{var.name} = true")
+            self.problem(
+                var.name, f"expected true or false, got {_quote(raw)}", f"{var.name} = true"
+            )
             return None
         if isinstance(raw, str):
             return raw
@@ -362,17 +624,47 @@ class _Checker:
         )
         return None
 
+    def _number(self, var: Variable, raw: Any) -> int | None:
+        """A whole number in ASCII digits within the variable's range; None (with a problem)."""
+        low, high, example = _RANGES.get(var.name, _INT32)
+        hint = f"e.g. {var.name} = {example}"
+        text = raw.strip() if isinstance(raw, str) else raw
+        if isinstance(text, int) and not isinstance(text, bool):
+            text = str(text)
+        if isinstance(text, str) and _EXPONENT.fullmatch(text):
+            message = f"is {_clip(text)}; it must be {_bounds(var.name)}, in digits 0-9"
+            self.problem(var.name, message, hint)
+            return None
+        if not isinstance(text, str) or not _INTEGER.fullmatch(text):
+            self.problem(
+                var.name,
+                f"expected a whole number, got {_quote(raw)}",
+                f"digits 0-9, {_bounds(var.name)}; {hint}",
+            )
+            return None
+        # Too many digits is out of range whatever they are: no int() of 5,000 digits.
+        if len(text.lstrip("-").lstrip("0")) <= 18 and low <= int(text) <= high:
+            return int(text)
+        shown = text if len(text) <= 20 else f"{text[:20]}… ({len(text):,} digits)"
+        self.problem(var.name, f"is {shown}; it must be {_bounds(var.name)}", hint)
+        return None
+
     def _check_ssh_public_key(self, values: Mapping[str, Any]) -> None:
         given = values.get("ssh_public_key")
         if not isinstance(given, str) or not given:
             return
-        path = (self.path.parent / Path(given).expanduser()).resolve()
         try:
-            text = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = getattr(exc, "strerror", None) or "not text"
+            path = self.path.parent / Path(given).expanduser()
+        except RuntimeError:  # "~" and no home directory: read it as written
+            path = self.path.parent / given
+        try:
+            text = _read_regular(path, _KEY_BYTES, "a public key file").decode("utf-8").strip()
+        except _Unreadable as exc:
+            self.problem("ssh_public_key", f"{_shown_path(path)} {exc.message}", exc.hint)
+            return
+        except UnicodeDecodeError:
             self.problem(
-                "ssh_public_key", f"cannot read {path}: {reason}", "give the .pub file's path"
+                "ssh_public_key", f"{_shown_path(path)} is not text", "give the .pub file's path"
             )
             return
         if "PRIVATE KEY" in text:
@@ -393,9 +685,26 @@ class _Checker:
         if self.path.suffix == ".tfvars" and isinstance(name, str) and name != self.path.stem:
             self.problem(
                 "environment",
-                f"is {name!r} but the file is {self.path.name}",
-                f'set environment = "{self.path.stem}" or rename the file to {name}.tfvars',
+                f"is {_quote(name)} but the file is {self.path.name}",
+                f'set environment = "{self.path.stem}" or rename the file to {_clip(name)}.tfvars',
             )
+
+
+def _unwrap_number(raw: Any) -> Any:
+    """python-hcl2 keeps a number written with an exponent (`1e20`) as the expression
+    `"${1e20}"`: it is a number literal all the same, not an expression."""
+    if isinstance(raw, str) and raw.startswith("${") and raw.endswith("}"):
+        inner = raw[2:-1].strip()
+        if _EXPONENT.fullmatch(inner):
+            return inner
+    return raw
+
+
+def _close_matches(word: str, choices: list[str]) -> list[str]:
+    """difflib's did-you-mean; none for a word far longer than any choice."""
+    if len(word) > 100:
+        return []
+    return difflib.get_close_matches(word, choices, n=1)
 
 
 def _is_list_placeholder(value: str) -> bool:
@@ -441,19 +750,24 @@ def _check_patterns(values: Mapping[str, Any]) -> Iterator[_Finding]:
     for name, pattern, message, hint in rules:
         value = values.get(name)
         if isinstance(value, str) and not pattern.fullmatch(value):
-            yield name, f"{value!r} {message}", hint, False
+            yield name, f"{_quote(value)} {message}", hint, False
     algorithm = values.get("key_algorithm")
     if isinstance(algorithm, str) and algorithm not in ("ecdsa-p256", "rsa-2048"):
         yield (
             "key_algorithm",
-            f"{algorithm!r} is not supported",
+            f"{_quote(algorithm)} is not supported",
             'use "ecdsa-p256" or "rsa-2048"',
             False,
         )
     yield from _check_pinned(values)
     topology = values.get("topology")
     if isinstance(topology, str) and topology not in ("stacked", "separate"):
-        yield "topology", f"{topology!r} is not a topology", 'use "stacked" or "separate"', False
+        yield (
+            "topology",
+            f"{_quote(topology)} is not a topology",
+            'use "stacked" or "separate"',
+            False,
+        )
     yield from _check_nodes(values)
 
 
@@ -463,14 +777,14 @@ def _check_nodes(values: Mapping[str, Any]) -> Iterator[_Finding]:
     names = [family.name for family in osfamily.FAMILIES.values()]
     node_os = values.get("node_os")
     if isinstance(node_os, str) and node_os not in names:
-        close = difflib.get_close_matches(node_os, names, n=1)
+        close = _close_matches(node_os, names)
         hint = f"did you mean {close[0]!r}?" if close else "use one of: " + ", ".join(names)
-        yield "node_os", f"{node_os!r} is not a supported operating system", hint, False
+        yield "node_os", f"{_quote(node_os)} is not a supported operating system", hint, False
     mirror = values.get("artifact_mirror")
     if isinstance(mirror, str) and mirror and not _MIRROR.fullmatch(mirror):
         yield (
             "artifact_mirror",
-            f"{mirror!r} is not an https://, http:// or s3:// URL",
+            f"{_quote(mirror)} is not an https://, http:// or s3:// URL",
             'e.g. "https://mirror.example.com/kubeplat" or "s3://my-artifacts/kubeplat"',
             False,
         )
@@ -490,7 +804,7 @@ def _check_pinned(values: Mapping[str, Any]) -> Iterator[_Finding]:
             pinned = ", ".join(sorted(table))
             yield (
                 name,
-                f"no pinned binary digests for {value!r}",
+                f"no pinned binary digests for {_quote(value)}",
                 (f"use one of: {pinned} (nodes never run an unchecked binary)"),
                 False,
             )
@@ -505,7 +819,7 @@ def _check_buckets(values: Mapping[str, Any]) -> Iterator[_Finding]:
         if reason:
             yield (
                 name,
-                f"{value!r} is not a valid S3 bucket name: {reason}",
+                f"{_quote(value)} is not a valid S3 bucket name: {reason}",
                 ("3-63 lowercase letters, digits, dots, hyphens; a letter or digit at each end"),
                 False,
             )
@@ -539,35 +853,44 @@ def _check_access_lists(values: Mapping[str, Any]) -> Iterator[_Finding]:
         if not isinstance(value, str):
             continue
         for item in _split_list(value):
-            if not item:
-                yield name, "has an empty entry", "remove the extra comma", False
-                continue
-            try:
-                network = _network(item)
-            except ValueError as exc:
-                yield (
-                    name,
-                    f"{item!r} is not an IP or CIDR ({exc})",
-                    ('comma-separated IPs or CIDRs, e.g. "203.0.113.7,198.51.100.0/24"'),
-                    False,
-                )
-                continue
-            if network.prefixlen == 0:
-                yield (
-                    name,
-                    f"{item!r} opens access to the whole internet",
-                    ("list the addresses of your offices and CI runners"),
-                    True,
-                )
+            yield from _check_access_item(name, item)
+
+
+def _check_access_item(name: str, item: str) -> Iterator[_Finding]:
+    example = 'comma-separated IPv4 addresses or CIDRs, e.g. "203.0.113.7,198.51.100.0/24"'
+    if not item:
+        yield name, "has an empty entry", "remove the extra comma", False
+        return
+    try:
+        network = _network(item)
+    except ValueError as exc:
+        if _is_ipv6(item):
+            # The module's VPC, subnets and security-group rules (cidr_ipv4) are IPv4 only.
+            yield name, f"{_quote(item)} is IPv6; only IPv4 is supported", example, False
+        else:
+            yield name, f"{_quote(item)} is not an IP or CIDR ({_clip(str(exc))})", example, False
+        return
+    if network.prefixlen == 0:
+        yield (
+            name,
+            f"{_quote(item)} opens access to the whole internet",
+            "list the addresses of your offices and CI runners",
+            True,
+        )
+
+
+def _is_ipv6(item: str) -> bool:
+    try:
+        ipaddress.IPv6Network(item, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_sizes(values: Mapping[str, Any]) -> Iterator[_Finding]:
+    # Each number is in its range already (`_Checker._number`); these relate two of them.
     for layer in ("compute", "secure"):
         low, high = values.get(f"{layer}_asg_min"), values.get(f"{layer}_asg_max")
-        for name, value in ((f"{layer}_asg_min", low), (f"{layer}_asg_max", high)):
-            floor = 1 if layer == "secure" else 0
-            if isinstance(value, int) and value < floor:
-                yield name, f"is {value}; it must be {floor} or more", f"e.g. {name} = 3", False
         if isinstance(low, int) and isinstance(high, int) and low > high:
             yield (
                 f"{layer}_asg_min",
@@ -575,19 +898,6 @@ def _check_sizes(values: Mapping[str, Any]) -> Iterator[_Finding]:
                 (f"make {layer}_asg_min at most {layer}_asg_max"),
                 False,
             )
-    grace = values.get("compute_asg_grace_period")
-    if isinstance(grace, int) and grace < 0:
-        yield "compute_asg_grace_period", f"is {grace}; it must be 0 or more", "e.g. 300", False
-    for name, low, high, example in (
-        ("etcd_snapshot_minutes", 5, 1440, "30"),
-        ("etcd_snapshot_keep", 1, None, "48"),
-        ("etcd_snapshot_max_age_days", 1, None, "7"),
-        ("cert_renew_days", 7, 180, "90"),
-    ):
-        value = values.get(name)
-        if isinstance(value, int) and (value < low or (high is not None and value > high)):
-            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
-            yield name, f"is {value}; it must be {bounds}", f"e.g. {name} = {example}", False
     for name in ("secure_asg_min", "secure_asg_max"):
         count = values.get(name)
         if isinstance(count, int) and count > 0 and count % 2 == 0:
@@ -621,25 +931,51 @@ def write_from_sample(name: str, directory: Path) -> Path:
     """`kubeplat init NAME`: copy the sample to `NAME.tfvars` with `environment` filled in."""
     if not _NAME.fullmatch(name):
         raise KubeplatError(
-            f"{name!r} is not a valid environment name",
+            f"{_quote(name)} is not a valid environment name",
             "use 1-20 lowercase letters, digits or hyphens, starting with a letter",
         )
     target = directory / f"{name}.tfvars"
-    if target.exists():
-        raise KubeplatError(
-            f"{target} already exists", f"edit it, or validate it: kubeplat validate -e {name}"
-        )
-    sample = sample_file()
     text = re.sub(
         r'^(environment\s*=\s*)"[^"]*"',
         lambda m: f'{m.group(1)}"{name}"',
-        sample.read_text(encoding="utf-8"),
+        sample_file().read_text(encoding="utf-8"),
         count=1,
         flags=re.MULTILINE,
     )
-    directory.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        raise _cannot_write(directory, exc) from None
+    try:
+        with open(target, "x", encoding="utf-8") as handle:
+            _write_or_remove(handle, target, text)
+    except FileExistsError:
+        raise KubeplatError(
+            f"{target} already exists", f"edit it, or validate it: kubeplat validate -e {name}"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise _cannot_write(target, exc) from None
     return target
+
+
+def _write_or_remove(handle: Any, target: Path, text: str) -> None:
+    """Write the new file whole, or leave none (a half-written file would block a retry)."""
+    try:
+        handle.write(text)
+        handle.flush()
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _cannot_write(path: Path, exc: OSError | ValueError) -> KubeplatError:
+    """A failed write as one line naming the path and the cause."""
+    if isinstance(exc, ValueError):
+        return KubeplatError(
+            f"cannot write {_shown_path(path)}: a NUL byte in the path", "check the path"
+        )
+    hint = os_hint(exc, "check that path and the folders above it")
+    return KubeplatError(f"cannot write {_shown_path(path)}: {exc.strerror}", hint)
 
 
 def sample_file() -> Path:

@@ -6,6 +6,7 @@ the hint, and maps them to exit codes. Each carries a one-line message and a hin
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,3 +80,23 @@ class ToolMissing(KubeplatError):
 
 class TerraformFailed(KubeplatError):
     """A Terraform command exited non-zero."""
+
+
+# What to do about an error of the file system, by errno.
+OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space, then run the same command again",
+    errno.EDQUOT: "the disk quota is exhausted: free some space, then run the same command again",
+    errno.EROFS: "that file system is read-only: run from a writable checkout",
+    errno.EACCES: "check the permissions of that path (and of the folders above it)",
+    errno.EPERM: "check the permissions of that path (and of the folders above it)",
+    errno.ENAMETOOLONG: "use a shorter path",
+    errno.ELOOP: "a symbolic link there points back at itself: fix or remove it",
+    errno.ENOENT: "check that the path exists",
+    errno.ENOTDIR: "a part of that path is a file, not a folder",
+    errno.EISDIR: "that path is a folder; a file belongs there",
+}
+
+
+def os_hint(exc: OSError, default: str = "check that path and try again") -> str:
+    """The hint for a file-system error."""
+    return OS_HINTS.get(exc.errno or 0, default)

@@ -16,7 +16,7 @@ from kubeplat import config, terraform
 from kubeplat.errors import KubeplatError, Problem
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from kubeplat import pipeline, pki
     from kubeplat.pki import CertInfo
@@ -455,9 +455,12 @@ def plan(
     env: str, env_dir: str | None = None, *, sandbox: bool = False, out: Path | None = None
 ) -> PlanReport:
     """The whole pipeline up to a saved Terraform plan; nothing uploaded, nothing applied."""
-    from kubeplat import pipeline
+    from kubeplat import pipeline, savedplan
 
-    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
+    # A plan kept for `kubeplat apply` must be applicable exactly: a PKI the bucket does not
+    # hold yet is created first (no node reads it before the apply), never made up in memory;
+    # a renewal or rotation step is refused (`certs renew` / `certs rotation` take them).
+    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=out is not None, new_pki_only=True)
     tf = pipeline.terraform_for(prepared)
     plan_file = out.resolve() if out else prepared.env.workdir / "plan.tfplan"
     try:
@@ -465,7 +468,60 @@ def plan(
     finally:
         if out is None:
             plan_file.unlink(missing_ok=True)
+    if out is not None:
+        savedplan.save(prepared, summary, plan_file)
     return _report(prepared, summary, plan_file if out else None)
+
+
+def apply(
+    env: str,
+    plan_file: Path,
+    env_dir: str | None = None,
+    *,
+    sandbox: bool = False,
+    confirm: Callable[[PlanReport], bool] | None = None,
+) -> UpReport:
+    """Apply exactly a plan saved by `plan --out`: refused (nothing uploaded or applied) when
+    the node configuration or the state changed since; then upload, apply, prune, outputs."""
+    from kubeplat import pipeline, savedplan
+
+    config.load(env, env_dir)  # the environment file's problems first
+    saved = savedplan.load(plan_file.resolve(), env)
+    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
+    tf = pipeline.terraform_for(prepared)
+    savedplan.check(saved, prepared, tf, env)
+    summary = pipeline.PlanSummary(
+        add=int(saved.summary.get("add", 0)),
+        change=int(saved.summary.get("change", 0)),
+        destroy=int(saved.summary.get("destroy", 0)),
+        rolls=[str(r) for r in saved.summary.get("rolls", [])],
+    )
+    report = _report(prepared, summary, saved.plan_file)
+    outputs: dict[str, object] = {}
+    uploaded: list[str] = []
+    if report.changes:
+        if confirm is not None and not confirm(report):
+            raise KubeplatError("cancelled: nothing was uploaded or applied", "")
+        savedplan.check_state(saved, tf, env)  # again: someone may have applied meanwhile
+        uploaded = pipeline.upload(prepared)
+        if summary.changes:
+            outputs = pipeline.apply(prepared, tf, saved.plan_file)
+        uploaded += pipeline.prune(prepared)
+    if not summary.changes:
+        outputs = pipeline.outputs(tf)
+    return UpReport(report, uploaded, summary.changes, outputs, _kubeconfig(prepared, outputs))
+
+
+def _kubeconfig(prepared: pipeline.Prepared, outputs: Mapping[str, object]) -> Path | None:
+    """The admin kubeconfig for the API endpoint the outputs name (0600), or None."""
+    from kubeplat import render as renderer
+
+    server = outputs.get("api_endpoint")
+    if not isinstance(server, str):
+        return None
+    path = prepared.env.kubeconfig_path
+    _write_private(path, renderer.admin_kubeconfig(prepared.env, prepared.files, server))
+    return path
 
 
 @dataclass(frozen=True)
@@ -488,7 +544,6 @@ def up(
 ) -> UpReport:
     """Certs, render, plan, confirm, upload, apply; `confirm` sees the plan (None: approve)."""
     from kubeplat import pipeline
-    from kubeplat import render as renderer
 
     prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
     tf = pipeline.terraform_for(prepared)
@@ -518,12 +573,7 @@ def up(
         outputs = (
             pipeline.parse_outputs(current) if reading.returncode == 0 else pipeline.outputs(tf)
         )
-    kubeconfig = None
-    server = outputs.get("api_endpoint")
-    if isinstance(server, str):
-        kubeconfig = prepared.env.kubeconfig_path
-        _write_private(kubeconfig, renderer.admin_kubeconfig(prepared.env, prepared.files, server))
-    return UpReport(report, uploaded, applied, outputs, kubeconfig)
+    return UpReport(report, uploaded, applied, outputs, _kubeconfig(prepared, outputs))
 
 
 def destroy(
@@ -605,6 +655,22 @@ def output(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> di
     from kubeplat import pipeline
 
     return pipeline.outputs(pipeline.terraform_for(pipeline.deployed(env, env_dir, sandbox)))
+
+
+def unlock(env: str, lock_id: str, env_dir: str | None = None, *, sandbox: bool = False) -> None:
+    """Release the environment's state lock `lock_id` (`terraform force-unlock`, with the
+    environment's backend), refused while a run started from this checkout still holds it."""
+    import re
+
+    from kubeplat import pipeline
+
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", lock_id):
+        raise KubeplatError(
+            f"{lock_id[:80]!r} is not a lock ID",
+            "give the ID the lock error printed (e.g. 3f2a9c1e-…)",
+        )
+    tf = pipeline.terraform_for(pipeline.deployed(env, env_dir, sandbox))
+    tf.run("force-unlock", "-force", lock_id)
 
 
 def _write_private(path: Path, data: bytes) -> None:

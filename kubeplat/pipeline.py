@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,9 +96,16 @@ def connect(env_name: str, env_dir: str | None, force_sandbox: bool, *, start: b
 
 
 def prepare(
-    env_name: str, env_dir: str | None, force_sandbox: bool, *, write_pki: bool
+    env_name: str,
+    env_dir: str | None,
+    force_sandbox: bool,
+    *,
+    write_pki: bool,
+    new_pki_only: bool = False,
 ) -> Prepared:
-    """Steps 1-5 (and 6's comparison): nothing a node uses changes here."""
+    """Steps 1-5 (and 6's comparison): nothing a node uses changes here. With `new_pki_only`
+    (a plan kept for `apply`), a PKI is written only when the bucket has none yet: no rotation
+    step is taken and a renewal is refused (see `sync_pki`)."""
     from kubeplat import state
     from kubeplat.store import BucketStore
 
@@ -114,11 +121,11 @@ def prepare(
             f"{env.environment} --tls-only adds one and keeps the policy's other statements"
         )
     store = BucketStore.of(aws, env, boot.key_arn)
-    rotating = rotation.step(env, store, aws, write=write_pki)
+    rotating = rotation.step(env, store, aws, write=write_pki and not new_pki_only)
     if rotating is not None:
         for line in rotation.describe(rotating):
             console.status(f"PKI: {line.strip()}", "warn" if rotating.hold else "ok")
-    files = sync_pki(env, store, write=write_pki)
+    files = sync_pki(env, store, write=write_pki, new_only=new_pki_only)
     warn_expiring(env, files)
     bundle = render.bundle(env, files)
     prepared = Prepared(env, aws, account, boot.key_arn, store, files, bundle)
@@ -137,6 +144,7 @@ def sync_pki(
     rotate: str | None = None,
     issued: dict[str, str] | None = None,
     wrote: list[str] | None = None,
+    new_only: bool = False,
 ) -> dict[str, bytes]:
     """The PKI: the bucket's, completed; new files written only if nobody wrote them first.
     `wrote`, when given, gets the names of the objects this wrote or removed."""
@@ -149,13 +157,31 @@ def sync_pki(
     racing = False
     damaged_since = 0.0
     while True:
+        published = _published(store)
+        if published is not None and write:
+            _finish_publishing(store, *published)
         stored = store.load_pki()
+        if published is not None:  # what pki/ lacks of the published set is in the staged copy
+            stored = {**pki_files_of(published[1]), **stored}
         # The bucket is the source of truth; a local cache seeds an empty bucket (e.g. after
         # `kubeplat certs` was run before the first `up`).
         base = stored or cache.load()
         try:
             result = pki.ensure(env, base, now=now, rotate=rotate, ssh_public_key=given)
-            if write and result.files != stored:
+            if write and not stored:
+                written = _create_pki(env, store, result.files)
+                if wrote is not None:
+                    wrote += written
+            elif write and result.files != stored:
+                if new_only:
+                    needed = [f"{n}: {r}" for n, r in sorted(result.reasons.items())]
+                    raise KubeplatError(
+                        "the PKI needs changes that a saved plan must not make ("
+                        + (", ".join(needed) or "objects to rewrite")
+                        + "); nothing was written",
+                        f"make them first: kubeplat certs renew -e {env.path.stem} (running "
+                        "nodes pick them up), then plan again",
+                    )
                 written = _write_pki(env, store, result.files)
                 if wrote is not None:
                     wrote += written
@@ -187,6 +213,87 @@ def sync_pki(
                 "warn",
             )
             time.sleep(2)
+
+
+# A new PKI is all or nothing: the whole set is written under STAGING/<set id>/ (no node reads
+# it), then one conditional write of PUBLISHED makes it the environment's set; only then is it
+# copied to pki/. An interrupt before PUBLISHED leaves nothing (the next run makes its own set;
+# another operator who publishes first wins); an interrupt after it leaves a set every later
+# run finishes copying, exactly as staged.
+STAGING = "pki-staging/"
+PUBLISHED = STAGING + "published.json"
+
+
+def _published(store: BucketStore) -> tuple[str, dict[str, bytes]] | None:
+    """The published set still to be copied to pki/ (its id and objects), or None."""
+    import json as json_module
+
+    if PUBLISHED not in store.names(STAGING):
+        return None
+    try:
+        set_id = str(json_module.loads(store.get(PUBLISHED))["set"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    folder = f"{STAGING}{set_id}/"
+    names = store.names(folder)
+    if not names:
+        return None  # copied already
+    try:
+        return set_id, {n[len(folder) :]: store.get(n) for n in names}
+    except KubeplatError:
+        return None  # another run finished the copy and removed it meanwhile
+
+
+def pki_files_of(objects: Mapping[str, bytes]) -> dict[str, bytes]:
+    """The PKI files (kubeadm names) of a set of `pki/…` objects."""
+    from kubeplat.store import pki_files
+
+    return pki_files({n: v for n, v in objects.items() if n.count("/") >= 2})
+
+
+def _create_pki(
+    env: config.Environment, store: BucketStore, files: Mapping[str, bytes]
+) -> list[str]:
+    """Write a new PKI all or nothing (see STAGING); the names written. `Conflict` when another
+    operator published theirs first (the caller then follows it)."""
+    import hashlib
+    import json as json_module
+
+    objects = {f"pki/{k}": v for k, v in render.pki_layout(env, files).items()}
+    digest = hashlib.sha256()
+    for name in sorted(objects):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(objects[name]).digest())
+    set_id = digest.hexdigest()[:16]
+    folder = f"{STAGING}{set_id}/"
+    store.upload({folder + n: v for n, v in objects.items()})
+    marker = {"set": set_id, "at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    try:
+        store.put(PUBLISHED, json_module.dumps(marker).encode(), only_if_new=True)
+    except Conflict:
+        store.delete([folder + n for n in objects])  # theirs is the set now
+        if _published(store) is None and not store.names("pki/"):
+            raise KubeplatError(
+                f"the environment's PKI was published ({PUBLISHED}) and later removed from "
+                "pki/: kubeplat will not make a second CA for it",
+                "bring pki/ back from the bucket's earlier object versions, or remove the "
+                f"environment's objects with kubeplat destroy -e {env.path.stem} --purge",
+            ) from None
+        raise
+    _finish_publishing(store, set_id, objects)
+    return write_order(objects)
+
+
+def _finish_publishing(store: BucketStore, set_id: str, objects: Mapping[str, bytes]) -> None:
+    """Copy a published set to pki/ (what is there already stays), then drop every staged set."""
+    present = set(store.names("pki/"))
+    for name in write_order(objects):
+        if name not in present:
+            with suppress(Conflict):  # another run finishing the same set
+                store.put(name, objects[name], only_if_new=True)
+    if set(objects) - set(store.names("pki/")):
+        return  # a write still in flight elsewhere: the staged copy stays for the next run
+    leftovers = [n for n in store.names(STAGING) if n != PUBLISHED]
+    store.delete(leftovers)
 
 
 def store_pki(env: config.Environment, store: BucketStore, files: Mapping[str, bytes]) -> None:
@@ -277,7 +384,9 @@ def prune(prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/")) 
 def terraform_for(prepared: Prepared | Deployed) -> Terraform:
     """The environment's Terraform, initialised against its S3 remote state."""
     env, aws = prepared.env, prepared.aws
-    tf = Terraform(env.workdir, env=aws.child_env)
+    # How hints name the environment: by name when `-e NAME` finds it from here.
+    plainly = env.path.resolve().parent == (Path.cwd() / "environments").resolve()
+    tf = Terraform(env.workdir, env=aws.child_env, name=env.path.stem if plainly else str(env.path))
     backend = {
         "bucket": env.terraform_bucket_name,
         "key": f"{env.aws_region}/{env.environment}/terraform.tfstate",
@@ -441,8 +550,6 @@ def plan(
     prepared: Prepared, tf: Terraform, plan_file: Path, *, destroy: bool = False
 ) -> PlanSummary:
     """Step 7: plan to a file; the summary comes from Terraform's machine-readable stream."""
-    from kubeplat.terraform import failure
-
     lines: list[str] = []
 
     def keep(line: str) -> None:
@@ -455,8 +562,26 @@ def plan(
             args.append("-destroy")
         result = tf.run("plan", *args, on_line=keep, check=False)
     if result.returncode not in (0, 2):
-        raise failure("plan", result.output)
+        raise tf.failure("plan", result)
+    check_plan_file(plan_file)
     return summarize(lines)
+
+
+def check_plan_file(plan_file: Path) -> None:
+    """A saved plan is a zip archive: Terraform (1.11) reports success for a plan it could
+    not write (an empty file on a full disk), which must never be taken for a plan."""
+    import zipfile
+
+    if zipfile.is_zipfile(plan_file):
+        return
+    size = plan_file.stat().st_size if plan_file.exists() else 0
+    stats = os.statvfs(plan_file.parent)
+    full = stats.f_bavail * stats.f_frsize < 1 << 20
+    raise KubeplatError(
+        f"{plan_file}: Terraform did not write a complete plan ({size} bytes)"
+        + ("; the disk is full" if full else ""),
+        "free some space there (or save the plan elsewhere), then run the same command again",
+    )
 
 
 def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> dict[str, Any]:

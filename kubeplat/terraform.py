@@ -6,11 +6,14 @@ All Terraform command lines are built by `Terraform.command` so the global flags
 
 from __future__ import annotations
 
+import datetime as dt
+import getpass
 import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,13 +22,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeplat import console, process
-from kubeplat.errors import TerraformFailed, ToolMissing
+from kubeplat.errors import KubeplatError, TerraformFailed, ToolMissing
 from kubeplat.resources import module_dir
 
 if TYPE_CHECKING:
     from kubeplat.config import Environment
 
 MIN_VERSION = (1, 5, 0)
+# Subcommands that take the state lock: while one runs, the working copy records who runs it
+# (OPERATION), so that the next command can tell a live run from a dead one.
+LOCKING = ("plan", "apply", "destroy", "import", "refresh", "force-unlock")
+OPERATION = "operation.json"
+KEEP_LOGS = 20
 INSTALL_HINT = (
     "install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install) "
     "and put it on PATH, or set KUBEPLAT_TERRAFORM to its path"
@@ -132,6 +140,11 @@ class Terraform:
     # `validate` initialises without a backend: it keeps its own data directory so the real
     # one (with the S3 backend) is never reconfigured by it.
     data_name: str = "terraform"
+    # The environment's name, for the commands that hints print.
+    name: str = "ENV"
+    # The last run's log, and a run of this working copy found cut off (see `check_running`).
+    last_log: Path | None = field(default=None, repr=False)
+    cut_off: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def module(self) -> Path:
@@ -146,7 +159,10 @@ class Terraform:
         flags = ["-no-color"]
         if subcommand in ("init", "plan", "apply", "destroy", "import", "refresh"):
             flags.append("-input=false")
-        return [binary(), f"-chdir={self.module}", subcommand, *flags, *args]
+        words = [subcommand]
+        if subcommand in ("state", "workspace") and args:  # `state pull`: flags after both
+            words, args = [subcommand, args[0]], args[1:]
+        return [binary(), f"-chdir={self.module}", *words, *flags, *args]
 
     def environ(self) -> dict[str, str]:
         """The child's environment: ours, the caller's additions, and `TF_DATA_DIR`."""
@@ -168,18 +184,77 @@ class Terraform:
         on_line: Callable[[str], None] | None = None,
         check: bool = True,
     ) -> process.Result:
-        """Run one subcommand; raise `TerraformFailed` with its last error when it fails."""
+        """Run one subcommand, its output going to a log file under the working copy (so it
+        survives kubeplat's death); raise `TerraformFailed` with its last error when it fails.
+        A subcommand that takes the state lock is refused while another one started from this
+        working copy still runs, and is recorded while it runs."""
         if on_line is None and console.debug_enabled():
             on_line = console.debug
-        result = process.run(
-            self.command(subcommand, *args),
-            env=self.environ(),
-            on_line=on_line,
-            interrupt_hint="run the same command again to resume; the state lock was released",
-        )
+        locking = subcommand in LOCKING
+        if locking:
+            self.cut_off = self.check_running() or self.cut_off
+        log = self.last_log = self.log_path(subcommand)
+
+        ours: list[int] = []
+
+        def started(pid: int) -> None:
+            if locking:
+                ours.append(pid)
+                _write_operation(self.workdir / OPERATION, subcommand, pid, log)
+
+        try:
+            result = process.run(
+                self.command(subcommand, *args),
+                env=self.environ(),
+                on_line=on_line,
+                interrupt_hint="run the same command again to resume; the state lock was released",
+                log=log,
+                on_start=started,
+            )
+        finally:
+            if ours:
+                _remove_operation(self.workdir / OPERATION, ours[0])
         if check and result.returncode != 0:
-            raise failure(subcommand, result.output)
+            raise self.failure(subcommand, result)
         return result
+
+    def failure(self, subcommand: str, result: process.Result) -> TerraformFailed:
+        """The error for a failed run of this working copy (see `failure`)."""
+        return failure(
+            subcommand, result.output, env=self.name, log=self.last_log, cut_off=self.cut_off
+        )
+
+    def log_path(self, subcommand: str) -> Path:
+        """A new log file for one run (the last KEEP_LOGS are kept)."""
+        folder = self.workdir / "logs"
+        folder.mkdir(parents=True, exist_ok=True)
+        in_use = str(_read_operation(self.workdir / OPERATION).get("log", ""))
+        for old in sorted(folder.glob("*.log"))[:-KEEP_LOGS]:
+            if str(old) != in_use:  # a Terraform that outlived its kubeplat still writes it
+                old.unlink(missing_ok=True)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+        return folder / f"{stamp}-{subcommand}.log"
+
+    def check_running(self) -> dict[str, Any] | None:
+        """Refuse while a locking run started from this working copy is still going (its
+        kubeplat may have been killed: its Terraform goes on to the end and releases the lock
+        itself); a record left by a run whose Terraform is gone is removed and returned."""
+        path = self.workdir / OPERATION
+        record = _read_operation(path)
+        if not record:
+            return None
+        if record.get("host") == socket.gethostname() and _alive(record):
+            raise OperationRunning(
+                f"a terraform {record.get('command')} by {record.get('user')}@"
+                f"{record.get('host')} started {record.get('started')} is still running "
+                f"(pid {record.get('pid')})",
+                f"it finishes and releases the state lock by itself; follow it with: tail -f "
+                f"{record.get('log')}; then run the command again",
+            )
+        if record.get("host") == socket.gethostname():
+            _remove_operation(path, int(record.get("pid", 0)))
+            return record
+        return None
 
     def start(self, subcommand: str, *args: str) -> subprocess.Popen[str]:
         """Start a read-only subcommand in the background (e.g. `output` while `plan` runs)."""
@@ -239,27 +314,168 @@ def variables(env: Environment, bundle: Mapping[str, bytes]) -> dict[str, Any]:
     }
 
 
-def failure(subcommand: str, output: str) -> TerraformFailed:
-    """The one-line error for a failed Terraform command; a held state lock names its holder."""
-    if "Error acquiring the state lock" in output:
-        info = dict(re.findall(r"^[\s│]*(ID|Who|Operation|Created):\s+(.*)$", output, re.MULTILINE))
+def _write_operation(path: Path, subcommand: str, pid: int, log: Path) -> None:
+    """Record the running Terraform (replacing the file at once: never half a record)."""
+    record = {
+        "command": subcommand,
+        "pid": pid,
+        "ticks": _start_ticks(pid),
+        "kubeplat_pid": os.getpid(),
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "started": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "log": str(log),
+    }
+    staged = path.with_name(f".{path.name}.{os.getpid()}")
+    staged.write_text(json.dumps(record, indent=2) + "\n")
+    staged.replace(path)
+
+
+def _read_operation(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _remove_operation(path: Path, pid: int) -> None:
+    """Remove the record, if it is still the one of `pid` (another run may have written its
+    own since)."""
+    if _read_operation(path).get("pid") == pid:
+        path.unlink(missing_ok=True)
+
+
+def _start_ticks(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot, /proc's field 22): with the pid, it names
+    one process for good (a pid is reused, the pair is not)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _alive(record: Mapping[str, Any]) -> bool:
+    """Whether the recorded Terraform still runs on this host (not a zombie, not another
+    process that got its pid)."""
+    try:
+        pid = int(record.get("pid", 0))
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: /proc says whether it is ours
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return True  # no /proc: the signal check is all there is
+    try:
+        state = (proc / "stat").read_text().rpartition(")")[2].split()[:1]
+    except OSError:
+        return False
+    if state == ["Z"]:
+        return False
+    ticks = record.get("ticks")
+    return ticks is None or _start_ticks(pid) == ticks
+
+
+class OperationRunning(KubeplatError):
+    """A Terraform run started from this working copy is still going."""
+
+
+def plain(output: str) -> str:
+    """Terraform's output as text: the `-json` stream's diagnostics unescaped (summary and
+    detail on their own lines), every other line as it is."""
+    lines = []
+    for line in output.splitlines():
+        if line.startswith("{") and '"diagnostic"' in line:
+            try:
+                diagnostic = json.loads(line).get("diagnostic", {})
+            except ValueError:
+                lines.append(line)
+                continue
+            lines += [f"Error: {diagnostic.get('summary', '')}", str(diagnostic.get("detail", ""))]
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def lock_holder(text: str) -> dict[str, str]:
+    """The `Lock Info:` fields of a lock error (ID, Who, Operation, Created, Path)."""
+    found = re.findall(
+        r"^[\s│]*(ID|Who|Operation|Created|Path):[ \t]+(\S.*?)\s*$", text, re.MULTILINE
+    )
+    return {key: value for key, value in found}
+
+
+def failure(
+    subcommand: str,
+    output: str,
+    *,
+    env: str = "ENV",
+    log: Path | None = None,
+    cut_off: dict[str, Any] | None = None,
+) -> TerraformFailed:
+    """The one-line error for a failed Terraform command: a full disk says so; a held state
+    lock names its holder and the command that releases it."""
+    text = plain(output)
+    full = re.search(r"[^\n]*no space left on device[^\n]*", text, re.IGNORECASE)
+    if full:
+        return TerraformFailed(
+            f"terraform {subcommand} failed: the disk is full ({full.group(0).strip()[:200]})",
+            "free some space (Terraform writes under .kubeplat/ and TMPDIR), then run the same "
+            "command again",
+        )
+    if "Error acquiring the state lock" in text:
+        info = lock_holder(text)
+        created = re.sub(r"(\d\d:\d\d:\d\d)\.\d+", r"\1", info.get("Created", "?"))
+        created = created.replace(" +0000 UTC", " UTC")
+        operation = info.get("Operation", "an operation").replace("OperationType", "").lower()
+        lock_id = info.get("ID", "LOCK_ID")
+        unlock = f"kubeplat unlock -e {env} {lock_id}"
+        if cut_off is not None and _same_run(cut_off, info):
+            return StateLocked(
+                f"the environment's state is locked by a terraform {cut_off.get('command')} "
+                f"started here at {cut_off.get('started')} whose kubeplat was stopped; that "
+                f"Terraform is gone (lock ID {lock_id}, held by {info.get('Who', '?')})",
+                f"its output: {cut_off.get('log')}; release the lock with: {unlock}; then run "
+                "the same command again (it resumes)",
+            )
         return StateLocked(
             f"the environment's state is locked by {info.get('Who', 'someone')} "
-            f"({info.get('Operation', 'an operation').replace('OperationType', '').lower()} "
-            f"since {info.get('Created', '?')})",
+            f"({operation} since {created}, lock ID {lock_id})",
             "wait for that run to finish and try again; if it died, release the lock with: "
-            f"terraform force-unlock {info.get('ID', 'LOCK_ID')}",
+            + unlock,
         )
-    if "Saved plan is stale" in output:
+    if "Saved plan is stale" in text:
         return TerraformFailed(
             "the state changed since this plan was made (another run applied first); "
             "nothing was applied",
             "run the command again: it plans against the new state",
         )
+    where = f"; Terraform's whole output: {log}" if log is not None else ""
     return TerraformFailed(
         f"terraform {subcommand} failed: {last_error(output)}",
-        "run again with --debug to see Terraform's whole output",
+        f"run again with --debug to see Terraform's whole output{where}",
     )
+
+
+def _same_run(record: Mapping[str, Any], info: Mapping[str, str]) -> bool:
+    """Whether the lock is the one a recorded run of this checkout took: the same user@host,
+    created within two minutes of the run's start."""
+    if info.get("Who") != f"{record.get('user')}@{record.get('host')}":
+        return False
+    try:
+        started = dt.datetime.strptime(str(record.get("started")), "%Y-%m-%d %H:%M:%S UTC")
+        created = dt.datetime.strptime(info.get("Created", "")[:19], "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return False
+    return abs((created - started).total_seconds()) < 120
 
 
 class StateLocked(TerraformFailed):

@@ -193,10 +193,14 @@ data "aws_iam_policy_document" "node" {
   }
 
   statement {
-    sid       = "NeverLocked"
-    effect    = "Deny"
-    actions   = ["s3:*"]
-    resources = ["${local.bucket_arn}/${var.environment}/pki/locked/*"]
+    sid     = "NeverLocked"
+    effect  = "Deny"
+    actions = ["s3:*"]
+    # pki-staging/: a new PKI (its CA keys too) is written there before it is published.
+    resources = [
+      "${local.bucket_arn}/${var.environment}/pki/locked/*",
+      "${local.bucket_arn}/${var.environment}/pki-staging/*",
+    ]
   }
 
   dynamic "statement" {

@@ -34,8 +34,8 @@ variable "compute_asg_grace_period" {
   description = "Seconds the compute autoscaling group waits after an instance starts before checking its health. Example: 300."
 
   validation {
-    condition     = var.compute_asg_grace_period >= 0 && floor(var.compute_asg_grace_period) == var.compute_asg_grace_period
-    error_message = "compute_asg_grace_period must be a whole number of seconds, 0 or more."
+    condition     = var.compute_asg_grace_period >= 0 && var.compute_asg_grace_period <= 7200 && floor(var.compute_asg_grace_period) == var.compute_asg_grace_period
+    error_message = "compute_asg_grace_period must be a whole number of seconds, from 0 to 7200."
   }
 }
 
@@ -45,8 +45,8 @@ variable "compute_asg_max" {
   description = "Most compute (kubelet) instances. Example: 5."
 
   validation {
-    condition     = var.compute_asg_max >= 0 && floor(var.compute_asg_max) == var.compute_asg_max
-    error_message = "compute_asg_max must be a whole number, 0 or more."
+    condition     = var.compute_asg_max >= 0 && var.compute_asg_max <= 5000 && floor(var.compute_asg_max) == var.compute_asg_max
+    error_message = "compute_asg_max must be a whole number, from 0 to 5000."
   }
 }
 
@@ -56,8 +56,8 @@ variable "compute_asg_min" {
   description = "Fewest compute (kubelet) instances; the group starts at this size. Example: 1."
 
   validation {
-    condition     = var.compute_asg_min >= 0 && floor(var.compute_asg_min) == var.compute_asg_min
-    error_message = "compute_asg_min must be a whole number, 0 or more."
+    condition     = var.compute_asg_min >= 0 && var.compute_asg_min <= 5000 && floor(var.compute_asg_min) == var.compute_asg_min
+    error_message = "compute_asg_min must be a whole number, from 0 to 5000."
   }
 }
 
@@ -129,8 +129,8 @@ variable "kubeapi_access_list" {
   description = "Comma-separated IPs or CIDRs allowed to reach the Kubernetes API; a bare IP means /32. Example: \"203.0.113.7,198.51.100.0/24\"."
 
   validation {
-    condition     = alltrue([for s in split(",", var.kubeapi_access_list) : can(cidrhost(strcontains(trimspace(s), "/") ? trimspace(s) : "${trimspace(s)}/32", 0))])
-    error_message = "kubeapi_access_list must be comma-separated IPs or CIDRs, e.g. \"203.0.113.7,198.51.100.0/24\"."
+    condition     = alltrue([for s in split(",", var.kubeapi_access_list) : can(cidrnetmask(strcontains(trimspace(s), "/") ? trimspace(s) : "${trimspace(s)}/32"))])
+    error_message = "kubeapi_access_list must be comma-separated IPv4 addresses or CIDRs, e.g. \"203.0.113.7,198.51.100.0/24\"."
   }
 }
 
@@ -161,8 +161,8 @@ variable "secure_asg_max" {
   description = "Most secure-layer (etcd) instances; keep it odd for etcd quorum. Example: 3."
 
   validation {
-    condition     = var.secure_asg_max >= 1 && floor(var.secure_asg_max) == var.secure_asg_max
-    error_message = "secure_asg_max must be a whole number, 1 or more."
+    condition     = var.secure_asg_max >= 1 && var.secure_asg_max <= 7 && floor(var.secure_asg_max) == var.secure_asg_max
+    error_message = "secure_asg_max must be a whole number, from 1 to 7."
   }
 }
 
@@ -172,8 +172,8 @@ variable "secure_asg_min" {
   description = "Fewest secure-layer (etcd) instances; the group starts at this size. Example: 3."
 
   validation {
-    condition     = var.secure_asg_min >= 1 && floor(var.secure_asg_min) == var.secure_asg_min
-    error_message = "secure_asg_min must be a whole number, 1 or more."
+    condition     = var.secure_asg_min >= 1 && var.secure_asg_min <= 7 && floor(var.secure_asg_min) == var.secure_asg_min
+    error_message = "secure_asg_min must be a whole number, from 1 to 7."
   }
 }
 
@@ -182,8 +182,8 @@ variable "ssh_access_list" {
   description = "Comma-separated IPs or CIDRs allowed to SSH to the nodes; a bare IP means /32. Example: \"203.0.113.7\"."
 
   validation {
-    condition     = alltrue([for s in split(",", var.ssh_access_list) : can(cidrhost(strcontains(trimspace(s), "/") ? trimspace(s) : "${trimspace(s)}/32", 0))])
-    error_message = "ssh_access_list must be comma-separated IPs or CIDRs, e.g. \"203.0.113.7,198.51.100.0/24\"."
+    condition     = alltrue([for s in split(",", var.ssh_access_list) : can(cidrnetmask(strcontains(trimspace(s), "/") ? trimspace(s) : "${trimspace(s)}/32"))])
+    error_message = "ssh_access_list must be comma-separated IPv4 addresses or CIDRs, e.g. \"203.0.113.7,198.51.100.0/24\"."
   }
 }
 
@@ -305,8 +305,8 @@ variable "etcd_snapshot_keep" {
   description = "How many etcd snapshots to keep (the newest; one is always kept); older ones beyond etcd_snapshot_max_age_days go too. Example: 48."
 
   validation {
-    condition     = var.etcd_snapshot_keep >= 1 && floor(var.etcd_snapshot_keep) == var.etcd_snapshot_keep
-    error_message = "etcd_snapshot_keep must be a whole number, 1 or more."
+    condition     = var.etcd_snapshot_keep >= 1 && var.etcd_snapshot_keep <= 10000 && floor(var.etcd_snapshot_keep) == var.etcd_snapshot_keep
+    error_message = "etcd_snapshot_keep must be a whole number, from 1 to 10000."
   }
 }
 
@@ -316,8 +316,8 @@ variable "etcd_snapshot_max_age_days" {
   description = "Days after which an etcd snapshot is deleted, even within etcd_snapshot_keep (the newest is always kept). Example: 7."
 
   validation {
-    condition     = var.etcd_snapshot_max_age_days >= 1 && floor(var.etcd_snapshot_max_age_days) == var.etcd_snapshot_max_age_days
-    error_message = "etcd_snapshot_max_age_days must be a whole number of days, 1 or more."
+    condition     = var.etcd_snapshot_max_age_days >= 1 && var.etcd_snapshot_max_age_days <= 3650 && floor(var.etcd_snapshot_max_age_days) == var.etcd_snapshot_max_age_days
+    error_message = "etcd_snapshot_max_age_days must be a whole number of days, from 1 to 3650."
   }
 }
 

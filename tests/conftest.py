@@ -177,3 +177,13 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     return moto_endpoint
+
+
+def fill_disk(folder: Path) -> None:
+    """Fill the file system holding `folder` (a small tmpfs of the test's own) to the last byte."""
+    with open(folder / "filler", "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass

@@ -189,6 +189,11 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
     for policy in (secure, compute):
         assert not allowed(policy, "s3:GetObject", f"{obj}/pki/locked/ca.key")
         assert not allowed(policy, "s3:GetObject", f"{obj}/pki/locked/admin.key")
+        # A new PKI before it is published (issue 16): its CA keys too.
+        assert not allowed(policy, "s3:GetObject", f"{obj}/pki-staging/0a1b/pki/locked/ca.key")
+        assert not allowed(
+            policy, "s3:GetObject", f"{obj}/pki-staging/0a1b/pki/secure/apiserver.key"
+        )
         assert not allowed(policy, "s3:ListBucket", bucket, prefix=f"{env.environment}/pki/locked/")
         assert not allowed(policy, "s3:PutObject", f"{obj}/manifests/secure/x.yaml")
     # Each layer is kept out of the other's secrets and configuration.

@@ -18,20 +18,13 @@ import boto3
 import pytest
 
 from tests.conftest import enforce_iam, start_emulator
-from tests.integration.sandbox_user import checkout, kubeplat
+from tests.integration.sandbox_user import checkout, clients, kubeplat
 
 pytestmark = pytest.mark.integration
 
 
 def aws_clients(user: dict[str, str]) -> dict[str, object]:
-    endpoint = kubeplat(user, "sandbox", "start").stdout.strip()
-    return {
-        name: boto3.client(
-            name, endpoint_url=endpoint, region_name="eu-west-1",
-            aws_access_key_id="sandbox", aws_secret_access_key="sandbox",
-        )
-        for name in ("s3", "ec2", "kms")
-    }  # fmt: skip
+    return clients(user, "s3", "ec2", "kms")
 
 
 def vpcs(ec2: object) -> int:

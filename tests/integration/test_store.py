@@ -160,3 +160,89 @@ def test_a_second_checkout_caches_the_bucket_pki(
     assert (tmp_path / "other" / ".kubeplat" / "example" / "pki" / "ca.crt").read_bytes() == first[
         "ca.crt"
     ]
+
+
+def _empty(store: BucketStore, cache: Path) -> None:
+    s3 = boto3.client("s3")
+    for version in s3.list_object_versions(Bucket=store.bucket).get("Versions", []):
+        s3.delete_object(Bucket=store.bucket, Key=version["Key"], VersionId=version["VersionId"])
+    import shutil
+
+    shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_a_first_pki_write_interrupted_anywhere_is_finished_or_discarded_by_the_next_run(
+    store: BucketStore, environments: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, item 3: Ctrl-C during the first write of the PKI (here: at the first write,
+    inside the staged set, at the publishing write, just after it, and inside the copy) never
+    leaves a set that later runs refuse. Before the publishing write nothing counts and the next
+    run makes its own set; after it, every later run (a plan too, read-only) has exactly the
+    published set, and `up` finishes copying it."""
+    from kubeplat.store import BucketStore as Store
+
+    monkeypatch.setattr(pipeline, "DAMAGE_WAIT_S", 1.0)
+    env = config.load("example")
+    cache = env.workdir / "pki"
+    real_put = Store.put
+    writes: list[str] = []
+
+    def counting(self: Store, name: str, data: bytes, *, only_if_new: bool = False) -> None:
+        writes.append(name)
+        real_put(self, name, data, only_if_new=only_if_new)
+
+    monkeypatch.setattr(Store, "put", counting)
+    pipeline.sync_pki(env, store, write=True)
+    order = list(writes)
+    published_at = order.index(pipeline.PUBLISHED)
+    assert all(n.startswith(pipeline.STAGING) for n in order[:published_at])
+    assert not any(n.startswith(pipeline.STAGING) for n in order[published_at + 1 :])
+
+    for stop in sorted({0, published_at // 2, published_at, published_at + 1, len(order) - 1}):
+        _empty(store, cache)
+        calls = iter(range(len(order) + 1))
+
+        def interrupted(self: Store, name: str, data: bytes, *, only_if_new: bool = False) -> None:
+            if next(calls) >= stop:  # noqa: B023 (this iteration's stop)
+                raise KeyboardInterrupt
+            real_put(self, name, data, only_if_new=only_if_new)
+
+        monkeypatch.setattr(Store, "put", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.sync_pki(env, store, write=True)
+        monkeypatch.setattr(Store, "put", real_put)
+        staged = pipeline._published(store)
+        if stop > published_at:
+            assert staged is not None
+            planned = pipeline.sync_pki(env, store, write=False)  # a plan, read-only
+            assert planned["ca.crt"] == pipeline.pki_files_of(staged[1])["ca.crt"]
+        else:
+            assert staged is None
+        files = pipeline.sync_pki(env, store, write=True)
+        if staged is not None:
+            assert files["ca.crt"] == pipeline.pki_files_of(staged[1])["ca.crt"], stop
+        assert store.load_pki() == files, stop
+        left = [n for n in store.names(pipeline.STAGING) if n != pipeline.PUBLISHED]
+        assert left == [], stop
+
+
+def test_a_kept_plan_creates_a_new_pki_but_never_renews_one(
+    store: BucketStore, environments: Path
+) -> None:
+    """`plan --out` (new_only): a bucket without PKI gets one (no node reads it before the
+    apply); a PKI that needs renewing is refused, nothing written (`certs renew` does that)."""
+    import datetime as dt
+
+    from kubeplat.errors import KubeplatError
+
+    env = config.load("example")
+    files = pipeline.sync_pki(env, store, write=True, new_only=True)
+    assert store.load_pki() == files
+    before = sorted(store.names("pki/"))
+    digests = store.digests(before)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=350)  # every leaf within 90 days of expiry
+    with pytest.raises(
+        KubeplatError, match="the PKI needs changes that a saved plan must not make"
+    ):
+        pipeline.sync_pki(env, store, write=True, new_only=True, now=later)
+    assert sorted(store.names("pki/")) == before and store.digests(before) == digests
