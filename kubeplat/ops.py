@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -505,11 +507,30 @@ def apply(
         savedplan.check_state(saved, tf, env)  # again: someone may have applied meanwhile
         uploaded = pipeline.upload(prepared)
         if summary.changes:
-            outputs = pipeline.apply(prepared, tf, saved.plan_file)
+            with _after_upload(uploaded, f"kubeplat up -e {env}"):
+                outputs = pipeline.apply(prepared, tf, saved.plan_file)
         uploaded += pipeline.prune(prepared)
     if not summary.changes:
         outputs = pipeline.outputs(tf)
     return UpReport(report, uploaded, summary.changes, outputs, _kubeconfig(prepared, outputs))
+
+
+@contextmanager
+def _after_upload(uploaded: list[str], again: str) -> Iterator[None]:
+    """A failed apply after the upload says so: what was uploaded stays (the stubs of the
+    launch templates in place name their own cloud-configs) and nothing was removed."""
+    from kubeplat.errors import TerraformFailed
+
+    try:
+        yield
+    except TerraformFailed as exc:
+        if uploaded:
+            exc.message += (
+                f"; the new node configuration had been uploaded ({len(uploaded)} objects) and "
+                "nothing was removed"
+            )
+            exc.hint = f"{exc.hint}; to converge, run: {again}" if exc.hint else f"run: {again}"
+        raise
 
 
 def _kubeconfig(prepared: pipeline.Prepared, outputs: Mapping[str, object]) -> Path | None:
@@ -564,7 +585,8 @@ def up(
             uploaded = pipeline.upload(prepared)
             applied = summary.changes
             if applied:
-                outputs = pipeline.apply(prepared, tf, plan_file)
+                with _after_upload(uploaded, f"kubeplat up -e {env}"):
+                    outputs = pipeline.apply(prepared, tf, plan_file)
             uploaded += pipeline.prune(prepared)
     finally:
         plan_file.unlink(missing_ok=True)

@@ -49,3 +49,21 @@ def test_an_empty_plan_on_a_full_disk_names_the_full_disk(tmp_path: Path) -> Non
         assert str(plan) in got.value.message
     finally:
         subprocess.run(["umount", "-l", str(tiny)], check=False)
+
+
+def test_a_failed_apply_after_the_upload_says_what_was_uploaded_and_how_to_converge() -> None:
+    """Issue 16, item 1: a failed (or stale) apply after the upload never reads as if nothing
+    had happened."""
+    from kubeplat import ops
+    from kubeplat.errors import TerraformFailed
+
+    with pytest.raises(TerraformFailed) as got, ops._after_upload(["a", "b"], "kubeplat up -e dev"):
+        raise TerraformFailed("the state changed since this plan was made; nothing was applied", "")
+    assert got.value.message.endswith(
+        "nothing was applied; the new node configuration had been uploaded (2 objects) and "
+        "nothing was removed"
+    )
+    assert got.value.hint == "run: kubeplat up -e dev"
+    with pytest.raises(TerraformFailed) as bare, ops._after_upload([], "kubeplat up -e dev"):
+        raise TerraformFailed("terraform apply failed: x", "see the log")
+    assert bare.value.message == "terraform apply failed: x" and bare.value.hint == "see the log"
