@@ -312,6 +312,16 @@ class _Unreadable(Exception):
         self.hint = hint
 
 
+def read_public_key(path: Path) -> bytes:
+    """The bytes of the environment's `ssh_public_key` file, read as validation reads it (a
+    regular file of at most 64 KiB, never a FIFO or a device): a file swapped since
+    validation is an error naming it, never a hang."""
+    try:
+        return _read_regular(path, _KEY_BYTES, "a public key file")
+    except _Unreadable as exc:
+        raise KubeplatError(f"{_shown_path(path)}: {exc.message}", exc.hint) from None
+
+
 def _read_regular(path: Path, limit: int, what: str) -> bytes:
     """The bytes of a regular file of at most `limit` bytes, else `_Unreadable`.
 

@@ -317,7 +317,7 @@ def _ensure_pki(
     store = LocalStore(environment.workdir / "pki")
     stored = store.load()
     path = environment.ssh_public_key_path
-    given = path.read_bytes() if path else None
+    given = config.read_public_key(path) if path else None
     result = pki.ensure(environment, stored, now=now, rotate=rotate, ssh_public_key=given)
     store.save(result.changed(stored), removed=set(stored) - set(result.files))
     return result

@@ -152,7 +152,7 @@ def sync_pki(
 
     cache = LocalStore(env.workdir / "pki")
     path = env.ssh_public_key_path
-    given = path.read_bytes() if path else None
+    given = config.read_public_key(path) if path else None
     deadline = time.monotonic() + 60
     racing = False
     damaged_since = 0.0

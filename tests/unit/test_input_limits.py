@@ -125,3 +125,20 @@ def test_an_oversized_ssh_public_key_file(environments: Path) -> None:
     assert "ssh_public_key: environments/key.pub is 70,013 bytes; a public key file is at most" in (
         message
     )
+
+
+def test_a_public_key_swapped_for_a_fifo_after_validation_is_an_error_not_a_hang(
+    tmp_path: Path,
+) -> None:
+    """`up` reads the `ssh_public_key` file again after validation: the same safe reader."""
+    import os
+
+    from kubeplat.errors import KubeplatError
+
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDEMOKEY demo\n")
+    assert config.read_public_key(key).startswith(b"ssh-ed25519 ")
+    key.unlink()
+    os.mkfifo(key)
+    with pytest.raises(KubeplatError, match=r"id\.pub: is a FIFO \(named pipe\)"):
+        config.read_public_key(key)
