@@ -221,14 +221,14 @@ def sync_pki(
 # another operator who publishes first wins); an interrupt after it leaves a set every later
 # run finishes copying, exactly as staged.
 STAGING = "pki-staging/"
-PUBLISHED = STAGING + "published.json"
+PUBLISHED = "pki-published.json"
 
 
 def _published(store: BucketStore) -> tuple[str, dict[str, bytes]] | None:
     """The published set still to be copied to pki/ (its id and objects), or None."""
     import json as json_module
 
-    if PUBLISHED not in store.names(STAGING):
+    if PUBLISHED not in store.names(PUBLISHED):
         return None
     try:
         set_id = str(json_module.loads(store.get(PUBLISHED))["set"])
@@ -270,7 +270,7 @@ def _create_pki(
     try:
         store.put(PUBLISHED, json_module.dumps(marker).encode(), only_if_new=True)
     except Conflict:
-        store.delete([folder + n for n in objects])  # theirs is the set now
+        store.purge(folder)  # theirs is the set now
         if _published(store) is None and not store.names("pki/"):
             raise KubeplatError(
                 f"the environment's PKI was published ({PUBLISHED}) and later removed from "
@@ -292,8 +292,8 @@ def _finish_publishing(store: BucketStore, set_id: str, objects: Mapping[str, by
                 store.put(name, objects[name], only_if_new=True)
     if set(objects) - set(store.names("pki/")):
         return  # a write still in flight elsewhere: the staged copy stays for the next run
-    leftovers = [n for n in store.names(STAGING) if n != PUBLISHED]
-    store.delete(leftovers)
+    # Every staged set goes, with all its versions: no copy of a key stays recoverable there.
+    store.purge(STAGING)
 
 
 def store_pki(env: config.Environment, store: BucketStore, files: Mapping[str, bytes]) -> None:

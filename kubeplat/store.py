@@ -169,16 +169,17 @@ class BucketStore:
             list(pool.map(lambda n: self.put(n, objects[n]), changed))
         return changed
 
-    def purge(self) -> int:
-        """Delete every object under the environment's prefix, every version of it and every
-        delete marker (so no key stays recoverable from the versioned bucket); the number of
-        object names removed. Safe to run again: a stopped purge is finished by the next."""
+    def purge(self, under: str = "") -> int:
+        """Delete every object under the environment's prefix (or its folder `under`), every
+        version of it and every delete marker (so no key stays recoverable from the versioned
+        bucket); the number of object names removed. Safe to run again: a stopped purge is
+        finished by the next."""
         s3 = self.aws.client("s3")
         names: set[str] = set()
-        where = f"s3://{self.bucket}/{self.prefix}/"
+        where = f"s3://{self.bucket}/{self.key(under)}"
         with errors(f"purging {where}", self.aws):
             pages = s3.get_paginator("list_object_versions").paginate(
-                Bucket=self.bucket, Prefix=self.key("")
+                Bucket=self.bucket, Prefix=self.key(under)
             )
             for page in pages:
                 found = [

@@ -222,8 +222,10 @@ def test_a_first_pki_write_interrupted_anywhere_is_finished_or_discarded_by_the_
         if staged is not None:
             assert files["ca.crt"] == pipeline.pki_files_of(staged[1])["ca.crt"], stop
         assert store.load_pki() == files, stop
-        left = [n for n in store.names(pipeline.STAGING) if n != pipeline.PUBLISHED]
-        assert left == [], stop
+        left = boto3.client("s3").list_object_versions(
+            Bucket=store.bucket, Prefix=store.key(pipeline.STAGING)
+        )
+        assert not left.get("Versions") and not left.get("DeleteMarkers"), stop
 
 
 def test_a_kept_plan_creates_a_new_pki_but_never_renews_one(
@@ -246,3 +248,21 @@ def test_a_kept_plan_creates_a_new_pki_but_never_renews_one(
     ):
         pipeline.sync_pki(env, store, write=True, new_only=True, now=later)
     assert sorted(store.names("pki/")) == before and store.digests(before) == digests
+
+
+def test_a_published_pki_removed_by_hand_is_named_never_replaced(
+    store: BucketStore, environments: Path
+) -> None:
+    """Once published, an environment's PKI is never made a second time: pki/ emptied by hand
+    is an error saying so (the published marker stays), not a new CA."""
+    from kubeplat.errors import KubeplatError
+
+    env = config.load("example")
+    pipeline.sync_pki(env, store, write=True)
+    store.delete(store.names("pki/"))
+    import shutil
+
+    shutil.rmtree(env.workdir / "pki")
+    with pytest.raises(KubeplatError, match=r"was published .* and later removed from pki/"):
+        pipeline.sync_pki(env, store, write=True)
+    assert store.names("pki/") == []
