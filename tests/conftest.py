@@ -187,3 +187,11 @@ def fill_disk(folder: Path) -> None:
                 out.write(b"\0" * 4096)
         except OSError:
             pass
+
+
+def ssh_identity(command: str) -> Path:
+    """The key file a `kubeplat ssh --print` command line names (`-o IdentityFile="…"`)."""
+    import shlex
+
+    word = next(w for w in shlex.split(command) if w.startswith("IdentityFile="))
+    return Path(word.partition("=")[2].strip('"'))

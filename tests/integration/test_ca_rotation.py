@@ -35,6 +35,7 @@ import yaml
 
 from kubeplat import config
 from tests import imds_standin
+from tests.conftest import ssh_identity
 from tests.integration.sandbox_user import kubeplat
 from tests.kubelet_certs import kubelet_client as signed_kubelet_client
 
@@ -385,7 +386,7 @@ def test_a_staged_rotation_reaches_every_node_and_sticks(
         def ssh_key() -> bytes:
             printed = kubeplat(user, "ssh", "-e", "example", "--print", rows[0]["instance_id"])
             assert printed.returncode == 0, printed.stderr
-            key = Path(shlex.split(printed.stdout)[2])
+            key = ssh_identity(printed.stdout)
             assert oct(key.stat().st_mode & 0o777) == "0o600"
             return authorized_line(key.read_bytes())
 

@@ -32,7 +32,7 @@ import yaml
 
 from kubeplat import config as kubeplat_config
 from kubeplat.node.etcd import RESTART_COMMAND
-from tests.conftest import REPO, emulator_clients
+from tests.conftest import REPO, emulator_clients, ssh_identity
 from tests.integration.sandbox_user import kubeplat, make_user, stop_sandbox
 from tests.node import mirror
 from tests.node.harness import Node, NodeSpec, World
@@ -438,8 +438,7 @@ def test_an_ssh_key_rotation_reaches_sshd_on_every_node_without_a_roll(
         printed = pinned(cluster.user, "ssh", "-e", "boot", "--print", nodes[0].spec.instance_id)
         assert printed.returncode == 0, printed.stderr
         copy = tmp_path / name
-        word = next(w for w in shlex.split(printed.stdout) if w.startswith("IdentityFile="))
-        copy.write_bytes(Path(word.partition("=")[2].strip('"')).read_bytes())
+        copy.write_bytes(ssh_identity(printed.stdout).read_bytes())
         copy.chmod(0o600)
         return copy
 
