@@ -411,7 +411,12 @@ def _show_plan(report: Any) -> None:
 
 @cli.command()
 @env_option
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Keep the plan file.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Keep the plan for `kubeplat apply` (with FILE.kubeplat.json beside it); a new "
+    "environment's PKI is created first, a renewal or rotation step is refused.",
+)
 @click.option(
     "--detailed-exitcode", is_flag=True, help="Exit 0 when nothing changes, 2 when something does."
 )
