@@ -116,8 +116,11 @@ def start_emulator(log: Path | None = None) -> tuple[subprocess.Popen[bytes], st
             time.sleep(0.1)
 
 
-def emulator_clients(endpoint: str, region: str) -> dict[str, Any]:
-    """boto3 clients of the services the node tests look at, against the emulator."""
+def emulator_clients(
+    endpoint: str, region: str, names: tuple[str, ...] = ("s3", "ec2", "autoscaling")
+) -> dict[str, Any]:
+    """boto3 clients of `names` (by default the services the node tests look at), against the
+    emulator."""
     import boto3
 
     return {
@@ -128,7 +131,7 @@ def emulator_clients(endpoint: str, region: str) -> dict[str, Any]:
             aws_access_key_id="test",
             aws_secret_access_key="test",
         )
-        for name in ("s3", "ec2", "autoscaling")
+        for name in names
     }
 
 

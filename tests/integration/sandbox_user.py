@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kubeplat import terraform
-from tests.conftest import REPO
+from tests.conftest import REPO, emulator_clients
 
 
 def make_user(home: Path) -> dict[str, str]:
@@ -53,16 +53,8 @@ def kubeplat(
 
 def clients(user: dict[str, str], *names: str) -> dict[str, object]:
     """boto3 clients of the user's sandbox (started if it was not), one per service name."""
-    import boto3
-
     endpoint = kubeplat(user, "sandbox", "start").stdout.strip()
-    return {
-        name: boto3.client(
-            name, endpoint_url=endpoint, region_name="eu-west-1",
-            aws_access_key_id="sandbox", aws_secret_access_key="sandbox",
-        )
-        for name in names
-    }  # fmt: skip
+    return emulator_clients(endpoint, "eu-west-1", names)
 
 
 def stop_sandbox(user: dict[str, str]) -> None:
