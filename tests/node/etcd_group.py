@@ -422,8 +422,27 @@ class Group:
         return until(check, SETTLE, "every instance a voting member", self)
 
     def put(self, key: str, value: str) -> None:
-        answers = [m.etcdctl("put", key, value).returncode for m in self.members.values()]
-        assert 0 in answers
+        """Write KEY through any member that takes it. A cluster that has just formed or been
+        restored may be electing a leader for a moment, so a refused write is tried again, within
+        a bound; what the members answered is shown if none ever takes it."""
+        answers: list[str] = []
+
+        def written() -> bool:
+            for member in self.members.values():
+                answer = member.etcdctl("put", key, value)
+                if answer.returncode == 0:
+                    return True
+                answers.append(f"{member.host.spec.hostname}: {answer.stderr.strip()[-300:]}")
+            return False
+
+        deadline = time.monotonic() + 60
+        while not written():
+            if time.monotonic() > deadline:
+                shown = "\n".join(answers[-6:])
+                raise AssertionError(
+                    f"no member took the write of {key}:\n{shown}\n{self.explain()}"
+                )
+            time.sleep(1)
 
     def get(self, key: str) -> str:
         member = next(m for m in self.members.values() if m.etcd is not None)

@@ -174,6 +174,10 @@ def test_the_whole_group_replaced_refuses_to_form_again_and_restore_brings_the_d
     assert refused.returncode == 1 and "has quorum" in refused.stderr, refused.stderr
     assert "--force" in refused.stderr and group.record() == after
 
+    # Refused means refused: no member was restarted by it.
+    for member in group.members.values():
+        assert "restarting this member" not in member.journal(), group.explain()
+
     # Forced, the running members follow it: each watch restarts its member, whose data is
     # set aside (kept on disk) before the snapshot is restored again.
     group.put("/kubeplat/after-the-restore", "lost too")
