@@ -388,6 +388,12 @@ def _show_plan(report: Any) -> None:
     removed = [n[1:] for n in report.uploads if n.startswith("-")]
     if written:
         console.status(f"node configuration to upload: {', '.join(written)}", "info")
+    if report.after_apply:
+        console.status(
+            "running nodes take these only once the apply succeeds (staged until then): "
+            + ", ".join(report.after_apply),
+            "info",
+        )
     if removed:
         console.status(
             f"no longer used, removed once the apply succeeds: {', '.join(removed)}", "warn"

@@ -385,6 +385,8 @@ class PlanReport:
     unclaimed: list[str] = field(default_factory=list)
     # `destroy --purge`: what goes from the secrets bucket once the destroy has succeeded.
     purge: list[str] = field(default_factory=list)
+    # Changed manifests of running layers: staged, made current once the apply succeeded.
+    after_apply: list[str] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -404,6 +406,7 @@ class PlanReport:
             "plan_file": self.plan_file,
             "unclaimed": self.unclaimed,
             "purge": self.purge,
+            "after_apply": self.after_apply,
             "changes": self.changes,
         }
 
@@ -438,6 +441,7 @@ def _report(
         str(plan_file) if plan_file else None,
         order,
         _unclaimed(prepared),
+        after_apply=prepared.deferred,
     )
 
 
@@ -507,8 +511,9 @@ def apply(
         savedplan.check_state(saved, tf, env)  # again: someone may have applied meanwhile
         uploaded = pipeline.upload(prepared)
         if summary.changes:
-            with _after_upload(uploaded, f"kubeplat up -e {env}"):
+            with _after_upload(uploaded, prepared.deferred, f"kubeplat up -e {env}"):
                 outputs = pipeline.apply(prepared, tf, saved.plan_file)
+        uploaded += pipeline.promote(prepared)
         uploaded += pipeline.prune(prepared)
     if not summary.changes:
         outputs = pipeline.outputs(tf)
@@ -516,9 +521,10 @@ def apply(
 
 
 @contextmanager
-def _after_upload(uploaded: list[str], again: str) -> Iterator[None]:
-    """A failed apply after the upload says so: what was uploaded stays (the stubs of the
-    launch templates in place name their own cloud-configs) and nothing was removed."""
+def _after_upload(uploaded: list[str], deferred: list[str], again: str) -> Iterator[None]:
+    """A failed apply after the upload says what it left: what was uploaded stays (the stubs of
+    the launch templates in place name their own cloud-configs), the changed manifests of
+    running layers stay staged (their nodes keep what they run) and nothing was removed."""
     from kubeplat.errors import TerraformFailed
 
     try:
@@ -526,9 +532,15 @@ def _after_upload(uploaded: list[str], again: str) -> Iterator[None]:
     except TerraformFailed as exc:
         if uploaded:
             exc.message += (
-                f"; the new node configuration had been uploaded ({len(uploaded)} objects) and "
-                "nothing was removed"
+                f"; the new node configuration had been uploaded ({len(uploaded)} objects)"
             )
+        if deferred:
+            exc.message += (
+                f"; the {len(deferred)} changed manifests of running layers stay staged, "
+                "so running nodes keep what they run"
+            )
+        if uploaded or deferred:
+            exc.message += "; nothing was removed"
             exc.hint = f"{exc.hint}; to converge, run: {again}" if exc.hint else f"run: {again}"
         raise
 
@@ -585,8 +597,9 @@ def up(
             uploaded = pipeline.upload(prepared)
             applied = summary.changes
             if applied:
-                with _after_upload(uploaded, f"kubeplat up -e {env}"):
+                with _after_upload(uploaded, prepared.deferred, f"kubeplat up -e {env}"):
                     outputs = pipeline.apply(prepared, tf, plan_file)
+            uploaded += pipeline.promote(prepared)
             uploaded += pipeline.prune(prepared)
     finally:
         plan_file.unlink(missing_ok=True)
@@ -987,5 +1000,6 @@ def manifests_push(env: str, env_dir: str | None = None, *, sandbox: bool = Fals
 
     prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
     # The same layers read the new set: a manifest the render dropped goes with the push.
-    written = pipeline.upload(prepared, groups=("manifests/",))
+    written = pipeline.upload(prepared, groups=("manifests/",))  # no apply: promoted at once
+    written += pipeline.promote(prepared)
     return written + pipeline.prune(prepared, groups=("manifests/",))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
@@ -21,7 +22,7 @@ from typing import Any
 from kubeplat import config, console, pki, render, rotation
 from kubeplat.aws import Aws
 from kubeplat.errors import KubeplatError
-from kubeplat.store import BucketStore, Conflict
+from kubeplat.store import BucketStore, Conflict, sha256
 from kubeplat.terraform import Terraform
 
 VARS_FILE = "kubeplat.auto.tfvars.json"
@@ -46,6 +47,23 @@ class Prepared:
     # only once the apply that stops using them has succeeded (`prune`).
     stale: list[str] = field(default_factory=list)
     created_buckets: list[str] = field(default_factory=list)
+    # Layers whose manifests the bucket holds: their nodes (running or launching) read them.
+    live_layers: set[str] = field(default_factory=set)
+    # Changed manifests made current before the apply: an upgrade's control plane (see `first`).
+    first: list[str] = field(default_factory=list)
+
+    @property
+    def deferred(self) -> list[str]:
+        """Changed manifests of layers whose nodes read them: staged before the apply and made
+        current only after it succeeded (`promote`), so a failed apply changes nothing a node
+        runs. A new layer's manifests are written before (no node reads them yet; the nodes
+        the apply launches need them)."""
+        return [
+            n
+            for n in self.changed
+            if n.startswith("manifests/") and n.split("/")[1] in self.live_layers
+            and n not in self.first
+        ]  # fmt: skip
 
     @property
     def pending(self) -> list[str]:
@@ -132,6 +150,8 @@ def prepare(
     prepared.created_buckets = boot.created
     prepared.changed = store.changed(prepared.objects)
     prepared.stale = stale_objects(prepared)
+    prepared.live_layers = {n.split("/")[1] for n in store.names("manifests/") if n.count("/") >= 2}
+    prepared.first = upgrade_first(prepared)
     return prepared
 
 
@@ -359,17 +379,75 @@ def stale_objects(prepared: Prepared) -> list[str]:
     return sorted(n for n in present if n not in prepared.bundle)
 
 
+# Two-phase manifests: a changed manifest of a layer whose nodes read it is first written under
+# STAGED/<sha256> (content-addressed; no node may read the folder), and copied to its name only
+# after the apply succeeded (`promote`). A run stopped between the two is completed by the next
+# one, which finds the same manifests changed, Terraform with nothing to do, and promotes them.
+STAGED = "staged/"
+_APISERVER = re.compile(rb"image:\s*\S*/kube-apiserver:v(\d+)\.(\d+)\.(\d+)")
+
+
+def staged_name(data: bytes) -> str:
+    return f"{STAGED}{sha256(data)}"
+
+
+def _apiserver_version(data: bytes) -> tuple[int, ...] | None:
+    found = _APISERVER.search(data)
+    return tuple(int(part) for part in found.groups()) if found else None
+
+
+def upgrade_first(prepared: Prepared) -> list[str]:
+    """On an upgrade the control plane goes first: Kubernetes' version skew policy allows no
+    kubelet newer than the API server, and the apply launches nodes with the new kubelet. So
+    when a layer's kube-apiserver manifest names a newer version than the one its nodes run,
+    that layer's changed manifests are made current before the apply (as `up` always did)."""
+    first: list[str] = []
+    objects = prepared.objects
+    for name in prepared.changed:
+        layer = name.split("/")[1] if name.startswith("manifests/") else ""
+        if not name.endswith("/kube-apiserver.yaml") or layer not in prepared.live_layers:
+            continue
+        if name not in prepared.store.names(name):
+            continue  # a new API server: nothing runs an older one
+        new = _apiserver_version(objects[name])
+        old = _apiserver_version(prepared.store.get(name))
+        if new and old and new > old:
+            first += [n for n in prepared.changed if n.startswith(f"manifests/{layer}/")]
+    return first
+
+
 def upload(
     prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/", "cloudconfig/")
 ) -> list[str]:
     """Step 6: the objects `prepare` found changed — PKI, then manifests, then cloud-configs
-    (what a booting node reads last). Nothing is removed here: see `prune`."""
+    (what a booting node reads last) — except the `deferred` manifests, which are staged for
+    `promote`. The names written; nothing is removed here (see `prune`)."""
     objects = prepared.objects
+    deferred = set(prepared.deferred)
+    staged = {staged_name(objects[n]): objects[n] for n in deferred}
+    prepared.store.upload(staged, changed=staged)
     written: list[str] = []
     for group in groups:
-        names = [n for n in prepared.changed if n.startswith(group)]
+        names = [n for n in prepared.changed if n.startswith(group) and n not in deferred]
         written += prepared.store.upload({n: objects[n] for n in names}, changed=names)
     return written
+
+
+def promote(prepared: Prepared) -> list[str]:
+    """After a successful apply (or when Terraform had nothing to change): make the deferred
+    manifests current, a control-plane layer's before the others', each copied from its
+    staged object (checked by digest) in the bucket, or written from the render if that was
+    removed. The names made current."""
+    objects = prepared.objects
+    deferred = sorted(prepared.deferred, key=lambda n: (not _has_apiserver(prepared, n), n))
+    for name in deferred:
+        prepared.store.promote(staged_name(objects[name]), name, objects[name])
+    return deferred
+
+
+def _has_apiserver(prepared: Prepared, name: str) -> bool:
+    layer = name.split("/")[1]
+    return f"manifests/{layer}/kube-apiserver.yaml" in prepared.objects
 
 
 def prune(prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/")) -> list[str]:
@@ -378,6 +456,9 @@ def prune(prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/")) 
     interrupted prune is done by the next `up`, which finds the same objects stale."""
     stale = [n for n in prepared.stale if n.startswith(groups)]
     prepared.store.delete(stale)
+    # Staged manifests are no longer needed once promoted (a stopped run's, or a kept plan's:
+    # the next `apply` of a plan writes from its render when its staged copy is gone).
+    prepared.store.purge(STAGED)
     return [f"-{name}" for name in stale]
 
 

@@ -157,6 +157,29 @@ class BucketStore:
                     raise Conflict(f"{name} is being written by someone else", "") from None
                 raise
 
+    def promote(self, staged: str, name: str, data: bytes) -> None:
+        """Make `name` hold `data`, copied inside the bucket from the object `staged` when that
+        holds the same digest, else written (the staged copy was removed by another run)."""
+        from botocore.exceptions import ClientError
+
+        if self.digests([staged])[staged] != sha256(data):
+            self.put(name, data)
+            return
+        with errors(f"copying s3://{self.bucket}/{self.key(staged)} to {name}", self.aws):
+            try:
+                self.aws.client("s3").copy_object(
+                    Bucket=self.bucket,
+                    Key=self.key(name),
+                    CopySource={"Bucket": self.bucket, "Key": self.key(staged)},
+                    MetadataDirective="COPY",
+                    ServerSideEncryption="aws:kms",
+                    SSEKMSKeyId=self.key_arn,
+                )
+            except ClientError as exc:
+                if exc.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
+                    raise
+                self.put(name, data)  # removed between the two calls
+
     def upload(
         self, objects: Mapping[str, bytes], changed: Iterable[str] | None = None
     ) -> list[str]:

@@ -195,6 +195,9 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
             policy, "s3:GetObject", f"{obj}/pki-staging/0a1b/pki/secure/apiserver.key"
         )
         assert not allowed(policy, "s3:ListBucket", bucket, prefix=f"{env.environment}/pki/locked/")
+        # Manifests staged for after the apply (issue 16): no node runs them before.
+        assert not allowed(policy, "s3:GetObject", f"{obj}/staged/{'0' * 64}")
+        assert not allowed(policy, "s3:ListBucket", bucket, prefix=f"{env.environment}/staged/")
         assert not allowed(policy, "s3:PutObject", f"{obj}/manifests/secure/x.yaml")
     # Each layer is kept out of the other's secrets and configuration.
     assert not allowed(compute, "s3:GetObject", f"{obj}/pki/secure/etcd/peer.key")

@@ -57,13 +57,17 @@ def test_a_failed_apply_after_the_upload_says_what_was_uploaded_and_how_to_conve
     from kubeplat import ops
     from kubeplat.errors import TerraformFailed
 
-    with pytest.raises(TerraformFailed) as got, ops._after_upload(["a", "b"], "kubeplat up -e dev"):
+    with (
+        pytest.raises(TerraformFailed) as got,
+        ops._after_upload(["a", "b"], ["manifests/master/x.yaml"], "kubeplat up -e dev"),
+    ):
         raise TerraformFailed("the state changed since this plan was made; nothing was applied", "")
     assert got.value.message.endswith(
-        "nothing was applied; the new node configuration had been uploaded (2 objects) and "
+        "nothing was applied; the new node configuration had been uploaded (2 objects); the 1 "
+        "changed manifests of running layers stay staged, so running nodes keep what they run; "
         "nothing was removed"
     )
     assert got.value.hint == "run: kubeplat up -e dev"
-    with pytest.raises(TerraformFailed) as bare, ops._after_upload([], "kubeplat up -e dev"):
+    with pytest.raises(TerraformFailed) as bare, ops._after_upload([], [], "kubeplat up -e dev"):
         raise TerraformFailed("terraform apply failed: x", "see the log")
     assert bare.value.message == "terraform apply failed: x" and bare.value.hint == "see the log"
