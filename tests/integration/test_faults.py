@@ -365,5 +365,4 @@ def test_a_saved_plan_is_applied_exactly_and_a_stale_or_changed_one_is_refused(
         assert missing.returncode == 1 and "no such file" in missing.stderr
         for result in (stale, refused, alone, missing):
             assert "Traceback" not in result.stderr
-    assert kubeplat(user, "up", "-e", "example", "--auto-approve").returncode == 0
-    assert kubeplat(user, "destroy", "-e", "example", "--auto-approve").returncode == 0
+    # The module's sandbox goes with its last test: no destroy needed after this one.

@@ -445,8 +445,24 @@ class Group:
             time.sleep(1)
 
     def get(self, key: str) -> str:
-        member = next(m for m in self.members.values() if m.etcd is not None)
-        return member.etcdctl("get", key, "--print-value-only").stdout.strip()
+        """KEY's value ("" when absent) as a running member answers it; an answer that is an
+        error is asked again (bounded), never taken for an absent key."""
+        errors: list[str] = []
+        deadline = time.monotonic() + 60
+        while True:
+            for member in self.members.values():
+                if member.etcd is None:
+                    continue
+                answer = member.etcdctl("get", key, "--print-value-only")
+                if answer.returncode == 0:
+                    return answer.stdout.strip()
+                errors.append(f"{member.host.spec.hostname}: {answer.stderr.strip()[-300:]}")
+            if time.monotonic() > deadline:
+                shown = "\n".join(errors[-6:])
+                raise AssertionError(
+                    f"no member answered a read of {key}:\n{shown}\n{self.explain()}"
+                )
+            time.sleep(1)
 
     def kubeplat(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """`kubeplat etcd ARGS -e ENV`, as an operator runs it (against the emulator)."""
