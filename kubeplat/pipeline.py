@@ -468,6 +468,8 @@ def terraform_for(prepared: Prepared | Deployed) -> Terraform:
     # How hints name the environment: by name when `-e NAME` finds it from here.
     plainly = env.path.resolve().parent == (Path.cwd() / "environments").resolve()
     tf = Terraform(env.workdir, env=aws.child_env, name=env.path.stem if plainly else str(env.path))
+    if aws.sandbox and not env.sandbox:  # put in the sandbox by --sandbox: hints say so too
+        tf.program = "kubeplat --sandbox"
     backend = {
         "bucket": env.terraform_bucket_name,
         "key": f"{env.aws_region}/{env.environment}/terraform.tfstate",

@@ -140,8 +140,9 @@ class Terraform:
     # `validate` initialises without a backend: it keeps its own data directory so the real
     # one (with the S3 backend) is never reconfigured by it.
     data_name: str = "terraform"
-    # The environment's name, for the commands that hints print.
+    # The environment's name, and how kubeplat is invoked for it, for the commands hints print.
     name: str = "ENV"
+    program: str = "kubeplat"
     # The last run's log, and a run of this working copy found cut off (see `check_running`).
     last_log: Path | None = field(default=None, repr=False)
     cut_off: dict[str, Any] | None = field(default=None, repr=False)
@@ -221,7 +222,12 @@ class Terraform:
     def failure(self, subcommand: str, result: process.Result) -> TerraformFailed:
         """The error for a failed run of this working copy (see `failure`)."""
         return failure(
-            subcommand, result.output, env=self.name, log=self.last_log, cut_off=self.cut_off
+            subcommand,
+            result.output,
+            env=self.name,
+            log=self.last_log,
+            cut_off=self.cut_off,
+            program=self.program,
         )
 
     def log_path(self, subcommand: str) -> Path:
@@ -420,6 +426,7 @@ def failure(
     env: str = "ENV",
     log: Path | None = None,
     cut_off: dict[str, Any] | None = None,
+    program: str = "kubeplat",
 ) -> TerraformFailed:
     """The one-line error for a failed Terraform command: a full disk says so; a held state
     lock names its holder and the command that releases it."""
@@ -437,7 +444,7 @@ def failure(
         created = created.replace(" +0000 UTC", " UTC")
         operation = info.get("Operation", "an operation").replace("OperationType", "").lower()
         lock_id = info.get("ID", "LOCK_ID")
-        unlock = f"kubeplat unlock -e {env} {lock_id}"
+        unlock = f"{program} unlock -e {env} {lock_id}"
         if cut_off is not None and _same_run(cut_off, info):
             return StateLocked(
                 f"the environment's state is locked by a terraform {cut_off.get('command')} "

@@ -210,7 +210,8 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
         {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)}, "manifests", "push", "-e", "example"
     )
     assert pushed.returncode == 0, pushed.stderr
-    proxies = ["manifests/compute/kube-proxy.yaml", "manifests/secure/kube-proxy.yaml"]
+    # Made current in turn, the control plane's layer first.
+    proxies = ["manifests/secure/kube-proxy.yaml", "manifests/compute/kube-proxy.yaml"]
     assert pushed.stdout.split() == proxies
     assert "nodes pick them up within 10 s (control-plane nodes one at a time)" in pushed.stderr
     again = kubeplat(

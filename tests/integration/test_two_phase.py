@@ -156,6 +156,13 @@ def test_a_failed_apply_leaves_running_nodes_their_manifests_and_the_next_up_pro
     groups = aws["autoscaling"].describe_auto_scaling_groups()["AutoScalingGroups"]  # type: ignore[attr-defined]
     compute = next(g for g in groups if "compute" in g["AutoScalingGroupName"])
     assert compute["MaxSize"] == 4
+    # A run stopped after its apply, before the promotion, left the nodes on older manifests:
+    # the next `up` finds Terraform with nothing to do and promotes them all the same.
+    run_older(s3, proxy, older_proxy)
+    resumed = kubeplat(user, "up", "-e", "example", "--auto-approve")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Terraform: 0 to add, 0 to change, 0 to destroy" in resumed.stderr, resumed.stderr
+    assert current(s3, proxy)[1] == rendered[proxy] and staged(s3) == []
     # Converged: nothing left to upload, apply or promote.
     plan = kubeplat(user, "plan", "-e", "example", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stdout + plan.stderr[-2000:]
