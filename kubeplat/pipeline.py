@@ -149,9 +149,10 @@ def prepare(
     prepared = Prepared(env, aws, account, boot.key_arn, store, files, bundle)
     prepared.created_buckets = boot.created
     prepared.changed = store.changed(prepared.objects)
-    prepared.stale = stale_objects(prepared)
-    prepared.live_layers = {n.split("/")[1] for n in store.names("manifests/") if n.count("/") >= 2}
-    prepared.first = upgrade_first(prepared)
+    held = store.names("manifests/")  # one listing: stale names, live layers, upgrades
+    prepared.stale = stale_objects(prepared, held)
+    prepared.live_layers = {n.split("/")[1] for n in held if n.count("/") >= 2}
+    prepared.first = upgrade_first(prepared, set(held))
     return prepared
 
 
@@ -373,9 +374,10 @@ def warn_expiring(env: config.Environment, files: Mapping[str, bytes]) -> None:
             )
 
 
-def stale_objects(prepared: Prepared) -> list[str]:
-    """Manifests and PKI objects the bucket holds that the render no longer produces."""
-    present = prepared.store.names("manifests/") + prepared.store.names("pki/")
+def stale_objects(prepared: Prepared, manifests: list[str]) -> list[str]:
+    """Manifests (`manifests`: the bucket's) and PKI objects the bucket holds that the render
+    no longer produces."""
+    present = manifests + prepared.store.names("pki/")
     return sorted(n for n in present if n not in prepared.bundle)
 
 
@@ -396,7 +398,7 @@ def _apiserver_version(data: bytes) -> tuple[int, ...] | None:
     return tuple(int(part) for part in found.groups()) if found else None
 
 
-def upgrade_first(prepared: Prepared) -> list[str]:
+def upgrade_first(prepared: Prepared, held: set[str]) -> list[str]:
     """On an upgrade the control plane goes first: Kubernetes' version skew policy allows no
     kubelet newer than the API server, and the apply launches nodes with the new kubelet. So
     when a layer's kube-apiserver manifest names a newer version than the one its nodes run,
@@ -407,8 +409,8 @@ def upgrade_first(prepared: Prepared) -> list[str]:
         layer = name.split("/")[1] if name.startswith("manifests/") else ""
         if not name.endswith("/kube-apiserver.yaml") or layer not in prepared.live_layers:
             continue
-        if name not in prepared.store.names(name):
-            continue  # a new API server: nothing runs an older one
+        if name not in held:
+            continue  # a new API server (`held`: the bucket's manifests): nothing runs an older one
         new = _apiserver_version(objects[name])
         old = _apiserver_version(prepared.store.get(name))
         if new and old and new > old:
@@ -436,7 +438,7 @@ def upload(
 def promote(prepared: Prepared) -> list[str]:
     """After a successful apply (or when Terraform had nothing to change): make the deferred
     manifests current, a control-plane layer's before the others', each copied from its
-    staged object (checked by digest) in the bucket, or written from the render if that was
+    staged object in the bucket (named by its digest), or written from the render if that was
     removed. The names made current."""
     objects = prepared.objects
     deferred = sorted(prepared.deferred, key=lambda n: (not _has_apiserver(prepared, n), n))

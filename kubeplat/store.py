@@ -158,13 +158,10 @@ class BucketStore:
                 raise
 
     def promote(self, staged: str, name: str, data: bytes) -> None:
-        """Make `name` hold `data`, copied inside the bucket from the object `staged` when that
-        holds the same digest, else written (the staged copy was removed by another run)."""
+        """Make `name` hold `data`, copied inside the bucket from `staged` (named by the digest
+        of `data`, so it holds those bytes), or written when another run removed that copy."""
         from botocore.exceptions import ClientError
 
-        if self.digests([staged])[staged] != sha256(data):
-            self.put(name, data)
-            return
         with errors(f"copying s3://{self.bucket}/{self.key(staged)} to {name}", self.aws):
             try:
                 self.aws.client("s3").copy_object(
@@ -178,7 +175,7 @@ class BucketStore:
             except ClientError as exc:
                 if exc.response["Error"]["Code"] not in ("404", "NoSuchKey", "NotFound"):
                     raise
-                self.put(name, data)  # removed between the two calls
+                self.put(name, data)  # another run removed the staged copy
 
     def upload(
         self, objects: Mapping[str, bytes], changed: Iterable[str] | None = None

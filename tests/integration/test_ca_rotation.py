@@ -95,11 +95,10 @@ def paired(ca_pem: bytes, key_pem: bytes) -> bool:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    der = serialization.Encoding.DER
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    first = x509.load_pem_x509_certificate(ca_pem).public_key().public_bytes(der, spki)
+    from kubeplat import pki
+
     key = serialization.load_pem_private_key(key_pem, password=None)
-    return bool(first == key.public_key().public_bytes(der, spki))
+    return pki._same_key(x509.load_pem_x509_certificate(ca_pem), key)  # type: ignore[arg-type]
 
 
 class KubeletStandIn(threading.Thread):

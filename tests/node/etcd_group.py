@@ -422,46 +422,35 @@ class Group:
         return until(check, SETTLE, "every instance a voting member", self)
 
     def put(self, key: str, value: str) -> None:
-        """Write KEY through any member that takes it. A cluster that has just formed or been
-        restored may be electing a leader for a moment, so a refused write is tried again, within
-        a bound; what the members answered is shown if none ever takes it."""
-        answers: list[str] = []
-
-        def written() -> bool:
-            for member in self.members.values():
-                answer = member.etcdctl("put", key, value)
-                if answer.returncode == 0:
-                    return True
-                answers.append(f"{member.host.spec.hostname}: {answer.stderr.strip()[-300:]}")
-            return False
-
-        deadline = time.monotonic() + 60
-        while not written():
-            if time.monotonic() > deadline:
-                shown = "\n".join(answers[-6:])
-                raise AssertionError(
-                    f"no member took the write of {key}:\n{shown}\n{self.explain()}"
-                )
-            time.sleep(1)
+        """Write KEY through any member that takes it (see `_answered`)."""
+        self._answered(f"take the write of {key}", list(self.members.values()), "put", key, value)
 
     def get(self, key: str) -> str:
         """KEY's value ("" when absent) as a running member answers it; an answer that is an
-        error is asked again (bounded), never taken for an absent key."""
+        error is asked again (see `_answered`), never taken for an absent key."""
+        running = [m for m in self.members.values() if m.etcd is not None]
+        answer = self._answered(
+            f"answer a read of {key}", running, "get", key, "--print-value-only"
+        )
+        return answer.stdout.strip()
+
+    def _answered(
+        self, what: str, members: list[Member], *args: str
+    ) -> subprocess.CompletedProcess[str]:
+        """The first successful `etcdctl ARGS` among `members`. A cluster that has just formed or
+        been restored may be electing a leader for a moment, so errors are asked again, within a
+        bound; what the members answered is shown if none ever succeeds."""
         errors: list[str] = []
         deadline = time.monotonic() + 60
         while True:
-            for member in self.members.values():
-                if member.etcd is None:
-                    continue
-                answer = member.etcdctl("get", key, "--print-value-only")
+            for member in members:
+                answer = member.etcdctl(*args)
                 if answer.returncode == 0:
-                    return answer.stdout.strip()
+                    return answer
                 errors.append(f"{member.host.spec.hostname}: {answer.stderr.strip()[-300:]}")
             if time.monotonic() > deadline:
                 shown = "\n".join(errors[-6:])
-                raise AssertionError(
-                    f"no member answered a read of {key}:\n{shown}\n{self.explain()}"
-                )
+                raise AssertionError(f"no member could {what}:\n{shown}\n{self.explain()}")
             time.sleep(1)
 
     def kubeplat(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
