@@ -216,8 +216,32 @@ def workspace_root(env_file: Path) -> Path:
 
 
 def env_dir(explicit: str | None = None) -> Path:
-    """Where `-e NAME` looks: `--env-dir`, then `$KUBEPLAT_ENV_DIR`, then `./environments`."""
-    return Path(explicit or os.environ.get(ENV_DIR_VARIABLE) or "environments")
+    """Where `-e NAME` looks and `init` writes: `--env-dir`, then `$KUBEPLAT_ENV_DIR`, then the
+    nearest `environments/` in the current directory or one of its parents (as git finds
+    `.git`), else `./environments`."""
+    given = explicit or os.environ.get(ENV_DIR_VARIABLE)
+    if given:
+        return Path(given)
+    return _nearest_env_dir() or Path("environments")
+
+
+def _nearest_env_dir() -> Path | None:
+    """The first `environments/` folder found walking up from the current directory, as a path
+    relative to it (`environments`, `../../environments`), so that messages name it as a user
+    would type it; None when there is none. From inside `environments/` itself, the walk finds
+    it one level up: `init` never writes `environments/environments/`."""
+    try:
+        here = Path.cwd()
+    except OSError:  # the current directory was removed
+        return None
+    for up, folder in enumerate((here, *here.parents)):
+        try:
+            found = (folder / "environments").is_dir()
+        except OSError:  # a folder above that cannot be looked into ends the walk
+            return None
+        if found:
+            return Path(*([".."] * up), "environments")
+    return None
 
 
 def find_env_file(env: str, directory: str | None = None) -> Path:
@@ -267,24 +291,61 @@ def load_file(path: Path) -> Environment:
     try:
         data, lines = _parse_hcl(text)
     except SyntaxError as exc:
-        raise ConfigError(
-            path,
-            [
-                Problem(
-                    path,
-                    None,
-                    f"not a valid tfvars file: {_clip(exc.msg)}",
-                    "every line is NAME = VALUE, strings in double quotes",
-                    line=exc.lineno,
-                )
-            ],
-        ) from None
+        raise ConfigError(path, [_syntax_problem(path, text, exc)]) from None
     checker = _Checker(path, data, lines)
     values = checker.run()
     errors = [p for p in checker.problems if not p.warning]
     if errors:
         raise ConfigError(path, checker.problems)
     return Environment(path=path, warnings=tuple(checker.problems), **values)
+
+
+def _syntax_problem(path: Path, text: str, exc: SyntaxError) -> Problem:
+    """What the parser could not read, as one problem: an unclosed string on the line where it
+    opens (the parser, which lets a string run on over the next lines, fails lines later)."""
+    unclosed = _unclosed_string(text)
+    if unclosed and (not exc.lineno or exc.lineno < 1 or unclosed[1] <= exc.lineno):
+        variable, line, column = unclosed
+        return Problem(
+            path,
+            variable and _clip(variable),
+            f'the string opened at column {column} has no closing "',
+            'close it with " on the same line; a string cannot span lines',
+            line,
+        )
+    return Problem(
+        path,
+        None,
+        f"not a valid tfvars file: {_clip(exc.msg)}",
+        "every line is NAME = VALUE, strings in double quotes",
+        line=exc.lineno,
+    )
+
+
+def _unclosed_string(text: str) -> tuple[str | None, int, int] | None:
+    """The first string in `text` not closed on its own line, as (variable, line, column);
+    quotes in comments do not count."""
+    variable = word = None
+    for match in _TOKEN.finditer(text):
+        kind, token = match.lastgroup, match.group()
+        # A string that ends at the end of its line, or a lone quote (one ending in a
+        # backslash at the end of the line, which the string pattern does not take).
+        if (kind == "string" and not _closed(token)) or (kind == "other" and token == '"'):
+            line_start = text.rfind("\n", 0, match.start()) + 1
+            line = text.count("\n", 0, match.start()) + 1
+            return variable, line, match.start() - line_start + 1
+        if kind == "equals":
+            variable = word
+        word = token if kind == "word" else None
+    return None
+
+
+def _closed(string: str) -> bool:
+    """Whether a string token ends with its closing quote (not an escaped one)."""
+    if len(string) < 2 or not string.endswith('"'):
+        return False
+    backslashes = len(string[:-1]) - len(string[:-1].rstrip("\\"))
+    return backslashes % 2 == 0
 
 
 def _read(path: Path) -> str:
@@ -938,7 +999,10 @@ def environment_fields() -> set[str]:
 
 
 def write_from_sample(name: str, directory: Path) -> Path:
-    """`kubeplat init NAME`: copy the sample to `NAME.tfvars` with `environment` filled in."""
+    """`kubeplat init NAME`: copy the sample to `NAME.tfvars` with `environment` filled in.
+
+    Every value only the user can choose (account, region, KMS key, DNS zone, bucket names,
+    access lists) stays a placeholder that `validate` rejects, naming its line, until filled."""
     if not _NAME.fullmatch(name):
         raise KubeplatError(
             f"{_quote(name)} is not a valid environment name",

@@ -46,12 +46,15 @@ def test_init_then_validate_lists_each_placeholder(kubeplat, isolated: Path) -> 
     for name in (
         "aws_account",
         "aws_region",
+        "dns_zone_name",
         "kms_master_id",
         "kubeapi_access_list",
+        "secrets_bucket_name",
         "ssh_access_list",
+        "terraform_bucket_name",
     ):
         assert f": {name}: placeholder" in result.err
-    assert "Error: environments/staging.tfvars has 5 problems" in result.err
+    assert "Error: environments/staging.tfvars has 8 problems" in result.err
     assert "Traceback" not in result.err
     assert result.out == ""
 
