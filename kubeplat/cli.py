@@ -63,7 +63,8 @@ def _output_option(func: Any) -> Any:
     "--env-dir",
     envvar="KUBEPLAT_ENV_DIR",
     metavar="DIR",
-    help="Folder of environment files (default ./environments; env KUBEPLAT_ENV_DIR).",
+    help="Folder of environment files (default: the nearest environments/ in this folder or "
+    "one above it; env KUBEPLAT_ENV_DIR).",
 )
 @click.option(
     "--sandbox", is_flag=True, help="Run against the local AWS emulator, whatever the file says."
@@ -357,7 +358,9 @@ def render(state: State, env: str, out: Path) -> None:
 
 
 def _interactive() -> bool:
-    return sys.stdin.isatty() and sys.stderr.isatty()
+    """Terraform's rule: ask when standard input is a terminal, wherever the output goes
+    (`kubeplat up | tee up.log` still asks; the question goes to stderr)."""
+    return sys.stdin.isatty()
 
 
 def _require_approval(command: str, auto_approve: bool, usage: str = "-e ENV") -> None:
@@ -372,6 +375,8 @@ def _require_approval(command: str, auto_approve: bool, usage: str = "-e ENV") -
 
 
 def _show_plan(report: Any) -> None:
+    from kubeplat.pipeline import removal_reason
+
     console.status(
         f"account {report.account}  region {report.region}  environment {report.environment}",
         "info",
@@ -380,6 +385,16 @@ def _show_plan(report: Any) -> None:
         f"Terraform: {report.add} to add, {report.change} to change, {report.destroy} to destroy",
         "warn" if report.destroy else "info",
     )
+    for action, heading in (
+        ("delete", "to destroy"),
+        ("replace", "to replace (destroyed, then created again)"),
+    ):
+        group = [r for r in report.removals if r["action"] == action]
+        if group:
+            console.status(f"{heading} ({len(group)}):", "warn")
+            for removal in group:
+                why = removal_reason(removal)
+                console.status(f"  {removal['address']}" + (f"  ({why})" if why else ""), "warn")
     if report.rolls:
         console.status(f"will roll: {', '.join(report.rolls)}", "warn")
         for line in report.roll_order:
@@ -455,12 +470,11 @@ def up(state: State, env: str, auto_approve: bool) -> None:
 
     def confirm(report: Any) -> bool:
         _show_plan(report)
-        return click.confirm("Apply these changes?", default=False, err=True)
+        # --auto-approve: the summary is printed, not asked (a CI log shows what was applied).
+        return auto_approve or click.confirm("Apply these changes?", default=False, err=True)
 
-    result = ops.up(
-        env, state.env_dir, sandbox=state.sandbox, confirm=None if auto_approve else confirm
-    )
-    _show_result(result, shown=not auto_approve and result.plan.changes)
+    result = ops.up(env, state.env_dir, sandbox=state.sandbox, confirm=confirm)
+    _show_result(result, shown=result.plan.changes)
 
 
 def _show_result(result: Any, *, shown: bool) -> None:
@@ -495,16 +509,10 @@ def apply(state: State, env: str, plan_file: Path, auto_approve: bool) -> None:
 
     def confirm(report: Any) -> bool:
         _show_plan(report)
-        return click.confirm("Apply this saved plan?", default=False, err=True)
+        return auto_approve or click.confirm("Apply this saved plan?", default=False, err=True)
 
-    result = ops.apply(
-        env,
-        plan_file,
-        state.env_dir,
-        sandbox=state.sandbox,
-        confirm=None if auto_approve else confirm,
-    )
-    _show_result(result, shown=not auto_approve and result.plan.changes)
+    result = ops.apply(env, plan_file, state.env_dir, sandbox=state.sandbox, confirm=confirm)
+    _show_result(result, shown=result.plan.changes)
 
 
 @cli.command()
@@ -568,9 +576,47 @@ def output(state: State, env: str, output_format: str) -> None:
     if output_format == "json":
         console.data_json(values)
         return
+    for line in output_lines(values, env):
+        console.data(line)
+
+
+def output_lines(values: dict[str, Any], env: str) -> list[str]:
+    """Terraform's outputs for a reader: one `name = value` line per plain value, a map as
+    indented `key: value` lines, an IAM policy document as its statement count (the documents
+    themselves: `-o json`); every value that can be copied is whole."""
+    lines: list[str] = []
+
+    def shown(value: Any) -> str:
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                document = json.loads(value)
+                if isinstance(document, dict) and "Statement" in document:
+                    count = len(document["Statement"])
+                    return (
+                        f"IAM policy, {count} statement{'s' if count != 1 else ''} "
+                        f"(kubeplat output -e {env} -o json shows it)"
+                    )
+            return value
+        if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
+            return ", ".join(f"{k}={v}" for k, v in value.items())
+        return json.dumps(value, sort_keys=True)
+
     for name, value in sorted(values.items()):
-        shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        console.data(f"{name} = {shown}")
+        if isinstance(value, dict) and value:
+            lines.append(f"{name}:")
+            width = max(len(str(k)) for k in value)
+            for key, item in sorted(value.items()):
+                if isinstance(item, list):
+                    lines.append(f"  {key}:")
+                    lines += [f"    {shown(entry)}" for entry in item]
+                else:
+                    lines.append(f"  {str(key) + ':':<{width + 1}} {shown(item)}")
+        elif isinstance(value, list):
+            lines.append(f"{name}:")
+            lines += [f"  {shown(entry)}" for entry in value]
+        else:
+            lines.append(f"{name} = {shown(value)}")
+    return lines
 
 
 @cli.command()
@@ -634,13 +680,26 @@ def instances(state: State, env: str, layer: str | None, output_format: str) -> 
         headers,
         [
             [r.name, r.private_ip, r.public_ip or "-", r.instance_id, r.state, r.availability_zone,
-             r.layer, r.launch_time[:19], r.config]
+             r.layer, _when(r.launch_time), r.config]
             for r in rows
         ],
         title="instances",
     )  # fmt: skip
     if not rows:
         console.status(f"no instances in {env}", "warn")
+
+
+def _when(iso: str) -> str:
+    """An ISO timestamp as `YYYY-MM-DD HH:MM:SS UTC` (whole: seconds and zone kept)."""
+    import datetime as dt
+
+    try:
+        moment = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso or "-"
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC)
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
 
 
 @cli.group()
@@ -848,14 +907,18 @@ def sandbox_start() -> None:
 
 @sandbox_group.command(name="status")
 def sandbox_status() -> None:
-    """Print the sandbox's endpoint; exit 1 when it is not running."""
+    """Print the sandbox's endpoint; when it is not running, say so and exit 3 (as
+    `systemctl status` does for a stopped unit: a state, not an error)."""
     from kubeplat import sandbox
-    from kubeplat.errors import KubeplatError
 
     running = sandbox.current()
     if running is None:
-        raise KubeplatError("the sandbox is not running", "start it: kubeplat sandbox start")
+        console.status("the sandbox is not running; start it: kubeplat sandbox start", "warn")
+        sys.exit(3)
     console.data(running.endpoint)
+    console.status(
+        f"the sandbox is running (pid {running.pid}; log in {sandbox.state_dir()})", "ok"
+    )
 
 
 @sandbox_group.command(name="stop")
@@ -898,7 +961,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn every outcome into an exit code."""
     from kubeplat.errors import ConfigError, KubeplatError
 
-    args = list(sys.argv[1:] if argv is None else argv)
+    args = hoist_global_options(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     _survive_hangup()
     try:
@@ -938,6 +1001,34 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(0)
+
+
+# Options of the `kubeplat` group itself, accepted anywhere on the line (with their values).
+GLOBAL_FLAGS = ("--debug", "--sandbox")
+GLOBAL_VALUED = ("--env-dir",)
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """`kubeplat up -e dev --debug` as `kubeplat --debug up -e dev`: the group's own options are
+    moved before the subcommand wherever they are given (our hints say "run again with --debug"
+    after the command), up to a `--`."""
+    front: list[str] = []
+    rest: list[str] = []
+    index = 0
+    while index < len(args):
+        word = args[index]
+        if word == "--":
+            rest += args[index:]
+            break
+        if word in GLOBAL_FLAGS or word.startswith(tuple(f"{v}=" for v in GLOBAL_VALUED)):
+            front.append(word)
+        elif word in GLOBAL_VALUED and index + 1 < len(args):
+            front += [word, args[index + 1]]
+            index += 1
+        else:
+            rest.append(word)
+        index += 1
+    return front + rest
 
 
 def _os_error(exc: OSError) -> tuple[str, str]:

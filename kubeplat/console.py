@@ -89,12 +89,14 @@ def table(
     row_styles: Sequence[str] | None = None,
 ) -> None:
     """A table of results on stdout: rich on a terminal, aligned plain text otherwise."""
-    if fancy(sys.stdout):
+    # Rich's table on a terminal wide enough for every cell whole; otherwise (or without a
+    # terminal) aligned plain lines, which are narrower and never cut what a user copies.
+    if fancy(sys.stdout) and _fits(headers, rows):
         from rich.table import Table
 
         grid = Table(title=title or None)
         for header in headers:
-            grid.add_column(header)
+            grid.add_column(header, no_wrap=True)
         for index, row in enumerate(rows):
             style = _STYLES.get(row_styles[index], "") if row_styles else ""
             grid.add_row(*row, style=style or None)
@@ -105,3 +107,74 @@ def table(
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     for line in lines:
         print(line.rstrip(), flush=True)
+
+
+def _fits(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> bool:
+    """Whether rich's boxed table (3 columns of border and padding per cell) fits the terminal."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    return sum(widths) + 3 * len(widths) + 1 <= int(_rich(False).width)
+
+
+def clock() -> str:
+    """The wall-clock time that starts a plain progress line."""
+    import time
+
+    return time.strftime("%H:%M:%S")
+
+
+class Activity:
+    """What a long step is doing, while it does it: on a terminal (and without NO_COLOR) a
+    spinner line redrawn four times a second with the elapsed time, removed when the step ends;
+    otherwise one timestamped line when the step starts (CI logs, pipes)."""
+
+    def __init__(self, text: str, detail: Any = None) -> None:
+        import time
+
+        self.text = text
+        # A callable giving the rest of the line at each redraw (e.g. resources in flight).
+        self.detail = detail
+        self.started = time.monotonic()
+        self._live: Any = None
+
+    def __rich__(self) -> Any:
+        import time
+
+        from rich.text import Text
+
+        elapsed = time.monotonic() - self.started
+        frame = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"[int(elapsed * 4) % 10]  # one frame per redraw
+        line = Text(f"{frame} {self.text} ({elapsed:.0f}s)", style="cyan")
+        more = self.detail() if self.detail is not None else ""
+        if more:
+            line.append(f"  {more}", style="dim")
+        line.truncate(max(_rich(True).width - 1, 20), overflow="ellipsis")
+        return line
+
+    def __enter__(self) -> Activity:
+        if fancy(sys.stderr) and not _debug:
+            from rich.live import Live
+
+            self._live = Live(
+                self,
+                console=_rich(True),
+                transient=True,
+                refresh_per_second=4,
+                redirect_stdout=False,
+            )
+            self._live.start()
+        else:
+            print(f"{clock()}  {self.text}", file=sys.stderr, flush=True)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def update(self, text: str) -> None:
+        """A new description of the step (a new timestamped line without a terminal)."""
+        if text == self.text:
+            return
+        self.text = text
+        if self._live is None:
+            print(f"{clock()}  {text}", file=sys.stderr, flush=True)

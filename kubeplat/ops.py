@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeplat import config, terraform
+from kubeplat import config, console, terraform
 from kubeplat.errors import KubeplatError, Problem
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def validate(env: str, env_dir: str | None = None) -> ValidateReport:
 
 
 def init(name: str, env_dir: str | None = None) -> Path:
-    """Write `environments/NAME.tfvars` from the sample."""
+    """Write `NAME.tfvars` from the sample into the environments folder (`config.env_dir`)."""
     return config.write_from_sample(name, config.env_dir(env_dir))
 
 
@@ -387,6 +387,8 @@ class PlanReport:
     purge: list[str] = field(default_factory=list)
     # Changed manifests of running layers: staged, made current once the apply succeeded.
     after_apply: list[str] = field(default_factory=list)
+    # What the plan destroys or replaces, each with Terraform's reason (pipeline.PlanSummary).
+    removals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
@@ -407,6 +409,12 @@ class PlanReport:
             "unclaimed": self.unclaimed,
             "purge": self.purge,
             "after_apply": self.after_apply,
+            "destroyed": [r["address"] for r in self.removals if r["action"] == "delete"],
+            "replaced": [
+                {"address": r["address"], "reason": r["reason"], "attributes": r["attributes"]}
+                for r in self.removals
+                if r["action"] == "replace"
+            ],
             "changes": self.changes,
         }
 
@@ -442,6 +450,7 @@ def _report(
         order,
         _unclaimed(prepared),
         after_apply=prepared.deferred,
+        removals=summary.removals,
     )
 
 
@@ -466,11 +475,11 @@ def plan(
     # A plan kept for `kubeplat apply` must be applicable exactly: a PKI the bucket does not
     # hold yet is created first (no node reads it before the apply), never made up in memory;
     # a renewal or rotation step is refused (`certs renew` / `certs rotation` take them).
-    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=out is not None, new_pki_only=True)
+    prepared = _prepare(env, env_dir, sandbox, write_pki=out is not None, new_pki_only=True)
     tf = pipeline.terraform_for(prepared)
     plan_file = out.resolve() if out else prepared.env.workdir / "plan.tfplan"
     try:
-        summary = pipeline.plan(prepared, tf, plan_file)
+        summary = _plan(prepared, tf, plan_file)
     finally:
         if out is None:
             plan_file.unlink(missing_ok=True)
@@ -493,7 +502,7 @@ def apply(
 
     config.load(env, env_dir)  # the environment file's problems first
     saved = savedplan.load(plan_file.resolve(), env)
-    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
+    prepared = _prepare(env, env_dir, sandbox, write_pki=False)
     tf = pipeline.terraform_for(prepared)
     savedplan.check(saved, prepared, tf, env)
     summary = pipeline.PlanSummary(
@@ -501,6 +510,7 @@ def apply(
         change=int(saved.summary.get("change", 0)),
         destroy=int(saved.summary.get("destroy", 0)),
         rolls=[str(r) for r in saved.summary.get("rolls", [])],
+        removals=[dict(r) for r in saved.summary.get("removals", [])],
     )
     report = _report(prepared, summary, saved.plan_file)
     outputs: dict[str, object] = {}
@@ -518,6 +528,22 @@ def apply(
     if not summary.changes:
         outputs = pipeline.outputs(tf)
     return UpReport(report, uploaded, summary.changes, outputs, _kubeconfig(prepared, outputs))
+
+
+def _prepare(*args: Any, **kwargs: Any) -> pipeline.Prepared:
+    """`pipeline.prepare` under a spinner (a timestamped line without a terminal)."""
+    from kubeplat import pipeline
+
+    with console.Activity("preparing: account, buckets, PKI, node configuration"):
+        return pipeline.prepare(*args, **kwargs)
+
+
+def _plan(*args: Any, **kwargs: Any) -> pipeline.PlanSummary:
+    """`pipeline.plan` under a spinner: Terraform refreshes every resource first."""
+    from kubeplat import pipeline
+
+    with console.Activity("planning: terraform plan (reading every resource first)"):
+        return pipeline.plan(*args, **kwargs)
 
 
 @contextmanager
@@ -578,7 +604,7 @@ def up(
     """Certs, render, plan, confirm, upload, apply; `confirm` sees the plan (None: approve)."""
     from kubeplat import pipeline
 
-    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
+    prepared = _prepare(env, env_dir, sandbox, write_pki=True)
     tf = pipeline.terraform_for(prepared)
     plan_file = prepared.env.workdir / "up.tfplan"
     # The current outputs are read while Terraform plans (a read; it takes no lock): when the
@@ -586,7 +612,7 @@ def up(
     reading = tf.start("output", "-json")
     outputs: dict[str, object] = {}
     try:
-        summary = pipeline.plan(prepared, tf, plan_file)
+        summary = _plan(prepared, tf, plan_file)
         report = _report(prepared, summary, None)
         if not report.changes:
             uploaded: list[str] = []
@@ -624,12 +650,12 @@ def destroy(
     version): its PKI, node configuration, reports and etcd backups."""
     from kubeplat import pipeline
 
-    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=False)
+    prepared = _prepare(env, env_dir, sandbox, write_pki=False)
     prepared.changed, prepared.stale = [], []  # destroy uploads nothing
     tf = pipeline.terraform_for(prepared)
     plan_file = prepared.env.workdir / "destroy.tfplan"
     try:
-        summary = pipeline.plan(prepared, tf, plan_file, destroy=True)
+        summary = _plan(prepared, tf, plan_file, destroy=True)
         report = _report(prepared, summary, None)
         if purge:
             if not summary.changes:  # an empty destroy: are they really gone?
@@ -967,7 +993,6 @@ def _refresh_ssh_key(connected: Any, key: Path) -> None:
     taken a step of an SSH key rotation since this cache was written), into the local PKI
     cache (0600 in 0700 folders, .kubeplat/ ignored by git). When the bucket cannot be read,
     the cached key is used, with a warning."""
-    from kubeplat import console
     from kubeplat.pki import SSH_KEY
     from kubeplat.pkistore import LocalStore
 
@@ -998,7 +1023,7 @@ def manifests_push(env: str, env_dir: str | None = None, *, sandbox: bool = Fals
     """Re-render and upload the node manifests only; the names written (and `-removed`)."""
     from kubeplat import pipeline
 
-    prepared = pipeline.prepare(env, env_dir, sandbox, write_pki=True)
+    prepared = _prepare(env, env_dir, sandbox, write_pki=True)
     # The same layers read the new set: a manifest the render dropped goes with the push.
     written = pipeline.upload(prepared, groups=("manifests/",))  # no apply: promoted at once
     written += pipeline.promote(prepared)

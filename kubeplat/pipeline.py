@@ -12,8 +12,9 @@ import datetime as dt
 import json
 import os
 import re
+import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,7 +469,7 @@ def terraform_for(prepared: Prepared | Deployed) -> Terraform:
     """The environment's Terraform, initialised against its S3 remote state."""
     env, aws = prepared.env, prepared.aws
     # How hints name the environment: by name when `-e NAME` finds it from here.
-    plainly = env.path.resolve().parent == (Path.cwd() / "environments").resolve()
+    plainly = env.path.resolve().parent == config.env_dir().resolve()
     tf = Terraform(env.workdir, env=aws.child_env, name=env.path.stem if plainly else str(env.path))
     if aws.sandbox and not env.sandbox:  # put in the sandbox by --sandbox: hints say so too
         tf.program = "kubeplat --sandbox"
@@ -547,10 +548,37 @@ class PlanSummary:
     rolls: list[str] = field(default_factory=list)
     resources: list[tuple[str, str]] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
+    # Every resource the plan destroys or replaces: {"address", "action" (delete | replace),
+    # "reason" (Terraform's, in words), "attributes" (those that force the replacement)}.
+    removals: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
         return bool(self.add or self.change or self.destroy)
+
+
+# Terraform's reasons for a deletion or a replacement (`planned_change.reason`), in words.
+_REASONS = {
+    "tainted": "tainted (a create that failed half-way)",
+    "requested": "replacement requested (-replace)",
+    "cannot_update": "forces replacement",
+    "replace_by_triggers": "replace_triggered_by",
+    "delete_because_no_resource_config": "no longer in the configuration",
+    "delete_because_wrong_repetition": "count/for_each changed",
+    "delete_because_count_index": "its count index is no longer planned",
+    "delete_because_each_key": "its for_each key is no longer planned",
+    "delete_because_no_module": "its module is no longer in the configuration",
+    "delete_because_no_move_target": "moved to an address that does not exist",
+}
+
+
+def removal_reason(removal: Mapping[str, Any]) -> str:
+    """Why a resource goes, as the plan summary says it."""
+    code = str(removal.get("reason") or "")
+    words = _REASONS.get(code, code.replace("_", " "))
+    if removal.get("attributes"):
+        words = f"{words or 'forces replacement'}: {', '.join(removal['attributes'])}"
+    return words
 
 
 def summarize(lines: Iterable[str]) -> PlanSummary:
@@ -573,6 +601,11 @@ def summarize(lines: Iterable[str]) -> PlanSummary:
             resource = change.get("resource", {})
             action = change.get("action", "")
             summary.resources.append((action, resource.get("addr", "")))
+            if action in ("delete", "replace"):
+                summary.removals.append(
+                    {"address": resource.get("addr", ""), "action": action,
+                     "reason": change.get("reason", ""), "attributes": []}
+                )  # fmt: skip
             if resource.get("resource_type") == "aws_launch_template" and action in (
                 "update",
                 "replace",
@@ -590,7 +623,35 @@ def summarize(lines: Iterable[str]) -> PlanSummary:
                 if "value" in item
             }
     summary.rolls.sort()
+    summary.removals.sort(key=lambda r: (r["action"], r["address"]))
     return summary
+
+
+def explain(summary: PlanSummary, tf: Terraform, plan_file: Path) -> PlanSummary:
+    """The attributes forcing each replacement (`replace_paths` of `terraform show -json`),
+    read only when the plan replaces something."""
+    if not any(r["action"] == "replace" for r in summary.removals):
+        return summary
+    result = tf.run("show", "-json", str(plan_file), on_line=lambda _line: None, check=False)
+    try:
+        document = json.loads(result.output[result.output.find("{") :])
+    except ValueError:
+        return summary  # the summary still names every replacement, without its attributes
+    paths = {
+        change.get("address"): change.get("change", {}).get("replace_paths") or []
+        for change in document.get("resource_changes", [])
+    }
+    for removal in summary.removals:
+        removal["attributes"] = sorted({_path(p) for p in paths.get(removal["address"], [])})
+    return summary
+
+
+def _path(steps: Iterable[Any]) -> str:
+    """A `replace_paths` entry as an attribute path: ["a", 0, "b"] -> a[0].b."""
+    text = ""
+    for step in steps:
+        text += f"[{step}]" if isinstance(step, int) else (f".{step}" if text else str(step))
+    return text
 
 
 # How each layer's instance refresh goes (terraform/secure.tf and compute.tf: min healthy %).
@@ -649,7 +710,7 @@ def plan(
     if result.returncode not in (0, 2):
         raise tf.failure("plan", result)
     check_plan_file(plan_file)
-    return summarize(lines)
+    return explain(summarize(lines), tf, plan_file)
 
 
 def check_plan_file(plan_file: Path) -> None:
@@ -672,7 +733,7 @@ def check_plan_file(plan_file: Path) -> None:
 def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> dict[str, Any]:
     """Apply exactly the saved plan, streaming Terraform's progress; the outputs it reports."""
     outputs: dict[str, Any] = {}
-    show = _progress_json()
+    show = ApplyProgress()
 
     def watch(line: str) -> None:
         show(line)
@@ -682,7 +743,7 @@ def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> dict[str, Any]:
                 {k: v["value"] for k, v in message.get("outputs", {}).items() if "value" in v}
             )
 
-    with variables_file(prepared, tf):
+    with variables_file(prepared, tf), show.activity:
         tf.run("apply", "-json", str(plan_file), on_line=watch)
     return outputs
 
@@ -703,38 +764,76 @@ def _progress_plain(line: str) -> None:
         console.debug(line)
 
 
-def _progress_json() -> Callable[[str], None]:
-    """Terraform's `-json` lines as one status line per resource, with elapsed time."""
-    started = time.monotonic()
+_DOING = {"create": "creating", "update": "updating", "delete": "destroying", "read": "reading"}
+_DONE = {"create": "created", "update": "updated", "delete": "destroyed", "read": "read"}
 
-    def show(line: str) -> None:
+
+class ApplyProgress:
+    """Terraform's `-json` apply stream for a person: one line per finished resource (with the
+    time it took); on a terminal, a status line redrawn four times a second naming every
+    resource still in progress and for how long; without one, timestamped lines, and a
+    `still …` line for what is in progress whenever 15 s went by without one."""
+
+    QUIET = 15.0
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.in_flight: dict[str, tuple[str, float]] = {}  # address -> (action, since)
+        self.activity = console.Activity("applying", self.flying)
+
+    def flying(self) -> str:
+        now = time.monotonic()
+        return ", ".join(
+            f"{_DOING.get(action, action)} {address} {now - since:.0f}s"
+            for address, (action, since) in sorted(self.in_flight.items(), key=lambda i: i[1][1])
+        )
+
+    def line(self, text: str, style: str) -> None:
+        self.last_line = time.monotonic()
+        plain = not console.fancy(sys.stderr)
+        console.status(f"{console.clock()}  {text}" if plain else text, style)
+
+    def __call__(self, raw: str) -> None:
         try:
-            message = json.loads(line)
+            message = json.loads(raw)
         except ValueError:
-            if line.strip():
-                console.status(line)
+            if raw.strip():
+                self.line(raw, "info")
             return
         kind = message.get("type")
         hook = message.get("hook", {})
         address = hook.get("resource", {}).get("addr", "")
-        elapsed = f"{time.monotonic() - started:6.1f}s"
-        if kind == "apply_complete":
-            console.status(f"{elapsed}  {hook.get('action', 'done')}d {address}", "ok")
+        action = hook.get("action", "")
+        if kind == "apply_start":
+            self.in_flight[address] = (action, time.monotonic())
+        elif kind == "apply_complete":
+            self.in_flight.pop(address, None)
+            took = hook.get("elapsed_seconds")
+            self.line(
+                f"{_DONE.get(action, action + 'd')} {address}" + (f" ({took}s)" if took else ""),
+                "ok",
+            )
         elif kind == "apply_errored":
-            console.status(f"{elapsed}  failed {address}", "error")
+            self.in_flight.pop(address, None)
+            self.line(f"failed {address}", "error")
         elif kind == "diagnostic" and message.get("@level") == "error":
             diagnostic = message.get("diagnostic", {})
-            console.status(
+            self.line(
                 f"Terraform: {diagnostic.get('summary')}: {diagnostic.get('detail', '')}", "error"
             )
         elif kind == "change_summary":
             changes = message.get("changes", {})
-            console.status(
-                f"{elapsed}  {changes.get('add', 0)} added, {changes.get('change', 0)} changed, "
-                f"{changes.get('remove', 0)} destroyed",
+            self.line(
+                f"{changes.get('add', 0)} added, {changes.get('change', 0)} changed, "
+                f"{changes.get('remove', 0)} destroyed in {time.monotonic() - self.started:.0f}s",
                 "ok",
             )
         elif console.debug_enabled():
-            console.debug(line)
-
-    return show
+            console.debug(raw)
+        if (
+            kind == "apply_progress"
+            and not console.fancy(sys.stderr)
+            and time.monotonic() - self.last_line >= self.QUIET
+        ):
+            self.line(f"still {self.flying()}", "info")

@@ -125,7 +125,7 @@ def run(
     _record_timing(args, time.monotonic() - started)
     if interrupted:
         raise Interrupted(
-            f"interrupted; {Path(args[0]).name} stopped cleanly (exit {child.returncode})",
+            f"interrupted; {Path(args[0]).name} stopped cleanly",
             interrupt_hint,
         )
     return Result(child.returncode, "".join(lines))

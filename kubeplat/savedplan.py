@@ -56,6 +56,7 @@ def save(prepared: Prepared, summary: PlanSummary, plan_file: Path) -> Path:
             "change": summary.change,
             "destroy": summary.destroy,
             "rolls": summary.rolls,
+            "removals": summary.removals,
         },
     }
     path = record_path(plan_file)
