@@ -110,6 +110,11 @@ def validate(state: State, env: str, output_format: str) -> None:
                 "file": str(report.environment.path),
                 "valid": True,
                 "module_checked": report.module_checked,
+                "terraform": (
+                    {"path": report.terraform[0], "version": report.terraform[1]}
+                    if report.terraform
+                    else None
+                ),
                 "warnings": [str(w) for w in report.warnings],
             }
         )
@@ -117,9 +122,9 @@ def validate(state: State, env: str, output_format: str) -> None:
     for warning in report.warnings:
         console.warn(str(warning))
     module = (
-        "the Terraform module is valid"
-        if report.module_checked
-        else ("Terraform not found: module not checked")
+        f"the Terraform module is valid (terraform {report.terraform[1]}, {report.terraform[0]})"
+        if report.module_checked and report.terraform
+        else "Terraform not found: module not checked"
     )
     console.status(f"{report.environment.path}: valid; {module}", "ok")
 

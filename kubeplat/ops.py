@@ -31,6 +31,7 @@ class ValidateReport:
     environment: config.Environment
     warnings: tuple[Problem, ...]
     module_checked: bool
+    terraform: tuple[str, str] | None = None  # (path, version) of the Terraform that checked it
 
 
 def validate(env: str, env_dir: str | None = None) -> ValidateReport:
@@ -47,7 +48,8 @@ def validate(env: str, env_dir: str | None = None) -> ValidateReport:
                 "this is a bug in kubeplat's module or a local edit of terraform/",
             )
         checked = True
-    return ValidateReport(environment, environment.warnings, checked)
+    found = terraform.found() if checked else None
+    return ValidateReport(environment, environment.warnings, checked, found)
 
 
 def init(name: str, env_dir: str | None = None) -> Path:

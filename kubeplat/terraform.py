@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from kubeplat.config import Environment
 
 MIN_VERSION = (1, 5, 0)
+# Terraform 2 may change what kubeplat relies on (the -json UI, saved plans, import blocks).
+BELOW_VERSION = (2, 0, 0)
 # Subcommands that take the state lock: while one runs, the working copy records who runs it
 # (OPERATION), so that the next command can tell a live run from a dead one.
 LOCKING = ("plan", "apply", "destroy", "import", "refresh", "force-unlock")
@@ -53,8 +55,9 @@ def mirror_config(mirror: str) -> str:
 
 def mirror_cli_config(directory: Path) -> Path | None:
     """With KUBEPLAT_TF_MIRROR set, a CLI configuration in `directory` that installs the
-    providers from that filesystem mirror (the user's own TF_CLI_CONFIG_FILE kept in it when
-    it says nothing about provider installation); None without it."""
+    providers from that filesystem mirror (the user's own CLI configuration, TF_CLI_CONFIG_FILE
+    or else ~/.terraformrc, kept in it when it says nothing about provider installation); None
+    without it."""
     mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
     if not mirror:
         return None
@@ -64,9 +67,9 @@ def mirror_cli_config(directory: Path) -> Path | None:
             "(no registry.terraform.io/ in it)",
             "point it at a directory made with `terraform providers mirror DIR`, or unset it",
         )
-    theirs = os.environ.get("TF_CLI_CONFIG_FILE", "")
+    theirs = os.environ.get("TF_CLI_CONFIG_FILE") or str(Path.home() / ".terraformrc")
     kept = ""
-    if theirs and Path(theirs).is_file():
+    if Path(theirs).is_file():
         text = Path(theirs).read_text(errors="replace")
         kept = "" if "provider_installation" in text else text.rstrip() + "\n\n"
     directory.mkdir(parents=True, exist_ok=True)
@@ -83,16 +86,30 @@ def available() -> bool:
 
 
 @cache
-def binary() -> str:
-    """Path of a Terraform binary recent enough, or `ToolMissing` with an install hint."""
+def found() -> tuple[str, str]:
+    """The Terraform kubeplat runs: its path and version, checked to be >= 1.5 and < 2
+    (`ToolMissing` with an install hint otherwise)."""
     path = os.environ.get("KUBEPLAT_TERRAFORM") or shutil.which("terraform")
     if not path:
         raise ToolMissing("terraform not found", INSTALL_HINT)
-    found = version(path)
-    if found < MIN_VERSION:
-        have = ".".join(map(str, found))
-        raise ToolMissing(f"terraform {have} is too old (kubeplat needs >= 1.5)", INSTALL_HINT)
-    return path
+    have = version(path)
+    text = ".".join(map(str, have))
+    if have < MIN_VERSION:
+        raise ToolMissing(
+            f"{path} is terraform {text}, too old (kubeplat needs >= 1.5, < 2)", INSTALL_HINT
+        )
+    if have >= BELOW_VERSION:
+        raise ToolMissing(
+            f"{path} is terraform {text}, newer than kubeplat knows (it needs >= 1.5, < 2)",
+            "install a Terraform 1.x (1.5 or later) and put it first on PATH, or set "
+            "KUBEPLAT_TERRAFORM to its path",
+        )
+    return path, text
+
+
+def binary() -> str:
+    """Path of a Terraform binary kubeplat can run, or `ToolMissing` with an install hint."""
+    return found()[0]
 
 
 def version(path: str) -> tuple[int, int, int]:
@@ -464,6 +481,23 @@ def failure(
             "the state changed since this plan was made (another run applied first); "
             "nothing was applied",
             "run the command again: it plans against the new state",
+        )
+    if subcommand == "init" and re.search(
+        r"Failed to query available provider packages|Failed to install provider|"
+        r"could not connect to registry|Failed to resolve provider packages",
+        text,
+    ):
+        mirror = os.environ.get("KUBEPLAT_TF_MIRROR")
+        cause = "its filesystem mirror " + mirror if mirror else "the Terraform registry"
+        return TerraformFailed(
+            f"terraform init could not install the AWS provider from {cause}: {last_error(output)}",
+            (
+                "the mirror must hold hashicorp/aws >= 5.60 (terraform providers mirror DIR)"
+                if mirror
+                else "without access to registry.terraform.io, set KUBEPLAT_TF_MIRROR to a "
+                "filesystem mirror of the provider (made with: terraform providers mirror DIR), "
+                "or configure provider_installation in ~/.terraformrc (TF_CLI_CONFIG_FILE)"
+            ),
         )
     where = f"; Terraform's whole output: {log}" if log is not None else ""
     return TerraformFailed(

@@ -1,6 +1,6 @@
 # Terraform and provider versions; the S3 backend is filled in by kubeplat (partial configuration).
 terraform {
-  required_version = ">= 1.5"
+  required_version = ">= 1.5, < 2.0"
 
   required_providers {
     aws = {

@@ -31,9 +31,16 @@ def test_terraform_too_old_or_missing(
     monkeypatch.setenv("KUBEPLAT_TERRAFORM", str(fake))
     from kubeplat import terraform
 
-    terraform.binary.cache_clear()
+    terraform.found.cache_clear()
     result = kubeplat("validate", "-e", "example")
-    terraform.binary.cache_clear()
+    terraform.found.cache_clear()
     assert result.code == 1
-    assert "Error: terraform 1.3.9 is too old (kubeplat needs >= 1.5)" in result.err
+    assert f"Error: {fake} is terraform 1.3.9, too old (kubeplat needs >= 1.5, < 2)" in result.err
     assert "Hint: install Terraform" in result.err
+    # A Terraform newer than kubeplat knows is refused too, naming the version it found.
+    fake.write_text('#!/bin/sh\necho \'{"terraform_version": "2.0.1"}\'\n')
+    result = kubeplat("validate", "-e", "example")
+    terraform.found.cache_clear()
+    assert result.code == 1
+    assert f"Error: {fake} is terraform 2.0.1, newer than kubeplat knows" in result.err
+    assert "Hint: install a Terraform 1.x" in result.err
