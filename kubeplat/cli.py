@@ -77,8 +77,7 @@ def cli(ctx: click.Context, debug: bool, env_dir: str | None, sandbox: bool) -> 
     `kubeplat init NAME` or try the sandbox: `kubeplat validate -e example`.
     """
     ctx.obj = State(debug, env_dir, sandbox)
-    if debug:
-        console.enable_debug()
+    console.enable_debug(debug)
 
 
 @cli.command()

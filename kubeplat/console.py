@@ -19,10 +19,10 @@ _STYLES = {"ok": "green", "warn": "yellow", "error": "bold red", "dim": "dim", "
 _debug = False
 
 
-def enable_debug() -> None:
-    """--debug: show tracebacks and every line of Terraform's output."""
+def enable_debug(on: bool = True) -> None:
+    """--debug: show tracebacks and every line of Terraform's output (set for each command)."""
     global _debug
-    _debug = True
+    _debug = on
 
 
 def debug_enabled() -> bool:
