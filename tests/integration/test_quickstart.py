@@ -40,7 +40,7 @@ import pytest
 
 from tests.conftest import _ORIGINAL_MIRROR, REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quickstart]
 
 SETUP_TIMEOUT = 15 * 60  # the first block: venv, pip install (1-3 min), first up (2-3 min)
 COMMAND_TIMEOUT = 5 * 60  # each command of the next block
