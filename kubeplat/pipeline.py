@@ -707,6 +707,12 @@ def plan(
         if destroy:
             args.append("-destroy")
         result = tf.run("plan", *args, on_line=keep, check=False)
+        if result.returncode == 2 and not destroy:  # what an interrupted run left (adopt.py)
+            from kubeplat import adopt
+
+            replan = lambda: tf.run("plan", *args, on_line=keep, check=False)  # noqa: E731
+            again = adopt.adopt(prepared, tf, plan_file, lines, replan)
+            result = again or result
     if result.returncode not in (0, 2):
         raise tf.failure("plan", result)
     check_plan_file(plan_file)
