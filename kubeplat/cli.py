@@ -385,8 +385,10 @@ def _show_plan(report: Any) -> None:
         f"account {report.account}  region {report.region}  environment {report.environment}",
         "info",
     )
+    imported = f", {len(report.imports)} to import" if report.imports else ""
     console.status(
-        f"Terraform: {report.add} to add, {report.change} to change, {report.destroy} to destroy",
+        f"Terraform: {report.add} to add, {report.change} to change, {report.destroy} to destroy"
+        + imported,
         "warn" if report.destroy else "info",
     )
     for action, heading in (
@@ -399,6 +401,14 @@ def _show_plan(report: Any) -> None:
             for removal in group:
                 why = removal_reason(removal)
                 console.status(f"  {removal['address']}" + (f"  ({why})" if why else ""), "warn")
+    if report.imports:
+        console.status(
+            f"to adopt ({len(report.imports)}, left in AWS by an interrupted run; imported, "
+            "not built again):",
+            "info",
+        )
+        for address, id_ in report.imports:
+            console.status(f"  {address}  ({id_})", "info")
     if report.rolls:
         console.status(f"will roll: {', '.join(report.rolls)}", "warn")
         for line in report.roll_order:

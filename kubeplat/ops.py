@@ -391,10 +391,14 @@ class PlanReport:
     after_apply: list[str] = field(default_factory=list)
     # What the plan destroys or replaces, each with Terraform's reason (pipeline.PlanSummary).
     removals: list[dict[str, Any]] = field(default_factory=list)
+    # What the plan adopts (resources an interrupted run left in AWS): (address, AWS id).
+    imports: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
-        return bool(self.add or self.change or self.destroy or self.uploads or self.purge)
+        return bool(
+            self.add or self.change or self.destroy or self.imports or self.uploads or self.purge
+        )
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -417,6 +421,7 @@ class PlanReport:
                 for r in self.removals
                 if r["action"] == "replace"
             ],
+            "imported": [{"address": address, "id": id_} for address, id_ in self.imports],
             "changes": self.changes,
         }
 
@@ -453,6 +458,7 @@ def _report(
         _unclaimed(prepared),
         after_apply=prepared.deferred,
         removals=summary.removals,
+        imports=summary.imports,
     )
 
 
@@ -513,6 +519,7 @@ def apply(
         destroy=int(saved.summary.get("destroy", 0)),
         rolls=[str(r) for r in saved.summary.get("rolls", [])],
         removals=[dict(r) for r in saved.summary.get("removals", [])],
+        imports=[(str(a), str(i)) for a, i in saved.summary.get("imports", [])],
     )
     report = _report(prepared, summary, saved.plan_file)
     outputs: dict[str, object] = {}

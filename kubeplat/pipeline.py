@@ -551,10 +551,12 @@ class PlanSummary:
     # Every resource the plan destroys or replaces: {"address", "action" (delete | replace),
     # "reason" (Terraform's, in words), "attributes" (those that force the replacement)}.
     removals: list[dict[str, Any]] = field(default_factory=list)
+    # Every resource the plan imports (adopt.py's import blocks): (address, AWS id).
+    imports: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def changes(self) -> bool:
-        return bool(self.add or self.change or self.destroy)
+        return bool(self.add or self.change or self.destroy or self.imports)
 
 
 # Terraform's reasons for a deletion or a replacement (`planned_change.reason`), in words.
@@ -601,6 +603,11 @@ def summarize(lines: Iterable[str]) -> PlanSummary:
             resource = change.get("resource", {})
             action = change.get("action", "")
             summary.resources.append((action, resource.get("addr", "")))
+            importing = change.get("importing")
+            if isinstance(importing, dict):
+                summary.imports.append(
+                    (str(resource.get("addr", "")), str(importing.get("id", "")))
+                )
             if action in ("delete", "replace"):
                 summary.removals.append(
                     {"address": resource.get("addr", ""), "action": action,
@@ -623,6 +630,7 @@ def summarize(lines: Iterable[str]) -> PlanSummary:
                 if "value" in item
             }
     summary.rolls.sort()
+    summary.imports.sort()
     summary.removals.sort(key=lambda r: (r["action"], r["address"]))
     return summary
 
@@ -830,8 +838,9 @@ class ApplyProgress:
             )
         elif kind == "change_summary":
             changes = message.get("changes", {})
+            imported = f"{changes['import']} imported, " if changes.get("import") else ""
             self.line(
-                f"{changes.get('add', 0)} added, {changes.get('change', 0)} changed, "
+                f"{imported}{changes.get('add', 0)} added, {changes.get('change', 0)} changed, "
                 f"{changes.get('remove', 0)} destroyed in {time.monotonic() - self.started:.0f}s",
                 "ok",
             )

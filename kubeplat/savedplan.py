@@ -57,6 +57,7 @@ def save(prepared: Prepared, summary: PlanSummary, plan_file: Path) -> Path:
             "destroy": summary.destroy,
             "rolls": summary.rolls,
             "removals": summary.removals,
+            "imports": [list(i) for i in summary.imports],
         },
     }
     path = record_path(plan_file)

@@ -106,11 +106,6 @@ def adopted(stderr: str, address: str) -> bool:
     return f"as {address}: in AWS with this environment's name and tags" in stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a plan that only adopts is applied once pipeline.PlanSummary and ops.PlanReport "
-    "count imports (`importing` of planned_change) as changes; until then `up` says no changes",
-)
 def test_an_interrupted_runs_leftovers_are_adopted_with_their_aws_ids(
     built: dict[str, str],
 ) -> None:
@@ -120,6 +115,9 @@ def test_an_interrupted_runs_leftovers_are_adopted_with_their_aws_ids(
     up = kubeplat(built, "up", "-e", "example", "--auto-approve")
     assert up.returncode == 0, up.stderr[-4000:]
     assert all(adopted(up.stderr, address) for address in LEFT), up.stderr[-4000:]
+    # The summary names each adoption with its AWS id; the apply imports them.
+    assert f"to adopt ({len(LEFT)}," in up.stderr, up.stderr[-4000:]
+    assert f"  {LEFT[0]}  ({before[LEFT[0]]['id']})" in up.stderr, up.stderr[-4000:]
     after = state(built)
     for address in LEFT:  # the same AWS object, not a new one
         assert after.get(address, {}).get("id") == before[address]["id"], address

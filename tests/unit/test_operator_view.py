@@ -90,6 +90,34 @@ def test_the_summary_names_what_is_destroyed_or_replaced_and_why(
     }  # fmt: skip
 
 
+def test_a_plan_that_only_adopts_is_a_change_and_names_each_import(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # adopt.py's import blocks: Terraform plans no create, no update, only imports. Such a plan
+    # must be applied (otherwise the leftovers stay outside the state and the next run tries
+    # to create them again), and the operator sees what is adopted.
+    planned = json.loads(_planned("aws_vpc.main", "no-op"))
+    planned["change"]["importing"] = {"id": "vpc-0abc"}
+    lines = [
+        json.dumps(planned),
+        json.dumps({"type": "change_summary", "changes": {"add": 0, "change": 0, "remove": 0,
+                    "import": 1}}),
+    ]  # fmt: skip
+    summary = pipeline.summarize(lines)
+    assert summary.imports == [("aws_vpc.main", "vpc-0abc")]
+    assert summary.changes
+    report = _report(add=0, destroy=0, imports=summary.imports)
+    assert report.changes
+    cli._show_plan(report)
+    err = capsys.readouterr().err
+    assert "0 to add, 0 to change, 0 to destroy, 1 to import" in err
+    assert "to adopt (1, left in AWS by an interrupted run" in err
+    assert "  aws_vpc.main  (vpc-0abc)" in err
+    assert "no changes" not in err
+    assert report.as_json()["imported"] == [{"address": "aws_vpc.main", "id": "vpc-0abc"}]
+    assert not pipeline.summarize(lines[1:]).changes
+
+
 def test_replace_paths_read_as_attribute_paths() -> None:
     assert pipeline._path(["tag_specifications", 0, "tags"]) == "tag_specifications[0].tags"
     assert pipeline._path(["name"]) == "name"
