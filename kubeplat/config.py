@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeplat.errors import ConfigError, EnvironmentNotFound, KubeplatError, Problem, os_hint
-from kubeplat.resources import data_dir, module_dir
+from kubeplat.resources import data_dir, module_dir, user_cache
 
 ENV_DIR_VARIABLE = "KUBEPLAT_ENV_DIR"
 
@@ -560,7 +560,66 @@ def _bounds(variable: str) -> str:
     return f"{low} or more and {high} or less"
 
 
+# Parses kept by the text's digest (and python-hcl2's installed copy): the parser takes most of
+# a small command's start (a third of a second), the same files are read by every command.
+_PARSED: dict[str, str] = {}
+
+
 def _parse_hcl(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """`_parse_text`, remembered in this process and in the user's cache directory (a text
+    that does not parse is never cached: its error is reported each time)."""
+    import hashlib
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("hcl2")
+    origin = spec.origin if spec and spec.origin else ""
+    try:
+        installed = f"{origin}:{os.stat(origin).st_mtime_ns}" if origin else ""
+    except OSError:
+        installed = origin
+    key = hashlib.sha256(f"{_PARSE_FORMAT}\0{installed}\0{text}".encode()).hexdigest()
+    stored = _PARSED.get(key)
+    directory = user_cache("hcl")
+    path = directory / f"{key}.json" if directory else None
+    if stored is None and path is not None:
+        try:
+            stored = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeError):
+            stored = None
+    if stored is not None:
+        try:
+            record = json.loads(stored)
+            data, lines = record["data"], {k: list(v) for k, v in record["lines"].items()}
+            _PARSED[key] = stored
+            return data, lines
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged entry: parsed again and replaced
+    data, lines = _parse_text(text)
+    stored = json.dumps({"data": data, "lines": lines})
+    _PARSED[key] = stored
+    if path is not None:
+        _write_cache(path, stored)
+    return json.loads(stored)["data"], lines
+
+
+_PARSE_FORMAT = "1"
+
+
+def _write_cache(path: Path, text: str) -> None:
+    """Write one cache entry whole (a temporary file renamed), 0600; a cache that cannot be
+    written is simply not used."""
+    try:
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        staged.replace(path)
+    except OSError:
+        pass
+
+
+def _parse_text(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """Parse HCL with python-hcl2; return values and the line(s) of each top-level name."""
     import hcl2
     from lark.exceptions import LarkError, UnexpectedInput

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
     from kubeplat import pipeline, pki
     from kubeplat.pki import CertInfo
+    from kubeplat.terraform import Terraform
 
 
 @dataclass(frozen=True)
@@ -478,16 +479,16 @@ def plan(
     env: str, env_dir: str | None = None, *, sandbox: bool = False, out: Path | None = None
 ) -> PlanReport:
     """The whole pipeline up to a saved Terraform plan; nothing uploaded, nothing applied."""
-    from kubeplat import pipeline, savedplan
+    from kubeplat import savedplan
 
     # A plan kept for `kubeplat apply` must be applicable exactly: a PKI the bucket does not
     # hold yet is created first (no node reads it before the apply), never made up in memory;
     # a renewal or rotation step is refused (`certs renew` / `certs rotation` take them).
-    prepared = _prepare(env, env_dir, sandbox, write_pki=out is not None, new_pki_only=True)
-    tf = pipeline.terraform_for(prepared)
-    plan_file = out.resolve() if out else prepared.env.workdir / "plan.tfplan"
+    plan_file = out.resolve() if out else config.load(env, env_dir).workdir / "plan.tfplan"
     try:
-        summary = _plan(prepared, tf, plan_file)
+        prepared, _tf, summary = _prepare_and_plan(
+            env, env_dir, sandbox, plan_file, write_pki=out is not None, new_pki_only=True
+        )
     finally:
         if out is None:
             plan_file.unlink(missing_ok=True)
@@ -545,6 +546,19 @@ def _prepare(*args: Any, **kwargs: Any) -> pipeline.Prepared:
 
     with console.Activity("preparing: account, buckets, PKI, node configuration"):
         return pipeline.prepare(*args, **kwargs)
+
+
+def _prepare_and_plan(
+    *args: Any, **kwargs: Any
+) -> tuple[pipeline.Prepared, Terraform, pipeline.PlanSummary]:
+    """`pipeline.prepare_and_plan` under a spinner (a timestamped line without a terminal)."""
+    from kubeplat import pipeline
+
+    with console.Activity(
+        "preparing (account, buckets, PKI, node configuration) and planning (terraform plan "
+        "reads every resource first)"
+    ):
+        return pipeline.prepare_and_plan(*args, **kwargs)
 
 
 def _plan(*args: Any, **kwargs: Any) -> pipeline.PlanSummary:
@@ -613,15 +627,13 @@ def up(
     """Certs, render, plan, confirm, upload, apply; `confirm` sees the plan (None: approve)."""
     from kubeplat import pipeline
 
-    prepared = _prepare(env, env_dir, sandbox, write_pki=True)
-    tf = pipeline.terraform_for(prepared)
-    plan_file = prepared.env.workdir / "up.tfplan"
-    # The current outputs are read while Terraform plans (a read; it takes no lock): when the
-    # plan changes nothing, they are the answer and no further Terraform run is needed.
-    reading = tf.start("output", "-json")
+    plan_file = config.load(env, env_dir).workdir / "up.tfplan"
     outputs: dict[str, object] = {}
     try:
-        summary = _plan(prepared, tf, plan_file)
+        prepared, tf, summary = _prepare_and_plan(env, env_dir, sandbox, plan_file, write_pki=True)
+        # The outputs of the state the plan was made from: the answer when it changes nothing
+        # (no further Terraform run needed).
+        current = pipeline.planned_outputs(plan_file)
         report = _report(prepared, summary, None)
         if not report.changes:
             uploaded: list[str] = []
@@ -638,11 +650,8 @@ def up(
             uploaded += pipeline.prune(prepared)
     finally:
         plan_file.unlink(missing_ok=True)
-        current, _ = reading.communicate()
     if not applied:
-        outputs = (
-            pipeline.parse_outputs(current) if reading.returncode == 0 else pipeline.outputs(tf)
-        )
+        outputs = current if current is not None else pipeline.outputs(tf)
     return UpReport(report, uploaded, applied, outputs, _kubeconfig(prepared, outputs))
 
 

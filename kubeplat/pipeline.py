@@ -14,7 +14,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 from kubeplat import config, console, pki, render, rotation
 from kubeplat.aws import Aws
 from kubeplat.errors import KubeplatError
+from kubeplat.process import Result
 from kubeplat.store import BucketStore, Conflict, sha256
 from kubeplat.terraform import Terraform
 
@@ -121,14 +122,15 @@ def prepare(
     *,
     write_pki: bool,
     new_pki_only: bool = False,
+    connected: Connected | None = None,
 ) -> Prepared:
     """Steps 1-5 (and 6's comparison): nothing a node uses changes here. With `new_pki_only`
     (a plan kept for `apply`), a PKI is written only when the bucket has none yet: no rotation
-    step is taken and a renewal is refused (see `sync_pki`)."""
+    step is taken and a renewal is refused (see `sync_pki`). `connected`: steps 1-2, if done."""
     from kubeplat import state
     from kubeplat.store import BucketStore
 
-    connected = connect(env_name, env_dir, force_sandbox, start=True)
+    connected = connected or connect(env_name, env_dir, force_sandbox, start=True)
     env, aws, account = connected.env, connected.aws, connected.account
     boot = state.bootstrap(aws, env)
     for bucket in boot.created:
@@ -467,24 +469,32 @@ def prune(prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/")) 
 
 def terraform_for(prepared: Prepared | Deployed) -> Terraform:
     """The environment's Terraform, initialised against its S3 remote state."""
-    env, aws = prepared.env, prepared.aws
+    tf = _terraform(prepared.env, prepared.aws)
+    tf.init(_backend(prepared.env, prepared.aws, prepared.key_arn))
+    return tf
+
+
+def _terraform(env: config.Environment, aws: Aws) -> Terraform:
     # How hints name the environment: by name when `-e NAME` finds it from here.
     plainly = env.path.resolve().parent == config.env_dir().resolve()
     tf = Terraform(env.workdir, env=aws.child_env, name=env.path.stem if plainly else str(env.path))
     if aws.sandbox and not env.sandbox:  # put in the sandbox by --sandbox: hints say so too
         tf.program = "kubeplat --sandbox"
+    return tf
+
+
+def _backend(env: config.Environment, aws: Aws, key_arn: str) -> dict[str, str]:
     backend = {
         "bucket": env.terraform_bucket_name,
         "key": f"{env.aws_region}/{env.environment}/terraform.tfstate",
         "region": env.aws_region,
         "encrypt": "true",
-        "kms_key_id": prepared.key_arn,
+        "kms_key_id": key_arn,
         "use_lockfile": "true",
     }
     if aws.sandbox:
         backend["use_path_style"] = "true"
-    tf.init(backend)
-    return tf
+    return backend
 
 
 @dataclass
@@ -527,8 +537,13 @@ def variables_file(prepared: Prepared, tf: Terraform) -> Iterator[Path]:
     """The module's inputs as `kubeplat.auto.tfvars.json`, removed afterwards whatever happens."""
     from kubeplat import terraform
 
+    with _inputs_file(tf, terraform.variables(prepared.env, prepared.bundle)) as path:
+        yield path
+
+
+@contextmanager
+def _inputs_file(tf: Terraform, inputs: Mapping[str, Any]) -> Iterator[Path]:
     path = tf.module / VARS_FILE
-    inputs = terraform.variables(prepared.env, prepared.bundle)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         json.dump(inputs, handle, sort_keys=True)
@@ -705,26 +720,130 @@ def plan(
 ) -> PlanSummary:
     """Step 7: plan to a file; the summary comes from Terraform's machine-readable stream."""
     lines: list[str] = []
+    with variables_file(prepared, tf):
+        result = _run_plan(tf, plan_file, lines, destroy=destroy)
+        return _planned(prepared, tf, plan_file, lines, result, destroy=destroy)
+
+
+def _run_plan(tf: Terraform, plan_file: Path, lines: list[str], *, destroy: bool) -> Result:
+    """`terraform plan` to `plan_file` (its inputs file in place); its stream into `lines`."""
 
     def keep(line: str) -> None:
         lines.append(line)
         _progress_plain(line)
 
-    with variables_file(prepared, tf):
-        args = [f"-out={plan_file}", "-lock-timeout=0s", "-json", "-detailed-exitcode"]
-        if destroy:
-            args.append("-destroy")
-        result = tf.run("plan", *args, on_line=keep, check=False)
-        if result.returncode == 2 and not destroy:  # what an interrupted run left (adopt.py)
-            from kubeplat import adopt
+    args = [f"-out={plan_file}", "-lock-timeout=0s", "-json", "-detailed-exitcode"]
+    if destroy:
+        args.append("-destroy")
+    return tf.run("plan", *args, on_line=keep, check=False)
 
-            replan = lambda: tf.run("plan", *args, on_line=keep, check=False)  # noqa: E731
-            again = adopt.adopt(prepared, tf, plan_file, lines, replan)
-            result = again or result
+
+def _planned(
+    prepared: Prepared,
+    tf: Terraform,
+    plan_file: Path,
+    lines: list[str],
+    result: Result,
+    *,
+    destroy: bool,
+) -> PlanSummary:
+    """What a finished plan (its inputs file still in place) comes to: what an interrupted run
+    left adopted first (adopt.py: the plan is made again), its failure raised, its summary."""
+    if result.returncode == 2 and not destroy:
+        from kubeplat import adopt
+
+        replan = lambda: _run_plan(tf, plan_file, lines, destroy=False)  # noqa: E731
+        result = adopt.adopt(prepared, tf, plan_file, lines, replan) or result
     if result.returncode not in (0, 2):
         raise tf.failure("plan", result)
     check_plan_file(plan_file)
     return explain(summarize(lines), tf, plan_file)
+
+
+def prepare_and_plan(
+    env_name: str,
+    env_dir: str | None,
+    force_sandbox: bool,
+    plan_file: Path,
+    *,
+    write_pki: bool,
+    new_pki_only: bool = False,
+) -> tuple[Prepared, Terraform, PlanSummary]:
+    """Steps 1-7 for `up` and `plan`, with the plan started as early as it can be.
+
+    Terraform's plan reads only the environment file and the user-data stubs, which are
+    rendered from the file alone (no PKI, nothing from the bucket). So on a working copy
+    already initialised for this environment's backend, `terraform plan` starts as soon as the
+    account is checked, and the buckets, the PKI and the node configuration are read and
+    compared beside it (in a thread; the plan is most of a no-op `up`). What that finds wrong
+    stops the plan (as on Ctrl-C: it releases the state lock) and is reported as it would be
+    without it; a plan whose inputs turn out not to be the prepared ones (the KMS key behind
+    the alias changed) is thrown away and made again. A first run, or one that must `init`,
+    goes step by step."""
+    from kubeplat import terraform
+
+    connected = connect(env_name, env_dir, force_sandbox, start=True)
+    env, aws = connected.env, connected.aws
+    tf = _terraform(env, aws)
+    last = tf.last_backend()
+    key_arn = (last or {}).get("kms_key_id", "")
+
+    def prepare_now() -> Prepared:
+        return prepare(
+            env_name, env_dir, force_sandbox, write_pki=write_pki, new_pki_only=new_pki_only,
+            connected=connected,
+        )  # fmt: skip
+
+    if not key_arn or not tf.initialised(_backend(env, aws, key_arn)):
+        prepared = prepare_now()
+        tf = terraform_for(prepared)
+        return prepared, tf, plan(prepared, tf, plan_file)
+    inputs = terraform.variables(env, render.stubs(env))
+    worker = _Beside(prepare_now, tf)
+    lines: list[str] = []
+    with _inputs_file(tf, inputs):
+        try:
+            result = _run_plan(tf, plan_file, lines, destroy=False)
+        except BaseException:
+            worker.join()  # an interrupt: what prepare writes is finished, not cut off
+            raise
+        prepared = worker.result()  # its error first: the plan was stopped for it
+        if prepared.key_arn == key_arn and terraform.variables(env, prepared.bundle) == inputs:
+            return prepared, tf, _planned(prepared, tf, plan_file, lines, result, destroy=False)
+    console.debug("the early plan's inputs were not the prepared ones: planning again")
+    tf = terraform_for(prepared)
+    return prepared, tf, plan(prepared, tf, plan_file)
+
+
+class _Beside:
+    """`work` in a thread while the main thread runs Terraform (which must stay in the main
+    thread: it forwards Ctrl-C). A failure of `work` stops `tf`'s running child."""
+
+    def __init__(self, work: Callable[[], Prepared], tf: Terraform) -> None:
+        import threading
+
+        self.value: Prepared | None = None
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self.value = work()
+            except BaseException as exc:
+                self.error = exc
+                tf.stop()
+
+        self.thread = threading.Thread(target=run, name="kubeplat-prepare", daemon=True)
+        self.thread.start()
+
+    def join(self) -> None:
+        self.thread.join(timeout=60)
+
+    def result(self) -> Prepared:
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
 
 
 def check_plan_file(plan_file: Path) -> None:
@@ -765,6 +884,19 @@ def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> dict[str, Any]:
 def outputs(tf: Terraform) -> dict[str, Any]:
     """`terraform output -json`, as plain values."""
     return parse_outputs(tf.run("output", "-json").output)
+
+
+def planned_outputs(plan_file: Path) -> dict[str, Any] | None:
+    """The outputs of the state a saved plan was made from (its `tfstate` member: the state
+    as the plan's refresh left it), or None when they cannot be read from it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(plan_file) as archive:
+            state = json.loads(archive.read("tfstate"))
+        return {name: item["value"] for name, item in state["outputs"].items()}
+    except (OSError, KeyError, TypeError, ValueError, AttributeError, zipfile.BadZipFile):
+        return None
 
 
 def parse_outputs(text: str) -> dict[str, Any]:

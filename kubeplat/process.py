@@ -146,7 +146,9 @@ def _follow(log: Path, child: subprocess.Popen[str], take: Callable[[str], None]
             elif done:
                 break
             else:
-                time.sleep(0.1)
+                # Woken at once by the child's exit (its last lines are read right after).
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=0.1)
         if partial:
             take(partial.decode("utf-8", errors="replace"))
 
@@ -158,17 +160,3 @@ def _record_timing(args: Sequence[str], seconds: float) -> None:
         words = [Path(args[0]).name, *[a for a in args[1:] if not a.startswith("-")][:1]]
         with open(target, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"command": " ".join(words), "seconds": seconds}) + "\n")
-
-
-def start(args: Sequence[str], *, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
-    """Start a read-only child in the background (its output collected, no signal forwarding);
-    the caller waits for it with `communicate()`."""
-    return subprocess.Popen(
-        list(args),
-        env=dict(env) if env is not None else None,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )

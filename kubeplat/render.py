@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kubeplat import artifacts, cluster, pki
 from kubeplat.errors import KubeplatError
 from kubeplat.node import osfamily
-from kubeplat.resources import templates_dir
+from kubeplat.resources import templates_dir, user_cache
 
 if TYPE_CHECKING:
     import jinja2
@@ -120,8 +120,12 @@ def _jinja(folder: str) -> jinja2.Environment:
     import jinja2
 
     loader = jinja2.FileSystemLoader(folder)
+    # Compiled templates are kept between runs (keyed by each template's source checksum):
+    # compiling them is most of the time the stubs take, which Terraform's plan waits for.
+    cached = user_cache("jinja")
     jinja = jinja2.Environment(
         loader=loader,
+        bytecode_cache=jinja2.FileSystemBytecodeCache(str(cached)) if cached else None,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,
@@ -547,6 +551,15 @@ def admin_kubeconfig(
         ],
     }
     return _yaml_checked("kubeconfig/admin.conf", yaml.safe_dump(document, sort_keys=True))
+
+
+def stubs(env: Environment) -> dict[str, bytes]:
+    """The user-data stubs alone (Terraform's only rendered input), as `bundle` names them:
+    rendered from the environment file, without the PKI."""
+    return {
+        f"userdata/{layer.name}": userdata(env, layer, cloudconfig(env, layer))
+        for layer in layers(env)
+    }
 
 
 def bundle(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]:

@@ -26,3 +26,20 @@ def templates_dir() -> Path:
     at a platform team's own copy."""
     override = os.environ.get("KUBEPLAT_TEMPLATES_DIR")
     return Path(override) if override else data_dir("templates")
+
+
+def user_cache(kind: str) -> Path | None:
+    """`$XDG_CACHE_HOME/kubeplat/KIND` (or `~/.cache/kubeplat/KIND`), made 0700; None when
+    there is no home or it cannot be made (then nothing is cached). It holds only what can be
+    made again from the inputs: parsed environment files, compiled templates."""
+    base = os.environ.get("XDG_CACHE_HOME") or (
+        os.path.join(os.environ["HOME"], ".cache") if os.environ.get("HOME") else ""
+    )
+    if not base:
+        return None
+    path = Path(base) / "kubeplat" / kind
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return path

@@ -6,6 +6,7 @@ All Terraform command lines are built by `Terraform.command` so the global flags
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import getpass
 import hashlib
@@ -13,8 +14,8 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -35,6 +36,8 @@ BELOW_VERSION = (2, 0, 0)
 # (OPERATION), so that the next command can tell a live run from a dead one.
 LOCKING = ("plan", "apply", "destroy", "import", "refresh", "force-unlock")
 OPERATION = "operation.json"
+INIT_MARKER = "kubeplat-init.json"
+BACKEND_RECORD = "kubeplat-backend.json"
 KEEP_LOGS = 20
 INSTALL_HINT = (
     "install Terraform >= 1.5 (https://developer.hashicorp.com/terraform/install) "
@@ -113,7 +116,33 @@ def binary() -> str:
 
 
 def version(path: str) -> tuple[int, int, int]:
-    """The version of the Terraform binary at `path`."""
+    """The version of the Terraform binary at `path`; remembered in the user's cache for that
+    very file (its inode, size and times), as running it takes a child process every command
+    would wait for."""
+    from kubeplat.resources import user_cache
+
+    try:
+        info = os.stat(path)
+        stamp = (info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+        key = f"{os.path.realpath(path)}:{stamp}"
+    except OSError:
+        key = ""
+    folder = user_cache("terraform") if key else None
+    record = folder / f"{hashlib.sha256(key.encode()).hexdigest()}.json" if folder else None
+    if record is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            major, minor, patch = json.loads(record.read_text())
+            return int(major), int(minor), int(patch)
+    found = _ask_version(path)
+    if record is not None:
+        with contextlib.suppress(OSError):
+            staged = record.with_name(f".{record.name}.{os.getpid()}")
+            staged.write_text(json.dumps(found))
+            staged.replace(record)
+    return found
+
+
+def _ask_version(path: str) -> tuple[int, int, int]:
     result = process.run([path, "version", "-json"])
     try:
         # Warnings about the CLI configuration may come before the JSON document.
@@ -163,6 +192,9 @@ class Terraform:
     # The last run's log, and a run of this working copy found cut off (see `check_running`).
     last_log: Path | None = field(default=None, repr=False)
     cut_off: dict[str, Any] | None = field(default=None, repr=False)
+    # The child running now (its pid), and whether another thread asked it to stop (`stop`).
+    running: int | None = field(default=None, repr=False)
+    stopping: bool = field(default=False, repr=False)
 
     @property
     def module(self) -> Path:
@@ -216,6 +248,9 @@ class Terraform:
         ours: list[int] = []
 
         def started(pid: int) -> None:
+            self.running = pid
+            if self.stopping:  # asked before the child was there: it stops at once
+                os.kill(pid, signal.SIGINT)
             if locking:
                 ours.append(pid)
                 _write_operation(self.workdir / OPERATION, subcommand, pid, log)
@@ -230,11 +265,21 @@ class Terraform:
                 on_start=started,
             )
         finally:
+            self.running = None
             if ours:
                 _remove_operation(self.workdir / OPERATION, ours[0])
         if check and result.returncode != 0:
             raise self.failure(subcommand, result)
         return result
+
+    def stop(self) -> None:
+        """From another thread: ask the running child (or the next one, as soon as it starts)
+        to stop as on Ctrl-C; it saves what it must and releases the state lock."""
+        self.stopping = True
+        pid = self.running
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
 
     def failure(self, subcommand: str, result: process.Result) -> TerraformFailed:
         """The error for a failed run of this working copy (see `failure`)."""
@@ -279,23 +324,50 @@ class Terraform:
             return record
         return None
 
-    def start(self, subcommand: str, *args: str) -> subprocess.Popen[str]:
-        """Start a read-only subcommand in the background (e.g. `output` while `plan` runs)."""
-        return process.start(self.command(subcommand, *args), env=self.environ())
-
     def init(self, backend: Mapping[str, str] | None = None) -> None:
         """`terraform init`, without a backend or with a partial S3 backend configuration.
 
         Skipped when the module, the backend and the binary are what the last init saw.
         """
+        args = self._init_args(backend)
+        if self.initialised(backend):
+            return
+        self.run("init", *args)
+        (self.data_dir / INIT_MARKER).write_text(self._fingerprint(args))
+        if backend is not None:
+            (self.data_dir / BACKEND_RECORD).write_text(json.dumps(dict(backend), sort_keys=True))
+
+    def last_backend(self) -> dict[str, str] | None:
+        """The backend configuration of the last init, if it recorded one."""
+        try:
+            record = json.loads((self.data_dir / BACKEND_RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else None
+
+    def initialised(self, backend: Mapping[str, str] | None = None) -> bool:
+        """Whether the working copy (its module staged again) is what the last init made for
+        this backend, with this binary: ready to plan without `init`."""
         stage_module(self.module)
+        marker = self.data_dir / INIT_MARKER
+        lock = self.module / ".terraform.lock.hcl"
+        return (
+            marker.exists()
+            and lock.exists()
+            and marker.read_text() == self._fingerprint(self._init_args(backend))
+        )
+
+    @staticmethod
+    def _init_args(backend: Mapping[str, str] | None) -> list[str]:
         args: list[str] = ["-reconfigure"]
         if backend is None:
             args.append("-backend=false")
         else:
             args += [f"-backend-config={k}={v}" for k, v in sorted(backend.items())]
-        marker = self.data_dir / "kubeplat-init.json"
-        fingerprint = hashlib.sha256(
+        return args
+
+    def _fingerprint(self, args: list[str]) -> str:
+        return hashlib.sha256(
             json.dumps(
                 {
                     "args": args,
@@ -306,11 +378,6 @@ class Terraform:
                 sort_keys=True,
             ).encode()
         ).hexdigest()
-        lock = self.module / ".terraform.lock.hcl"
-        if marker.exists() and marker.read_text() == fingerprint and lock.exists():
-            return
-        self.run("init", *args)
-        marker.write_text(fingerprint)
 
     def validate(self) -> list[dict[str, Any]]:
         """`terraform validate -json`; the error diagnostics (empty when valid)."""
