@@ -1,5 +1,5 @@
 """`python -m kubeplat`."""
 
-from kubeplat.cli import main
+from kubeplat.cli import entry
 
-main()
+entry()

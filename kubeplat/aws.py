@@ -59,19 +59,33 @@ class Aws:
         return self._clients[service]
 
 
+def terraform_environ(
+    env: Environment, sandbox_env: dict[str, str] | None = None
+) -> dict[str, str | None]:
+    """What Terraform runs with for `env` (values to set, None for variables to remove): the
+    `child_env` of `connect(env, sandbox_env)`, known without a session (or boto3)."""
+    if sandbox_env is not None:
+        child: dict[str, str | None] = {name: None for name in _CREDENTIAL_VARIABLES}
+        child.update(sandbox_env)
+        return child
+    child = {"AWS_REGION": env.aws_region, "AWS_DEFAULT_REGION": env.aws_region}
+    if env.aws_profile:
+        child["AWS_PROFILE"] = env.aws_profile
+    return child
+
+
 def connect(env: Environment, sandbox_env: dict[str, str] | None = None) -> Aws:
     """A session for `env`: the sandbox's when given, else the standard chain or its profile."""
     import boto3
     from botocore.exceptions import ProfileNotFound
 
+    child = terraform_environ(env, sandbox_env)
     if sandbox_env is not None:
         session = boto3.Session(
             aws_access_key_id=sandbox_env["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=sandbox_env["AWS_SECRET_ACCESS_KEY"],
             region_name=env.aws_region,
         )
-        child: dict[str, str | None] = {name: None for name in _CREDENTIAL_VARIABLES}
-        child.update(sandbox_env)
         return Aws(session, env.aws_region, sandbox_env["AWS_ENDPOINT_URL"], True, child)
     try:
         session = boto3.Session(profile_name=env.aws_profile or None, region_name=env.aws_region)
@@ -81,10 +95,7 @@ def connect(env: Environment, sandbox_env: dict[str, str] | None = None) -> Aws:
             'add it to ~/.aws/credentials or ~/.aws/config, or set aws_profile = ""',
         ) from None
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or None
-    child = {"AWS_REGION": env.aws_region, "AWS_DEFAULT_REGION": env.aws_region}
-    if env.aws_profile:
-        child["AWS_PROFILE"] = env.aws_profile
-    return Aws(session, env.aws_region, endpoint, False, dict(child))
+    return Aws(session, env.aws_region, endpoint, False, child)
 
 
 # The codes AWS (and the emulator) answer "this caller may not" with.

@@ -103,7 +103,7 @@ def converged(
 ) -> list[Instance]:
     """`rows` with `config` filled from each node's report: current, not ready, behind (runs
     another set: a change still rolling, or stuck), silent (no report for 5 minutes) or -."""
-    from kubeplat.node.agent import digest
+    from kubeplat.node.agent import digest, list_prefix
 
     now = now or datetime.now(UTC)
     live = [r for r in rows if r.state in ("pending", "running")]
@@ -120,12 +120,17 @@ def converged(
         return found if isinstance(found, dict) else {}
 
     with errors(f"reading the nodes' reports in s3://{bucket}/{environment}/status/", aws):
-        wanted = {
-            layer: digest(layer_listing(s3, bucket, environment, layer))
-            for layer in sorted({r.layer for r in live})
+        layers = sorted({r.layer for r in live})
+        wanted = {layer: digest(layer_listing(s3, bucket, environment, layer)) for layer in layers}
+        # Read only the reports there are (a listing is a page for 1,000 nodes; a node that
+        # never reported costs no GET).
+        there = {
+            layer: set(list_prefix(s3, bucket, f"{environment}/status/{layer}/", tree=True))
+            for layer in layers
         }
+        have = [r for r in live if f"{r.instance_id}/manifests.json" in there[r.layer]]
         with ThreadPoolExecutor(8) as pool:
-            reports = dict(zip([r.instance_id for r in live], pool.map(report, live), strict=True))
+            reports = dict(zip([r.instance_id for r in have], pool.map(report, have), strict=True))
     done = []
     for row in rows:
         found = reports.get(row.instance_id) or {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubeplat import config, console, pki, render, rotation
+from kubeplat import config, console, render
 from kubeplat.aws import Aws
 from kubeplat.errors import KubeplatError
 from kubeplat.process import Result
@@ -95,22 +95,35 @@ def connect(env_name: str, env_dir: str | None, force_sandbox: bool, *, start: b
     With `start` False a sandbox environment needs a running sandbox: a read-only command on a
     fresh emulator would only show an empty world.
     """
-    from kubeplat import aws as aws_module
+    env, sandbox_env = _environment(env_name, env_dir, force_sandbox, start=start)
+    return _session(env, sandbox_env)
+
+
+def _environment(
+    env_name: str, env_dir: str | None, force_sandbox: bool, *, start: bool
+) -> tuple[config.Environment, dict[str, str] | None]:
+    """Step 1: the file (its warnings printed), and the sandbox's variables if it is one."""
     from kubeplat import sandbox
 
     env = config.load(env_name, env_dir)
     for warning in env.warnings:
         console.warn(str(warning))
-    sandbox_env = None
-    if env.sandbox or force_sandbox:
-        box = sandbox.ensure() if start else sandbox.current()
-        if box is None:
-            raise KubeplatError(
-                "the sandbox is not running, so the sandbox environment has nothing to show",
-                f"start it and build the environment: kubeplat up -e {env_name}",
-            )
-        sandbox_env = sandbox.environ(box, env.aws_region)
-        console.status(f"sandbox: AWS emulator at {box.endpoint}", "dim")
+    if not (env.sandbox or force_sandbox):
+        return env, None
+    box = sandbox.ensure() if start else sandbox.current()
+    if box is None:
+        raise KubeplatError(
+            "the sandbox is not running, so the sandbox environment has nothing to show",
+            f"start it and build the environment: kubeplat up -e {env_name}",
+        )
+    console.status(f"sandbox: AWS emulator at {box.endpoint}", "dim")
+    return env, sandbox.environ(box, env.aws_region)
+
+
+def _session(env: config.Environment, sandbox_env: dict[str, str] | None) -> Connected:
+    """Step 2: the session, checked against the file's account."""
+    from kubeplat import aws as aws_module
+
     aws = aws_module.connect(env, sandbox_env)
     return Connected(env, aws, aws_module.check_account(aws, env))
 
@@ -127,7 +140,7 @@ def prepare(
     """Steps 1-5 (and 6's comparison): nothing a node uses changes here. With `new_pki_only`
     (a plan kept for `apply`), a PKI is written only when the bucket has none yet: no rotation
     step is taken and a renewal is refused (see `sync_pki`). `connected`: steps 1-2, if done."""
-    from kubeplat import state
+    from kubeplat import rotation, state
     from kubeplat.store import BucketStore
 
     connected = connected or connect(env_name, env_dir, force_sandbox, start=True)
@@ -172,6 +185,7 @@ def sync_pki(
 ) -> dict[str, bytes]:
     """The PKI: the bucket's, completed; new files written only if nobody wrote them first.
     `wrote`, when given, gets the names of the objects this wrote or removed."""
+    from kubeplat import pki
     from kubeplat.pkistore import LocalStore
 
     cache = LocalStore(env.workdir / "pki")
@@ -369,6 +383,8 @@ def write_order(objects: Mapping[str, bytes]) -> list[str]:
 
 def warn_expiring(env: config.Environment, files: Mapping[str, bytes]) -> None:
     """Warn about any certificate still within the renewal window (a CA: leaves are renewed)."""
+    from kubeplat import pki
+
     for row in pki.describe(files, dt.datetime.now(dt.UTC)):
         if row.days_left <= env.cert_renew_days:
             console.warn(
@@ -469,21 +485,24 @@ def prune(prepared: Prepared, groups: tuple[str, ...] = ("pki/", "manifests/")) 
 
 def terraform_for(prepared: Prepared | Deployed) -> Terraform:
     """The environment's Terraform, initialised against its S3 remote state."""
-    tf = _terraform(prepared.env, prepared.aws)
-    tf.init(_backend(prepared.env, prepared.aws, prepared.key_arn))
+    aws = prepared.aws
+    tf = _terraform(prepared.env, aws.child_env, aws.sandbox)
+    tf.init(_backend(prepared.env, aws.sandbox, prepared.key_arn))
     return tf
 
 
-def _terraform(env: config.Environment, aws: Aws) -> Terraform:
+def _terraform(
+    env: config.Environment, child_env: dict[str, str | None], sandbox: bool
+) -> Terraform:
     # How hints name the environment: by name when `-e NAME` finds it from here.
     plainly = env.path.resolve().parent == config.env_dir().resolve()
-    tf = Terraform(env.workdir, env=aws.child_env, name=env.path.stem if plainly else str(env.path))
-    if aws.sandbox and not env.sandbox:  # put in the sandbox by --sandbox: hints say so too
+    tf = Terraform(env.workdir, env=child_env, name=env.path.stem if plainly else str(env.path))
+    if sandbox and not env.sandbox:  # put in the sandbox by --sandbox: hints say so too
         tf.program = "kubeplat --sandbox"
     return tf
 
 
-def _backend(env: config.Environment, aws: Aws, key_arn: str) -> dict[str, str]:
+def _backend(env: config.Environment, sandbox: bool, key_arn: str) -> dict[str, str]:
     backend = {
         "bucket": env.terraform_bucket_name,
         "key": f"{env.aws_region}/{env.environment}/terraform.tfstate",
@@ -492,7 +511,7 @@ def _backend(env: config.Environment, aws: Aws, key_arn: str) -> dict[str, str]:
         "kms_key_id": key_arn,
         "use_lockfile": "true",
     }
-    if aws.sandbox:
+    if sandbox:
         backend["use_path_style"] = "true"
     return backend
 
@@ -774,27 +793,29 @@ def prepare_and_plan(
     Terraform's plan reads only the environment file and the user-data stubs, which are
     rendered from the file alone (no PKI, nothing from the bucket). So on a working copy
     already initialised for this environment's backend, `terraform plan` starts as soon as the
-    account is checked, and the buckets, the PKI and the node configuration are read and
-    compared beside it (in a thread; the plan is most of a no-op `up`). What that finds wrong
-    stops the plan (as on Ctrl-C: it releases the state lock) and is reported as it would be
-    without it; a plan whose inputs turn out not to be the prepared ones (the KMS key behind
+    file is read, and the session, the account check, the buckets, the PKI and the node
+    configuration are done beside it (in a thread; the plan is most of a no-op `up`). What that
+    finds wrong (the credentials are another account's, say) stops the plan, which changes
+    nothing (as on Ctrl-C: it releases the state lock), and is reported as it would be without
+    it; a plan whose inputs turn out not to be the prepared ones (the KMS key behind
     the alias changed) is thrown away and made again. A first run, or one that must `init`,
     goes step by step."""
+    from kubeplat import aws as aws_module
     from kubeplat import terraform
 
-    connected = connect(env_name, env_dir, force_sandbox, start=True)
-    env, aws = connected.env, connected.aws
-    tf = _terraform(env, aws)
+    env, sandbox_env = _environment(env_name, env_dir, force_sandbox, start=True)
+    sandbox = sandbox_env is not None
+    tf = _terraform(env, aws_module.terraform_environ(env, sandbox_env), sandbox)
     last = tf.last_backend()
     key_arn = (last or {}).get("kms_key_id", "")
 
     def prepare_now() -> Prepared:
         return prepare(
             env_name, env_dir, force_sandbox, write_pki=write_pki, new_pki_only=new_pki_only,
-            connected=connected,
+            connected=_session(env, sandbox_env),
         )  # fmt: skip
 
-    if not key_arn or not tf.initialised(_backend(env, aws, key_arn)):
+    if not key_arn or not tf.initialised(_backend(env, sandbox, key_arn)):
         prepared = prepare_now()
         tf = terraform_for(prepared)
         return prepared, tf, plan(prepared, tf, plan_file)
@@ -826,6 +847,10 @@ class _Beside:
         self.error: BaseException | None = None
 
         def run() -> None:
+            # Second to Terraform for the CPU (on Linux a thread has its own nice value): the
+            # plan is the longer path, and this has its whole length to finish.
+            with suppress(OSError, AttributeError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
             try:
                 self.value = work()
             except BaseException as exc:

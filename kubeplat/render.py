@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeplat import artifacts, cluster, pki
+from kubeplat import artifacts, cluster
 from kubeplat.errors import KubeplatError
 from kubeplat.node import osfamily
 from kubeplat.resources import templates_dir, user_cache
@@ -67,6 +67,8 @@ _COMMON = ("ca.crt", "front-proxy-ca.crt", "etcd/ca.crt", "kubelet-ca.crt")
 
 def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]:
     """The PKI as the secrets bucket holds it: `common/`, one prefix a layer, `locked/`."""
+    from kubeplat import pki  # not at the top: `stubs` (an early plan) needs no cryptography
+
     placed: dict[str, bytes] = {}
     handed_out: set[str] = set()
 
@@ -514,6 +516,8 @@ def admin_kubeconfig(
 ) -> bytes:
     """The admin kubeconfig: embedded x509 client certificate, the API's https URL."""
     import yaml
+
+    from kubeplat import pki
 
     def b64(name: str) -> str:
         return base64.b64encode(files[name]).decode()

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING
 
 from kubeplat.aws import Aws, errors
 from kubeplat.errors import KubeplatError
-from kubeplat.pki import first_certificate
 
 if TYPE_CHECKING:
     from kubeplat.config import Environment
@@ -57,6 +56,8 @@ def environments_in(aws: Aws, bucket: str) -> list[str]:
 
 def pki_files(objects: Mapping[str, bytes]) -> dict[str, bytes]:
     """The PKI files (kubeadm names) from the bucket's `pki/<prefix>/<file>` objects."""
+    from kubeplat.pki import first_certificate
+
     files: dict[str, bytes] = {}
     for name, data in sorted(objects.items()):
         relative = name.split("/", 2)[2]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -218,6 +219,39 @@ def test_a_held_lock_names_its_holder_and_the_printed_unlock_command_works(
 
     wrong = kubeplat(user, "unlock", "-e", "example", "$(reboot)")
     assert wrong.returncode == 1 and "is not a lock ID" in wrong.stderr
+
+
+def test_another_accounts_credentials_stop_the_plan_that_started_beside_the_check(
+    user: dict[str, str],
+) -> None:
+    """Issue 17: on a working copy already initialised, `terraform plan` starts as soon as the
+    file is read and the account is checked beside it. Credentials of another account (here:
+    the file names another one) stop that plan as Ctrl-C would: the refusal is the one error
+    printed, the state lock it took is released and nothing is left running or recorded."""
+    aws = sandbox_aws(user)
+    first = kubeplat(user, "plan", "-e", "example")  # buckets, PKI, an initialised working copy
+    assert first.returncode == 0, first.stderr[-3000:]
+    path = Path(user["CHECKOUT"], "environments", "example.tfvars")
+    text = path.read_text()
+    logs = set((workdir(user) / "logs").glob("*.log"))
+    path.write_text(re.sub(r"(?m)^aws_account\s*=.*$", 'aws_account = "999999999999"', text))
+    try:
+        wrong = kubeplat(user, "plan", "-e", "example")
+    finally:
+        path.write_text(text)
+    assert wrong.returncode == 1
+    assert (
+        "Error: refusing to act: the credentials are for account 123456789012, but "
+        "environments/example.tfvars names account 999999999999" in wrong.stderr
+    ), wrong.stderr
+    assert "Traceback" not in wrong.stderr and "Terraform" not in wrong.stderr
+    started = set((workdir(user) / "logs").glob("*.log")) - logs
+    assert [log.name for log in started if "-plan" in log.name], "the early plan never started"
+    objects = aws["s3"].list_objects_v2(Bucket=STATE_BUCKET).get("Contents", [])  # type: ignore[attr-defined]
+    assert STATE_KEY + ".tflock" not in [o["Key"] for o in objects]  # its lock released
+    assert not (workdir(user) / "operation.json").exists()
+    again = kubeplat(user, "plan", "-e", "example")
+    assert again.returncode == 0, again.stderr[-3000:]
 
 
 def test_debug_and_ctrl_c_exit_130(user: dict[str, str]) -> None:
