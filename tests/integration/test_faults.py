@@ -254,6 +254,39 @@ def test_another_accounts_credentials_stop_the_plan_that_started_beside_the_chec
     assert again.returncode == 0, again.stderr[-3000:]
 
 
+def test_a_plan_started_with_the_last_key_is_made_again_when_the_alias_moved(
+    user: dict[str, str],
+) -> None:
+    """Issue 17: the early plan starts with the backend the working copy was initialised with
+    (its KMS key ARN recorded by the last run). When `kms_master_id`'s alias now names another
+    key, that plan is thrown away, Terraform is initialised for the new key, and the plan
+    made again succeeds; the next run plans early with the new key."""
+    aws = clients(user, "kms", "s3")
+    first = kubeplat(user, "plan", "-e", "example")
+    assert first.returncode == 0, first.stderr[-3000:]
+    record = workdir(user) / "terraform" / "kubeplat-backend.json"
+    before = json.loads(record.read_text())["kms_key_id"]
+    kms = aws["kms"]
+    moved = kms.create_key(Description="the example's next key")["KeyMetadata"]  # type: ignore[attr-defined]
+    kms.update_alias(AliasName="alias/kubeplat-example", TargetKeyId=moved["KeyId"])  # type: ignore[attr-defined]
+    try:
+        logs = set((workdir(user) / "logs").glob("*.log"))
+        again = kubeplat(user, "--debug", "plan", "-e", "example")
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert "the early plan's inputs were not the prepared ones" in again.stderr
+        after = json.loads(record.read_text())["kms_key_id"]
+        assert after == moved["Arn"] != before
+        ran = sorted(
+            log.name.split("-", 1)[1] for log in set((workdir(user) / "logs").glob("*.log")) - logs
+        )
+        # The early plan, then init and the plan made again (and the adoption check's show).
+        assert (ran.count("plan.log"), ran.count("init.log")) == (2, 1), ran
+        steady = kubeplat(user, "plan", "-e", "example")
+        assert steady.returncode == 0, steady.stderr[-3000:]
+    finally:
+        kms.update_alias(AliasName="alias/kubeplat-example", TargetKeyId=before)  # type: ignore[attr-defined]
+
+
 def test_debug_and_ctrl_c_exit_130(user: dict[str, str]) -> None:
     """Item 7's last probe: --debug shows the traceback but the exit code stays 130."""
     sandbox_aws(user)
