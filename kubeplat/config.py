@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kubeplat.errors import ConfigError, EnvironmentNotFound, KubeplatError, Problem, os_hint
-from kubeplat.resources import data_dir, module_dir, user_cache
+from kubeplat.resources import data_dir, module_dir, user_cache, write_cached
 
 ENV_DIR_VARIABLE = "KUBEPLAT_ENV_DIR"
 
@@ -599,24 +599,11 @@ def _parse_hcl(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
     stored = json.dumps({"data": data, "lines": lines})
     _PARSED[key] = stored
     if path is not None:
-        _write_cache(path, stored)
+        write_cached(path, stored)
     return json.loads(stored)["data"], lines
 
 
 _PARSE_FORMAT = "1"
-
-
-def _write_cache(path: Path, text: str) -> None:
-    """Write one cache entry whole (a temporary file renamed), 0600; a cache that cannot be
-    written is simply not used."""
-    try:
-        staged = path.with_name(f".{path.name}.{os.getpid()}")
-        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        staged.replace(path)
-    except OSError:
-        pass
 
 
 def _parse_text(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:

@@ -631,9 +631,6 @@ def up(
     outputs: dict[str, object] = {}
     try:
         prepared, tf, summary = _prepare_and_plan(env, env_dir, sandbox, plan_file, write_pki=True)
-        # The outputs of the state the plan was made from: the answer when it changes nothing
-        # (no further Terraform run needed).
-        current = pipeline.planned_outputs(plan_file)
         report = _report(prepared, summary, None)
         if not report.changes:
             uploaded: list[str] = []
@@ -648,10 +645,12 @@ def up(
                     outputs = pipeline.apply(prepared, tf, plan_file)
             uploaded += pipeline.promote(prepared)
             uploaded += pipeline.prune(prepared)
+        if not applied:
+            # The outputs of the state the plan was made from (no further Terraform run).
+            current = pipeline.planned_outputs(plan_file)
+            outputs = current if current is not None else pipeline.outputs(tf)
     finally:
         plan_file.unlink(missing_ok=True)
-    if not applied:
-        outputs = current if current is not None else pipeline.outputs(tf)
     return UpReport(report, uploaded, applied, outputs, _kubeconfig(prepared, outputs))
 
 

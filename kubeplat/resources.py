@@ -31,7 +31,8 @@ def templates_dir() -> Path:
 def user_cache(kind: str) -> Path | None:
     """`$XDG_CACHE_HOME/kubeplat/KIND` (or `~/.cache/kubeplat/KIND`), made 0700; None when
     there is no home or it cannot be made (then nothing is cached). It holds only what can be
-    made again from the inputs: parsed environment files, compiled templates."""
+    made again from the inputs: parsed environment files, compiled templates, the Terraform
+    binary's version."""
     base = os.environ.get("XDG_CACHE_HOME") or (
         os.path.join(os.environ["HOME"], ".cache") if os.environ.get("HOME") else ""
     )
@@ -43,3 +44,16 @@ def user_cache(kind: str) -> Path | None:
     except OSError:
         return None
     return path
+
+
+def write_cached(path: Path, text: str) -> None:
+    """Write one entry of a `user_cache` whole (a temporary file renamed over it), 0600; an
+    entry that cannot be written is simply not kept."""
+    try:
+        staged = path.with_name(f".{path.name}.{os.getpid()}")
+        descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        staged.replace(path)
+    except OSError:
+        pass

@@ -119,7 +119,7 @@ def version(path: str) -> tuple[int, int, int]:
     """The version of the Terraform binary at `path`; remembered in the user's cache for that
     very file (its inode, size and times), as running it takes a child process every command
     would wait for."""
-    from kubeplat.resources import user_cache
+    from kubeplat.resources import user_cache, write_cached
 
     try:
         info = os.stat(path)
@@ -135,10 +135,7 @@ def version(path: str) -> tuple[int, int, int]:
             return int(major), int(minor), int(patch)
     found = _ask_version(path)
     if record is not None:
-        with contextlib.suppress(OSError):
-            staged = record.with_name(f".{record.name}.{os.getpid()}")
-            staged.write_text(json.dumps(found))
-            staged.replace(record)
+        write_cached(record, json.dumps(found))
     return found
 
 
@@ -329,9 +326,9 @@ class Terraform:
 
         Skipped when the module, the backend and the binary are what the last init saw.
         """
-        args = self._init_args(backend)
         if self.initialised(backend):
             return
+        args = self._init_args(backend)
         self.run("init", *args)
         (self.data_dir / INIT_MARKER).write_text(self._fingerprint(args))
         if backend is not None:
