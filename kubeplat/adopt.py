@@ -247,6 +247,26 @@ def _roles(aws: Aws, _env: Environment, items: list[Planned]) -> list[Descriptio
     return _each(one, _values(items, "name"))
 
 
+def _oidc_providers(aws: Aws, _env: Environment, items: list[Planned]) -> list[Description]:
+    """The account's OpenID Connect providers for the planned URLs (IAM keys a provider by its
+    URL without the scheme; its ARN ends with it)."""
+    iam = aws.client("iam")
+    wanted = {str(i["url"]).removeprefix("https://") for i in items}
+    found: list[Description] = []
+    for listed in iam.list_open_id_connect_providers().get("OpenIDConnectProviderList", []):
+        arn = listed["Arn"]
+        if not any(arn.endswith(f":oidc-provider/{url}") for url in wanted):
+            continue
+        try:
+            provider = iam.get_open_id_connect_provider(OpenIDConnectProviderArn=arn)
+        except Exception as exc:
+            if _absent(exc, "NoSuchEntity"):
+                continue
+            raise
+        found.append({**provider, "Arn": arn})
+    return found
+
+
 def role_removal(role: Description) -> tuple[str, ...]:
     name = role["RoleName"]
     return (
@@ -596,6 +616,19 @@ KINDS: dict[str, Kind] = {
         lambda r: r["RoleName"],
         lambda r: f"IAM role {r['RoleName']}",
         role_removal,
+    ),
+    "aws_iam_openid_connect_provider": Kind(
+        "IAM OpenID Connect provider",
+        ("url",),
+        _oidc_providers,
+        lambda i, p: (
+            str(p.get("Url", "")).removeprefix("https://") == str(i["url"]).removeprefix("https://")
+        ),
+        lambda p: p["Arn"],
+        lambda p: f"IAM OpenID Connect provider {p['Arn']}",
+        lambda p: (
+            f"iam delete-open-id-connect-provider --open-id-connect-provider-arn {p['Arn']}",
+        ),
     ),
     "aws_iam_role_policy": Kind(
         "IAM role policy",

@@ -140,7 +140,8 @@ def validate(state: State, env: str, output_format: str) -> None:
     "--rotate",
     metavar="NAME",
     help="Reissue one certificate; on an environment that runs, begin a staged rotation of a CA "
-    "(`ca`: every CA), of the service-account key (`sa`) or of the SSH key pair (`ssh`).",
+    "(`ca`: every CA), of the service-account key (`sa`), of the SSH key pair (`ssh`) or of "
+    "the key Secrets are encrypted with (`encryption`).",
 )
 @click.option(
     "--check",
@@ -240,11 +241,13 @@ def certs_renew(state: State, env: str, output_format: str) -> None:
 @_output_option
 @click.pass_obj
 def certs_rotation(state: State, env: str, force: bool, output_format: str) -> None:
-    """Show a CA, service-account key or SSH key rotation in progress and take its next step.
+    """Show a CA, service-account key, SSH key or encryption key rotation in progress and take
+    its next step.
 
     `kubeplat certs -e ENV --rotate NAME` begins it (NAME: ca for every CA, etcd/ca,
-    front-proxy-ca, kubelet-ca, sa or ssh). Each step is taken only once every running node runs
-    the one before (kubeplat instances -e ENV: config current); kubeplat up takes it too.
+    front-proxy-ca, kubelet-ca, sa, ssh or encryption). Each step is taken only once every
+    running node runs the one before (kubeplat instances -e ENV: config current); kubeplat up
+    takes it too.
     """
     from kubeplat import ops
 

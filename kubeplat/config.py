@@ -67,6 +67,9 @@ _RANGES: dict[str, tuple[int, int, int]] = {
     "etcd_snapshot_keep": (1, 10_000, 48),
     "etcd_snapshot_max_age_days": (1, 3650, 7),
     "cert_renew_days": (7, 180, 90),
+    "audit_log_max_age_days": (1, 3650, 30),
+    "audit_log_max_backups": (1, 1000, 10),
+    "audit_log_max_size_mb": (1, 10_000, 100),
 }
 _INT32 = (-(2**31), 2**31 - 1, 1)
 
@@ -164,6 +167,13 @@ class Environment:
     etcd_snapshot_keep: int
     etcd_snapshot_max_age_days: int
     cert_renew_days: int
+    secrets_encryption: bool = True
+    audit_log: bool = True
+    audit_log_max_age_days: int = 30
+    audit_log_max_backups: int = 10
+    audit_log_max_size_mb: int = 100
+    pod_identity: bool = True
+    oidc_bucket_name: str = ""
     warnings: tuple[Problem, ...] = ()
 
     @property
@@ -941,6 +951,7 @@ def _check_buckets(values: Mapping[str, Any]) -> Iterator[_Finding]:
                 False,
             )
     secrets, state = values.get("secrets_bucket_name"), values.get("terraform_bucket_name")
+    yield from _check_oidc_bucket(values, secrets)
     if isinstance(secrets, str) and secrets == state:
         yield (
             "terraform_bucket_name",
@@ -948,6 +959,35 @@ def _check_buckets(values: Mapping[str, Any]) -> Iterator[_Finding]:
             ("use two buckets: node roles may read the secrets bucket, never the state"),
             False,
         )
+
+
+def _check_oidc_bucket(values: Mapping[str, Any], secrets: Any) -> Iterator[_Finding]:
+    """The issuer's bucket: a valid name without dots (its documents are read over TLS at
+    https://BUCKET.s3.REGION.amazonaws.com, whose certificate has one level of wildcard)."""
+    given = values.get("oidc_bucket_name")
+    if values.get("pod_identity") is False or not isinstance(given, str):
+        return
+    if not given and not (isinstance(secrets, str) and not _bucket_problem(secrets)):
+        return  # the secrets bucket's own problem is reported
+    name = given or f"{secrets}-oidc"
+    variable = "oidc_bucket_name"
+    shown = _quote(name) if given else f"{_quote(name)} (<secrets_bucket_name>-oidc)"
+    reason = _bucket_problem(name) or ("dots (TLS)" if "." in name else "")
+    if reason:
+        yield (
+            variable,
+            f"{shown} is not a valid name for the service-account issuer's bucket: {reason}",
+            "set oidc_bucket_name: 3-63 lowercase letters, digits, hyphens (no dots)",
+            False,
+        )
+    for other in ("secrets_bucket_name", "terraform_bucket_name"):
+        if name == values.get(other):
+            yield (
+                variable,
+                f"is the same bucket as {other}",
+                "the issuer's bucket is public: give it a bucket of its own",
+                False,
+            )
 
 
 def _bucket_problem(name: str) -> str:

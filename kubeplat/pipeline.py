@@ -226,6 +226,7 @@ def sync_pki(
             if write:
                 # The local cache follows the bucket (it writes only files whose bytes differ).
                 cache.save(result.files, removed=set(cache.load()) - set(result.files))
+                _publish_issuer(env, store, result.files)
             for name, reason in result.reasons.items():
                 if write:
                     console.status(f"PKI: issued {name} ({reason})", "ok")
@@ -341,6 +342,18 @@ def store_pki(env: config.Environment, store: BucketStore, files: Mapping[str, b
     _write_pki(env, store, files)
     cache = LocalStore(env.workdir / "pki")
     cache.save(files, removed=set(cache.load()) - set(files))
+    _publish_issuer(env, store, files)
+
+
+def _publish_issuer(
+    env: config.Environment, store: BucketStore, files: Mapping[str, bytes]
+) -> None:
+    """The service-account issuer's documents (pod roles), with the keys the API servers accept
+    now: written with the PKI, so a step of a key rotation reaches STS with it."""
+    from kubeplat import oidc
+
+    for name in oidc.publish(store.aws, env, files):
+        console.status(f"published {name}", "ok")
 
 
 def _write_pki(

@@ -9,7 +9,9 @@ come from and go to (a local cache, the secrets bucket) is the caller's business
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import re
 import secrets
@@ -40,8 +42,15 @@ SA_KEY, SA_PUB = "sa.key", "sa.pub"
 # A staged rotation of a CA or of the service-account key ("sa"): the new one is first only
 # trusted (`X.next.*`), then signs while the old one is still trusted (`X.prev.crt`,
 # `sa.prev.pub`), then the old one is dropped. The phase is read from the files themselves.
-STAGED = (*CAS, "sa", "ssh")
+STAGED = (*CAS, "sa", "ssh", "encryption")
 TRUST, REISSUE = "trust", "reissue"
+# The key the API servers encrypt Secrets in etcd with (secretbox: XSalsa20-Poly1305, 32 random
+# bytes, base64). It rotates in the same three steps: the new key first only decrypts, then
+# encrypts while the old one still decrypts (Secrets are rewritten then), then the old one goes.
+ENCRYPTION_KEY = "encryption/secretbox.key"
+ENCRYPTION_NEXT, ENCRYPTION_PREV = "encryption/secretbox.next.key", "encryption/secretbox.prev.key"
+# What the API servers read (`--encryption-provider-config`): made from the keys, so as secret.
+ENCRYPTION_CONFIG = "encryption-config.yaml"
 SSH_KEY, SSH_PUB = "ssh/id_ed25519", "ssh/id_ed25519.pub"
 # The SSH key pair kubeplat made rotates the same way: the new key is first only authorized
 # beside the old one (`kubeplat ssh` still uses the old), then used (the old still authorized),
@@ -189,6 +198,13 @@ def ensure(
         files.pop(SA_PUB, None)
         rotate_cas.discard("sa")
         result.reasons["sa"] = "rotated"
+    if "encryption" in rotate_cas:
+        # Only where no cluster runs yet (`--rotate` on a live environment is staged): the API
+        # servers could not read what the old key encrypted.
+        rotate_cas.discard("encryption")
+        for name in (ENCRYPTION_KEY, ENCRYPTION_NEXT, ENCRYPTION_PREV):
+            files.pop(name, None)
+        result.reasons["encryption"] = "rotated"
     if "ssh" in rotate_cas:
         rotate_cas.discard("ssh")
         if ssh_public_key is not None:
@@ -216,6 +232,7 @@ def ensure(
             _issue_leaf(env, leaf, cas[leaf.ca], now, result, reason)
 
     _ensure_service_account(env, files, result)
+    _ensure_encryption_key(files, result)
     _ensure_ssh(files, result, ssh_public_key)
     token_reason = "rotated" if rotate == BOOTSTRAP_TOKEN else _token_state(files, now, env)
     if token_reason:
@@ -269,7 +286,7 @@ def _rotation(
         return set(CAS), {}
     if rotate in CAS:
         return {rotate}, {}
-    if rotate in ("sa", "ssh"):
+    if rotate in ("sa", "ssh", "encryption"):
         return {rotate}, {}
     if rotate in all_leaves:
         return set(), {rotate: "rotated"}
@@ -494,6 +511,52 @@ def _ensure_service_account(env: Environment, files: dict[str, bytes], result: R
         files[SA_PUB] = public  # derived from the key: recreating it changes nothing
 
 
+def _ensure_encryption_key(files: dict[str, bytes], result: Result) -> None:
+    if ENCRYPTION_KEY in files:
+        return
+    files[ENCRYPTION_KEY] = new_encryption_key()
+    result.issued.append("encryption")
+    result.reasons["encryption"] = result.reasons.get("encryption", "missing")
+
+
+def new_encryption_key() -> bytes:
+    """A secretbox key as the API server reads it: 32 random bytes, base64."""
+    return base64.b64encode(secrets.token_bytes(32)) + b"\n"
+
+
+def encryption_key_name(key: bytes) -> str:
+    """A key's name in the EncryptionConfiguration (the API server writes it into every value
+    it encrypts, `k8s:enc:secretbox:v1:NAME:`): from the key's digest, so stable and distinct."""
+    return "key-" + hashlib.sha256(key.strip()).hexdigest()[:16]
+
+
+def encryption_config(files: Mapping[str, bytes], *, encrypt: bool = True) -> bytes:
+    """The API servers' EncryptionConfiguration for Secrets: the encrypting key first, then the
+    keys that only decrypt (the one being introduced or retired). With `encrypt` off, `identity`
+    comes first: new Secrets are stored as they are, and those encrypted before still read."""
+    import yaml
+
+    keys = [files[ENCRYPTION_KEY]]
+    if ENCRYPTION_NEXT in files:
+        keys.append(files[ENCRYPTION_NEXT])
+    elif ENCRYPTION_PREV in files:
+        keys.append(files[ENCRYPTION_PREV])
+    secretbox = {
+        "secretbox": {
+            "keys": [
+                {"name": encryption_key_name(k), "secret": k.strip().decode("ascii")} for k in keys
+            ]
+        }
+    }
+    providers = [secretbox, {"identity": {}}] if encrypt else [{"identity": {}}, secretbox]
+    document = {
+        "apiVersion": "apiserver.config.k8s.io/v1",
+        "kind": "EncryptionConfiguration",
+        "resources": [{"resources": ["secrets"], "providers": providers}],
+    }
+    return yaml.safe_dump(document, sort_keys=False).encode()
+
+
 def _ensure_ssh(files: dict[str, bytes], result: Result, given: bytes | None) -> None:
     if given is not None:
         if files.get(SSH_PUB) != given.strip() + b"\n":
@@ -695,7 +758,7 @@ PRIVATE_FILES = frozenset(
 
 def is_private(name: str) -> bool:
     """Whether a PKI file is secret (keys, the bootstrap token): 0600, never in logs."""
-    return name in PRIVATE_FILES or name.endswith(".key")
+    return name in PRIVATE_FILES or name.endswith((".key", ENCRYPTION_CONFIG))
 
 
 def _public_pem(key: PrivateKey) -> bytes:
@@ -728,6 +791,10 @@ def staged(files: Mapping[str, bytes]) -> dict[str, str]:
         found["ssh"] = TRUST
     elif SSH_PREV in files:
         found["ssh"] = REISSUE
+    if ENCRYPTION_NEXT in files:
+        found["encryption"] = TRUST
+    elif ENCRYPTION_PREV in files:
+        found["encryption"] = REISSUE
     return found
 
 
@@ -774,6 +841,11 @@ def settle(stored: Mapping[str, bytes]) -> dict[str, bytes]:
         del files[SSH_NEXT]
     if ssh is not None and files.get(SSH_PREV) == _ssh_public(_load_ssh_key(SSH_KEY, ssh)):
         del files[SSH_PREV]  # promotion had only begun
+    secret = files.get(ENCRYPTION_KEY)
+    if secret is not None and files.get(ENCRYPTION_NEXT) == secret:  # promoted, not yet removed
+        del files[ENCRYPTION_NEXT]
+    if secret is not None and files.get(ENCRYPTION_PREV) == secret:  # promotion had only begun
+        del files[ENCRYPTION_PREV]
     key = files.get(SA_KEY)
     if key is not None and files.get("sa.next.key") == key:
         del files["sa.next.key"]
@@ -808,6 +880,11 @@ def begin(
             result.issued.append("ssh.next")
             result.reasons["ssh.next"] = "new, authorized beside the old one"
             continue
+        if name == "encryption":
+            files[ENCRYPTION_NEXT] = new_encryption_key()
+            result.issued.append("encryption.next")
+            result.reasons["encryption.next"] = "new, decrypts beside the old one"
+            continue
         if name == "sa":
             files["sa.next.key"] = private_pem(new_key(env.key_algorithm))
             result.issued.append("sa.next")
@@ -839,6 +916,12 @@ def advance(env: Environment, stored: Mapping[str, bytes], now: dt.datetime) -> 
                 files.pop(SSH_PUB, None)
             else:
                 del files[SSH_PREV]
+        elif name == "encryption":
+            if phase == TRUST:
+                files[ENCRYPTION_PREV] = files[ENCRYPTION_KEY]
+                files[ENCRYPTION_KEY] = files.pop(ENCRYPTION_NEXT)
+            else:
+                del files[ENCRYPTION_PREV]
         elif name == "sa":
             if phase == TRUST:
                 files["sa.prev.pub"] = _public_pem(_parse_key(SA_KEY, files[SA_KEY]))

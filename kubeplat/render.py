@@ -18,7 +18,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kubeplat import artifacts, cluster
+from kubeplat import artifacts, cluster, oidc
 from kubeplat.errors import KubeplatError
 from kubeplat.node import osfamily
 from kubeplat.resources import templates_dir, user_cache
@@ -107,6 +107,10 @@ def pki_layout(env: Environment, files: Mapping[str, bytes]) -> dict[str, bytes]
             give(layer.name, name)
         if "sa.pub" in wanted:
             placed[f"{layer.name}/sa.pub"] = pki.trust_bundle(files, "sa")
+        if layer.control_plane:
+            placed[f"{layer.name}/{pki.ENCRYPTION_CONFIG}"] = pki.encryption_config(
+                files, encrypt=env.secrets_encryption
+            )
     for name in sorted(set(files) - handed_out):
         # The CA keys, the admin identity and the SSH key: no node role may read these.
         placed[f"locked/{name}"] = files[name]
@@ -191,6 +195,11 @@ def base_context(env: Environment) -> dict[str, Any]:
         "coredns_image": artifacts.COREDNS_IMAGE,
         "flannel_image": artifacts.FLANNEL_IMAGE,
         "flannel_cni_image": artifacts.FLANNEL_CNI_IMAGE,
+        "service_account_issuer": oidc.issuer(env),
+        "audit_log": env.audit_log,
+        "audit_log_max_age_days": env.audit_log_max_age_days,
+        "audit_log_max_backups": env.audit_log_max_backups,
+        "audit_log_max_size_mb": env.audit_log_max_size_mb,
     }
 
 
@@ -384,6 +393,14 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
             unit("kubeplat-addons.service"),
             unit("kubeplat-csr-approver.service"),
         ]
+        if env.audit_log:
+            files.append(
+                (
+                    "/etc/kubernetes/audit-policy.yaml",
+                    "0644",
+                    _render(part + "audit-policy.yaml.j2", ctx),
+                )
+            )
         for name, text in sorted(_addons(env).items()):
             files.append((f"/etc/kubernetes/addons/{name}", "0644", text))
     written = {path: content for path, _, content in files}

@@ -48,9 +48,19 @@ SSH_STEP = {
     pki.REISSUE: "step 2 of 3: kubeplat ssh uses the new key, the old one is still authorized",
 }
 
+ENCRYPTION_STEP = {
+    pki.TRUST: "step 1 of 3: the new key decrypts Secrets beside the old one, which still "
+    "encrypts them",
+    pki.REISSUE: "step 2 of 3: the new key encrypts Secrets, the old one still decrypts those "
+    "written before",
+}
+# Secrets the API server wrote with the old key stay so until they are written again.
+REWRITE = "kubectl get secrets -A -o json | kubectl replace -f -"
+
 
 def _step_text(names: list[str], phase: str) -> str:
-    return (SSH_STEP if names == ["ssh"] else STEP)[phase]
+    texts = {"ssh": SSH_STEP, "encryption": ENCRYPTION_STEP}
+    return texts.get(names[0], STEP)[phase] if len(names) == 1 else STEP[phase]
 
 
 @dataclass
@@ -256,6 +266,13 @@ def _hold(
                 "is waited for too: --force takes the step without it"
             )
         return hold
+    if phases.get("encryption") == pki.REISSUE:
+        # Which Secrets etcd still holds under the old key only the cluster knows: the operator
+        # rewrites them, then takes the step that drops the key.
+        return (
+            "Secrets written before this step are still encrypted with the old key: rewrite "
+            f"them ({REWRITE}), then take the last step with --force"
+        )
     if phases.get("sa") == pki.REISSUE:
         since = _parse(status.since)
         if since is None or moment - since < TOKEN_TURNOVER:

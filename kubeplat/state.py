@@ -122,22 +122,13 @@ def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
 
     True when it was created; an existing bucket is left as its owner set it up.
     """
-    from botocore.exceptions import ClientError
 
     s3 = aws.client("s3")
     created = not bucket_exists(aws, name)
     if not created:
         return False  # an existing bucket's settings are its owner's
     with errors(f"creating the bucket {name}", aws):
-        args: dict[str, object] = {"Bucket": name}
-        if aws.region != "us-east-1":
-            args["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
-        try:
-            s3.create_bucket(**args)
-        except ClientError as exc:
-            # Another operator created it a moment ago: theirs is as good as ours.
-            if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
-                raise
+        if not create_bucket(aws, name):
             return False
     with errors(f"securing the bucket {name}", aws):
         s3.put_public_access_block(
@@ -171,13 +162,34 @@ def ensure_bucket(aws: Aws, name: str, key_arn: str) -> bool:
     return True
 
 
-def tls_only(bucket: str, region: str) -> dict[str, Any]:
-    """A bucket policy that refuses every request made without TLS."""
-    partition = (
+def partition(region: str) -> str:
+    """The AWS partition a region is in (for ARNs)."""
+    return (
         "aws-cn" if region.startswith("cn-") else "aws-us-gov" if region.startswith("us-gov-")
         else "aws"
     )  # fmt: skip
-    arn = f"arn:{partition}:s3:::{bucket}"
+
+
+def create_bucket(aws: Aws, name: str) -> bool:
+    """Create `name` in the session's region; False when this account made it a moment ago
+    (another operator: theirs is as good as ours)."""
+    from botocore.exceptions import ClientError
+
+    args: dict[str, object] = {"Bucket": name}
+    if aws.region != "us-east-1":
+        args["CreateBucketConfiguration"] = {"LocationConstraint": aws.region}
+    try:
+        aws.client("s3").create_bucket(**args)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+            raise
+        return False
+    return True
+
+
+def tls_only(bucket: str, region: str) -> dict[str, Any]:
+    """A bucket policy that refuses every request made without TLS."""
+    arn = f"arn:{partition(region)}:s3:::{bucket}"
     return {
         "Version": "2012-10-17",
         "Statement": [

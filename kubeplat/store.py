@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 WORKERS = 8
 # Derived from other PKI files, never loaded back as one.
-_DERIVED = {"client-ca-bundle.crt", "kubelet-serving-ca.crt", "ssh/authorized_keys"}
+_DERIVED = {
+    "client-ca-bundle.crt",
+    "kubelet-serving-ca.crt",
+    "ssh/authorized_keys",
+    "encryption-config.yaml",
+}
 
 
 class Conflict(KubeplatError):

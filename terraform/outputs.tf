@@ -48,3 +48,15 @@ output "node_images" {
   description = "AMI id and root device of each layer's nodes."
   value       = { for layer, image in data.aws_ami.node : layer => { id = image.id, name = image.name, root_device = image.root_device_name } }
 }
+
+# Pod roles (IRSA): what a role's trust policy names.
+output "service_account_issuer" {
+  description = "The issuer of the cluster's service-account tokens (empty when pod_identity is off)."
+  value       = var.pod_identity ? local.service_account_issuer : ""
+}
+
+# The account's OpenID Connect provider for the issuer.
+output "oidc_provider_arn" {
+  description = "ARN of the IAM OpenID Connect provider a pod role's trust policy names as Federated principal (empty when pod_identity is off)."
+  value       = var.pod_identity ? aws_iam_openid_connect_provider.pods[0].arn : ""
+}

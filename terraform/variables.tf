@@ -331,3 +331,60 @@ variable "cert_renew_days" {
     error_message = "cert_renew_days must be a whole number of days from 7 to 180."
   }
 }
+
+variable "secrets_encryption" {
+  type        = bool
+  default     = true
+  description = "The API servers encrypt Secrets in etcd (secretbox, a key in the secrets bucket's locked prefix; rotate with kubeplat certs --rotate encryption). false stores new Secrets unencrypted; those encrypted before still read. Example: true."
+}
+
+variable "audit_log" {
+  type        = bool
+  default     = true
+  description = "The API servers write an audit log (/var/log/kubernetes/audit/audit.log on control-plane nodes; Secrets and tokens at metadata level only). Example: true."
+}
+
+variable "audit_log_max_age_days" {
+  type        = number
+  default     = 30
+  description = "Days an API server keeps rotated audit log files. Example: 30."
+
+  validation {
+    condition     = var.audit_log_max_age_days >= 1 && var.audit_log_max_age_days <= 3650 && floor(var.audit_log_max_age_days) == var.audit_log_max_age_days
+    error_message = "audit_log_max_age_days must be a whole number of days, from 1 to 3650."
+  }
+}
+
+variable "audit_log_max_backups" {
+  type        = number
+  default     = 10
+  description = "How many rotated audit log files an API server keeps. Example: 10."
+
+  validation {
+    condition     = var.audit_log_max_backups >= 1 && var.audit_log_max_backups <= 1000 && floor(var.audit_log_max_backups) == var.audit_log_max_backups
+    error_message = "audit_log_max_backups must be a whole number, from 1 to 1000."
+  }
+}
+
+variable "audit_log_max_size_mb" {
+  type        = number
+  default     = 100
+  description = "Size in megabytes at which an API server rotates its audit log. Example: 100."
+
+  validation {
+    condition     = var.audit_log_max_size_mb >= 1 && var.audit_log_max_size_mb <= 10000 && floor(var.audit_log_max_size_mb) == var.audit_log_max_size_mb
+    error_message = "audit_log_max_size_mb must be a whole number of megabytes, from 1 to 10000."
+  }
+}
+
+variable "pod_identity" {
+  type        = bool
+  default     = true
+  description = "Pods may assume IAM roles of their own (IRSA): the API servers issue service-account tokens AWS STS accepts, kubeplat publishes the issuer's discovery document and keys in oidc_bucket_name (only those two objects public), and Terraform registers it as an IAM OpenID Connect provider. Example: true."
+}
+
+variable "oidc_bucket_name" {
+  type        = string
+  default     = ""
+  description = "The bucket the service-account issuer's documents are published in (public: those documents only; no dots, for TLS). Empty means <secrets_bucket_name>-oidc. Example: \"acme-kubeplat-oidc\"."
+}

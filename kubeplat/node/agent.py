@@ -58,7 +58,8 @@ KUBELET_RETRY_S = 600.0  # between two requests of a kubelet client certificate 
 log = logging.getLogger("kubeplat-agent")
 
 
-PRIVATE = (".key", "bootstrap-token")  # written 0600, as the user-data stub does
+# Written 0600, as the user-data stub does (the encryption config holds the Secrets' keys).
+PRIVATE = (".key", "bootstrap-token", "encryption-config.yaml")
 PLACEHOLDER = re.compile(r"@PKI:([A-Za-z0-9._/,-]*)@")
 
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import start_emulator
 from tests.integration.sandbox_user import make_user, stop_sandbox
 
 
@@ -15,3 +16,12 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     env = make_user(tmp_path_factory.mktemp("user"))
     yield env
     stop_sandbox(env)
+
+
+@pytest.fixture
+def enforcing() -> Iterator[str]:
+    """A moto server of its own, for a test that makes it enforce IAM (server-wide)."""
+    server, endpoint = start_emulator()
+    yield endpoint
+    server.terminate()
+    server.wait(timeout=10)

@@ -89,9 +89,10 @@ def built(user: dict[str, str]) -> Iterator[dict[str, str]]:
 
 # What an interrupted build leaves, one of each kind that AWS refuses a second of: a name (launch
 # template, role, instance profile, target group), a port (listener), a rule, a CIDR (subnet),
-# a subnet's one route table.
+# a subnet's one route table, a URL (the OpenID Connect provider).
 LEFT = [
     'aws_launch_template.node["compute"]',
+    "aws_iam_openid_connect_provider.pods[0]",
     'aws_iam_role.node["secure"]',
     'aws_iam_instance_profile.node["secure"]',
     "aws_lb_target_group.etcd",

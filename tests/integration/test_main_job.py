@@ -16,7 +16,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, emulator_clients
+from tests.integration import irsa
 from tests.integration.sandbox_user import kubeplat
 
 pytestmark = pytest.mark.integration
@@ -111,6 +112,10 @@ def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
         block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]  # type: ignore[attr-defined]
         assert all(block.values())
 
+    # Pod roles (issue 18): the account trusts the cluster's service-account issuer, whose
+    # published keys verify a token signed with the cluster's service-account key.
+    check_pod_identity(user, aws)
+
     # 5. A changed template (etcd's configuration, which only the secure layer has) rolls
     # exactly that group.
     templates = tmp_path / "templates"
@@ -142,6 +147,29 @@ def test_up_plan_roll_destroy(user: dict[str, str], tmp_path: Path) -> None:
     destroyed = kubeplat(user, "destroy", "-e", "example", "--auto-approve")
     assert destroyed.returncode == 0, destroyed.stderr[-3000:]
     assert running(aws["ec2"]) == {}
+
+
+def check_pod_identity(user: dict[str, str], aws: dict[str, object]) -> None:
+    from kubeplat.pkistore import LocalStore
+
+    endpoint = kubeplat(user, "sandbox", "status").stdout.strip()
+    iam = emulator_clients(endpoint, "eu-west-1", ("iam",))["iam"]
+    outputs = json.loads(kubeplat(user, "output", "-e", "example", "-o", "json").stdout)
+    issuer = outputs["service_account_issuer"]
+    assert issuer == "https://kubeplat-example-secrets-oidc.s3.eu-west-1.amazonaws.com/example"
+    provider = iam.get_open_id_connect_provider(
+        OpenIDConnectProviderArn=outputs["oidc_provider_arn"]
+    )
+    assert provider["Url"] == issuer.removeprefix("https://")
+    assert provider["ClientIDList"] == ["sts.amazonaws.com"]
+    s3 = aws["s3"]
+    bucket = "kubeplat-example-secrets-oidc"
+    discovery = s3.get_object(Bucket=bucket, Key="example/.well-known/openid-configuration")  # type: ignore[attr-defined]
+    jwks = s3.get_object(Bucket=bucket, Key="example/keys.json")  # type: ignore[attr-defined]
+    files = LocalStore(Path(user["CHECKOUT"]) / ".kubeplat" / "example" / "pki").load()
+    subject = "system:serviceaccount:default:app"
+    token = irsa.sign(files, issuer, subject)
+    assert irsa.verify(token, discovery["Body"].read(), jwks["Body"].read())["sub"] == subject
 
 
 def check_day_two(user: dict[str, str], tmp_path: Path) -> None:

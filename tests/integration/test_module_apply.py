@@ -99,6 +99,9 @@ def check_groups_and_instances(workdir: Path, files: dict[str, bytes]) -> None:
             LaunchTemplateId=template["LaunchTemplateId"]
         )["LaunchTemplateVersions"][0]["LaunchTemplateData"]
         assert data["MetadataOptions"]["HttpTokens"] == "required"
+        # One hop: a pod (its own network namespace, a hop further) cannot reach the node's
+        # role credentials; pods use roles of their own (IRSA).
+        assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
         assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
     # An unchanged second run changes nothing: no node would roll.
     plan = tf(workdir, "plan", "-detailed-exitcode", "-input=false")
@@ -199,6 +202,13 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
         assert not allowed(policy, "s3:GetObject", f"{obj}/staged/{'0' * 64}")
         assert not allowed(policy, "s3:ListBucket", bucket, prefix=f"{env.environment}/staged/")
         assert not allowed(policy, "s3:PutObject", f"{obj}/manifests/secure/x.yaml")
+    # The key Secrets are encrypted with: raw, locked from every node; the config made from
+    # it, only where an API server runs.
+    for policy in (secure, compute):
+        assert not allowed(policy, "s3:GetObject", f"{obj}/pki/locked/encryption/secretbox.key")
+    assert allowed(secure, "s3:GetObject", f"{obj}/pki/secure/encryption-config.yaml")
+    assert not allowed(compute, "s3:GetObject", f"{obj}/pki/secure/encryption-config.yaml")
+    assert not decrypts(compute, f"{obj}/pki/secure/encryption-config.yaml")
     # Each layer is kept out of the other's secrets and configuration.
     assert not allowed(compute, "s3:GetObject", f"{obj}/pki/secure/etcd/peer.key")
     assert not allowed(compute, "s3:GetObject", f"{obj}/cloudconfig/master")

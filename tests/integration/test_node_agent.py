@@ -142,9 +142,10 @@ PKI = {
     "secure/etcd/server.key": b"etcd server key 1\n",
     "secure/apiserver.crt": b"apiserver 1\n",
     "secure/kubelet-ca.key": b"kubelet ca key 1\n",
+    "secure/encryption-config.yaml": b"keys 1\n",
 }
 MANIFESTS = {
-    "kube-apiserver.yaml": b'metadata:\n  annotations:\n    kubeplat.io/pki: "@PKI:apiserver.crt,ca.crt@"\n',
+    "kube-apiserver.yaml": b'metadata:\n  annotations:\n    kubeplat.io/pki: "@PKI:apiserver.crt,ca.crt,encryption-config.yaml@"\n',
     "kube-scheduler.yaml": b'metadata:\n  annotations:\n    kubeplat.io/pki: "@PKI:scheduler.crt@"\n',
 }
 
@@ -201,6 +202,15 @@ def test_pki_reaches_the_node_and_restarts_exactly_what_reads_it(s3, tmp_path: P
     assert restarted == ["etcd.service"]
     assert (manifests / "kube-apiserver.yaml").read_text() != apiserver
     assert (manifests / "kube-scheduler.yaml").stat().st_mtime == 1_000_000
+
+    # A step of an encryption key rotation: the config is written 0600, the API server restarts.
+    put(s3, "pki/secure/encryption-config.yaml", b"keys 2\n")
+    assert node.sync_once() == [
+        "~pki/secure/encryption-config.yaml",
+        "~manifests/kube-apiserver.yaml",
+    ]
+    assert (pki / "encryption-config.yaml").stat().st_mode & 0o777 == 0o600
+    assert restarted == ["etcd.service"]
 
     # The cluster CA: the kubelet restarts and the API server's pod again.
     put(s3, "pki/common/ca.crt", b"ca 2\n")

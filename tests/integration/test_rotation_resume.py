@@ -123,3 +123,27 @@ def test_a_record_written_before_its_step_does_not_shorten_the_token_turnover(
     later = rotation.step(env, store, session, now=NOW + dt.timedelta(hours=25))
     assert later is not None and later.phases == {} and later.taken == pki.REISSUE
     assert rotation.RECORD not in store.names(rotation.RECORD)
+
+
+def test_the_encryption_key_is_dropped_only_when_the_operator_says_secrets_are_rewritten(
+    world: tuple[config.Environment, BucketStore, Aws],
+) -> None:
+    env, store, session = world
+    store_pki(env, store, pki.ensure(env, {}, now=NOW).files)
+    old = store.get("pki/locked/encryption/secretbox.key")
+    begun = rotation.begin(env, store, "encryption", NOW)
+    assert begun.phases == {"encryption": pki.TRUST}
+    assert rotation.describe(begun)[0].endswith(rotation.ENCRYPTION_STEP[pki.TRUST])
+    # No node runs here: step 2 (the new key encrypts) is taken as soon as it is asked for.
+    taken = rotation.step(env, store, session, now=NOW)
+    assert taken is not None and taken.phases == {"encryption": pki.REISSUE}
+    assert store.get("pki/locked/encryption/secretbox.prev.key") == old
+    # Step 3 would leave Secrets still under the old key unreadable: it waits for the operator.
+    held = rotation.step(env, store, session, now=NOW + dt.timedelta(days=30))
+    assert held is not None and held.phases == {"encryption": pki.REISSUE}
+    assert rotation.REWRITE in held.hold and "--force" in held.hold
+    assert "pki/locked/encryption/secretbox.prev.key" in store.names("pki/locked/")
+    done = rotation.step(env, store, session, force=True, now=NOW)
+    assert done is not None and done.phases == {} and done.taken == pki.REISSUE
+    assert "pki/locked/encryption/secretbox.prev.key" not in store.names("pki/locked/")
+    assert store.get("pki/locked/encryption/secretbox.key") != old

@@ -5,7 +5,6 @@ IAM enforcement for the caller who may not."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -13,7 +12,7 @@ import pytest
 
 from kubeplat import config, state
 from kubeplat.aws import Aws, AwsError
-from tests.conftest import enforce_iam, start_emulator
+from tests.conftest import enforce_iam
 
 pytestmark = pytest.mark.integration
 
@@ -50,15 +49,6 @@ def test_bootstrap_grants_autoscaling_the_key_once(aws: str, environments: Path)
     # A second run finds both and adds nothing.
     assert state.volume_key_access(caller, env, key) is False
     assert len(grants_to_autoscaling(caller, key["Arn"])) == 1
-
-
-@pytest.fixture
-def enforcing() -> Iterator[str]:
-    """A moto server of its own: IAM enforcement is server-wide."""
-    server, endpoint = start_emulator()
-    yield endpoint
-    server.terminate()
-    server.wait(timeout=10)
 
 
 def restricted_caller(endpoint: str, allowed: list[str]) -> Aws:

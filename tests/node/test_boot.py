@@ -295,9 +295,17 @@ def test_private_keys_only_where_their_component_runs(cluster: Cluster) -> None:
         for key in keys:
             assert node.path(key).stat().st_mode & 0o777 == 0o600, key
         assert node.path(pki).stat().st_mode & 0o777 == 0o700
+        # The key Secrets are encrypted with: only where an API server runs, 0600 (the user-data
+        # stub wrote it at boot); the audit policy beside it.
+        config = node.path(pki + "encryption-config.yaml")
         if layer == "compute":
             assert keys == [], keys  # a worker joins with its token; it holds no key of ours
+            assert not config.exists()
+            assert not node.path("/etc/kubernetes/audit-policy.yaml").exists()
         else:
+            assert config.stat().st_mode & 0o777 == 0o600
+            assert b"kind: EncryptionConfiguration" in config.read_bytes()
+            assert node.path("/etc/kubernetes/audit-policy.yaml").exists()
             assert f"{pki}etcd/peer.key" in keys and f"{pki}apiserver.key" in keys
             # The CAs' keys never leave the operator's side (pki/locked), nor admin's.
             for locked in ("ca.key", "etcd/ca.key", "front-proxy-ca.key", "admin.key"):

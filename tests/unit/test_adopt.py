@@ -170,6 +170,13 @@ MAPPINGS = [
         "example-kube-secure",
     ),
     (
+        planned("aws_iam_openid_connect_provider", "aws_iam_openid_connect_provider.pods[0]",
+                url="https://b-oidc.s3.eu-west-1.amazonaws.com/example"),
+        {"Url": "b-oidc.s3.eu-west-1.amazonaws.com/example",
+         "Arn": "arn:aws:iam::123456789012:oidc-provider/b-oidc.s3.eu-west-1.amazonaws.com/example"},
+        "arn:aws:iam::123456789012:oidc-provider/b-oidc.s3.eu-west-1.amazonaws.com/example",
+    ),
+    (
         planned("aws_iam_instance_profile", 'aws_iam_instance_profile.node["secure"]',
                 name="example-kube-secure"),
         {"InstanceProfileName": "example-kube-secure", "Roles": []},

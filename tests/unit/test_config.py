@@ -118,6 +118,23 @@ def problems_of(environments: Path, text: str, name: str = "dev") -> list[str]:
             {"terraform_bucket_name": '"kubeplat-example-secrets"'},
             r"terraform_bucket_name: is the same bucket as secrets_bucket_name",
         ),
+        # the service-account issuer's bucket (public: never one of the others; no dots)
+        (
+            {
+                "secrets_bucket_name": '"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"'
+            },
+            r"oidc_bucket_name: 'a{60}-oidc' \(<secrets_bucket_name>-oidc\) is not a valid name "
+            r"for the service-account issuer's bucket: 65 characters",
+        ),
+        (
+            {"oidc_bucket_name": '"issuer.example.com"'},
+            r"oidc_bucket_name: 'issuer.example.com' is not a valid name for the service-account "
+            r"issuer's bucket: dots \(TLS\) \(hint: set oidc_bucket_name",
+        ),
+        (
+            {"oidc_bucket_name": '"kubeplat-example-secrets"'},
+            r"oidc_bucket_name: is the same bucket as secrets_bucket_name",
+        ),
         # region and instance type shapes
         (
             {"aws_region": '"europe"'},

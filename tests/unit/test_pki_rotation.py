@@ -20,6 +20,7 @@ from kubeplat import config, pki, render
 from kubeplat.errors import KubeplatError
 from kubeplat.pipeline import write_order
 from kubeplat.store import pki_files
+from tests import secretbox_store as apiserver
 
 NOW = dt.datetime.now(dt.UTC)
 # Which trust bundle (on every node, in pki/common/) checks each CA's leaves.
@@ -192,7 +193,7 @@ def test_every_step_of_a_staged_rotation_keeps_every_node_trusted(
 
 def test_the_bucket_set_reads_back_as_written_at_every_step(env: config.Environment) -> None:
     before = pki.ensure(env, {}, now=NOW).files
-    begun = pki.begin(env, before, ["ca", "sa", "ssh"], NOW).files
+    begun = pki.begin(env, before, ["ca", "sa", "ssh", "encryption"], NOW).files
     for files in (before, begun, pki.advance(env, begun, NOW).files):
         again = pki.ensure(env, pki_files(layout(env, files)), now=NOW)
         assert not again.issued
@@ -204,7 +205,8 @@ def test_a_step_stopped_after_any_write_resumes_without_losing_trust(
     env: config.Environment, tmp_path: Path, stage: str
 ) -> None:
     before = pki.ensure(env, {}, now=NOW).files
-    begun = pki.ensure(env, pki.begin(env, before, ["ca", "etcd/ca", "sa", "ssh"], NOW).files).files
+    names = ["ca", "etcd/ca", "sa", "ssh", "encryption"]
+    begun = pki.ensure(env, pki.begin(env, before, names, NOW).files).files
     reissued = pki.advance(env, begun, NOW).files
     start, goal = {
         "begin": (before, begun),
@@ -227,6 +229,9 @@ def test_a_step_stopped_after_any_write_resumes_without_losing_trust(
         # `kubeplat ssh` after the stop reaches nodes of either set.
         assert_ssh_reaches(placed, placed)
         assert_ssh_reaches(placed, old)
+        # An API server with the config before the write and one with the resumed config
+        # read each other's Secrets.
+        assert_secrets_read(bucket, placed)
         phases = pki.staged(resumed.files)
         assert set(phases.values()) <= {pki.TRUST, pki.REISSUE}
     # The locked leftovers go last; what is left then is exactly the goal.
@@ -234,6 +239,12 @@ def test_a_step_stopped_after_any_write_resumes_without_losing_trust(
     final.update({n: new[n] for n in writes})
     final = {n: v for n, v in final.items() if n in new}
     assert layout(env, pki.ensure(env, pki_files(final), now=NOW).files) == new
+
+
+def assert_secrets_read(a: Mapping[str, bytes], b: Mapping[str, bytes]) -> None:
+    first, second = a["pki/secure/encryption-config.yaml"], b["pki/secure/encryption-config.yaml"]
+    for writer, reader in ((first, second), (second, first)):
+        assert apiserver.load(reader, apiserver.store(writer, b"secret")) == b"secret"
 
 
 def test_a_second_rotation_waits_for_the_first(env: config.Environment) -> None:
