@@ -78,8 +78,44 @@ RUNTIME = (
     ),
 )
 
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
-COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:v1.12.0"
+# Images by tag and digest (the digest is what runs: a tag can be moved), as registry.k8s.io's
+# own records give them (kubernetes/k8s.io, registry.k8s.io/images/k8s-staging-*/images.yaml:
+# the multi-architecture digests); `kubeplat versions` shows them. flannel's (ghcr.io) are
+# pinned by tag only: no record of its digests could be read here.
+IMAGES = {
+    "aws-cloud-controller-manager": "registry.k8s.io/provider-aws/cloud-controller-manager:v1.33.4"
+    "@sha256:b54bc094711e9d7ace6c9bab3d6f02a598e7570ac1fedd6341940e1de79ea476",
+}
+# The control plane's and kube-proxy's images of each Kubernetes version (a version without
+# them cannot be rendered, as without its binaries' digests).
+KUBERNETES_IMAGES = {
+    "1.33.5": {
+        "kube-apiserver": "sha256:1b9c6c00bc1fe86860e72efb8e4148f9e436a132eba4ca636ca4f48d61d6dfb4",
+        "kube-controller-manager": (
+            "sha256:1082a6ab67fb46397314dd36b36cb197ba4a4c5365033e9ad22bc7edaaaabd5c"
+        ),
+        "kube-scheduler": "sha256:3e7b57c9d9f06b77f0064e5be7f3df61e0151101160acd5fdecce911df28a189",
+        "kube-proxy": "sha256:71445ec84ad98bd52a7784865a9d31b1b50b56092d3f7699edc39eefd71befe1",
+    },
+}
+
+
+def kubernetes_images(version: str) -> dict[str, str]:
+    """kube-apiserver, kube-controller-manager, kube-scheduler and kube-proxy of one version."""
+    return {
+        name: f"registry.k8s.io/{name}:v{version}@{digest}"
+        for name, digest in KUBERNETES_IMAGES[version].items()
+    }
+
+
+PAUSE_IMAGE = (
+    "registry.k8s.io/pause:3.10"
+    "@sha256:ee6521f290b2168b6e0935a181d4cff9be1ac3f505666ef0e3c98fae8199917a"
+)
+COREDNS_IMAGE = (
+    "registry.k8s.io/coredns/coredns:v1.12.0"
+    "@sha256:40384aa1f5ea6bfdc77997d243aec73da05f27aed0c5e9d65bfa98933c519d97"
+)
 FLANNEL_IMAGE = "ghcr.io/flannel-io/flannel:v0.27.3"
 FLANNEL_CNI_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
 

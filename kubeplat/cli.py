@@ -825,6 +825,44 @@ def etcd_restore(state: State, env: str, snapshot: str, force: bool, timeout_s: 
 
 @cli.command()
 @env_option
+@click.option(
+    "--offline",
+    is_flag=True,
+    help="Only what this kubeplat installs; do not read what the environment runs.",
+)
+@_output_option
+@click.pass_obj
+def versions(state: State, env: str, offline: bool, output_format: str) -> None:
+    """Every pinned component: the version (and digest) this kubeplat installs for the
+    environment, and the one its secrets bucket gives its nodes now (they run it once kubeplat
+    instances says current); kubeplat up moves them from one to the other."""
+    from kubeplat import ops
+    from kubeplat import versions as pinned
+
+    rows = ops.versions(env, state.env_dir, sandbox=state.sandbox, running=not offline)
+    if output_format == "json":
+        console.data_json(pinned.as_json(rows))
+        return
+    headers = ["component", "this kubeplat installs"] + (
+        [] if offline else ["the environment runs"]
+    )
+    body = []
+    for row in rows:
+        line = [row.component, pinned.short(row.installs)]
+        if not offline:
+            line.append(pinned.short(row.runs) + (" (differs)" if row.differs else ""))
+        body.append(line)
+    console.table(headers, body, title="versions")
+    changed = [r.component for r in rows if r.differs]
+    if changed:
+        console.status(
+            f"{len(changed)} component(s) differ: kubeplat up -e {env} installs this kubeplat's",
+            "warn",
+        )
+
+
+@cli.command()
+@env_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write it here.")
 @click.option("--merge", is_flag=True, help="Also merge it into ~/.kube/config (or $KUBECONFIG).")
 @click.pass_obj

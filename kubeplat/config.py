@@ -172,6 +172,7 @@ class Environment:
     audit_log_max_age_days: int = 30
     audit_log_max_backups: int = 10
     audit_log_max_size_mb: int = 100
+    cloud_controller_manager: bool = True
     pod_identity: bool = True
     oidc_bucket_name: str = ""
     warnings: tuple[Problem, ...] = ()

@@ -773,6 +773,24 @@ def instances(
     return inventory.converged(aws, connected.env.secrets_bucket_name, environment, rows)
 
 
+def versions(
+    env: str, env_dir: str | None = None, *, sandbox: bool = False, running: bool = True
+) -> list[Any]:
+    """`kubeplat versions`: what this kubeplat installs for the environment, and (`running`)
+    what its secrets bucket gives its nodes."""
+    from kubeplat import pipeline
+    from kubeplat import versions as table
+
+    environment = config.load(env, env_dir)
+    installs = table.rendered(environment)
+    if not running:
+        return table.table(installs)
+    connected = pipeline.connect(env, env_dir, sandbox, start=False)
+    store = _bucket_store(connected)
+    runs = table.held(connected.env, store) if store is not None else {}
+    return table.table(installs, runs)
+
+
 @dataclass(frozen=True)
 class BucketRow:
     """One row of `kubeplat buckets`."""

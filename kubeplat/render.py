@@ -171,6 +171,13 @@ def _yaml_checked(name: str, text: str) -> bytes:
     return text.encode()
 
 
+def cluster_name(env: Environment) -> str:
+    """The cluster's name for AWS: what `kubernetes.io/cluster/NAME` tags (subnets, security
+    groups, instances, volumes, load balancers) carry, as the module names the environment's
+    resources."""
+    return f"{env.environment}-{env.platform}"
+
+
 def base_context(env: Environment) -> dict[str, Any]:
     """Values every template may use."""
     return {
@@ -196,6 +203,11 @@ def base_context(env: Environment) -> dict[str, Any]:
         "flannel_image": artifacts.FLANNEL_IMAGE,
         "flannel_cni_image": artifacts.FLANNEL_CNI_IMAGE,
         "service_account_issuer": oidc.issuer(env),
+        "cloud_controller_manager": env.cloud_controller_manager,
+        "cluster_name": cluster_name(env),
+        # The layer whose nodes run the API servers (and the controllers beside them).
+        "api_layer": "secure" if env.topology == "stacked" else "control-plane",
+        "images": {**artifacts.IMAGES, **artifacts.kubernetes_images(env.kubernetes_version)},
         "audit_log": env.audit_log,
         "audit_log_max_age_days": env.audit_log_max_age_days,
         "audit_log_max_backups": env.audit_log_max_backups,
@@ -298,6 +310,7 @@ def node_config(env: Environment, layer: Layer) -> dict[str, Any]:
             "config": "/var/lib/kubelet/config.yaml",
             "bootstrap_template": "/etc/kubeplat/bootstrap-kubelet.conf",
             "bootstrap": "/etc/kubernetes/bootstrap-kubelet.conf",
+            "node_env": "/etc/kubernetes/kubelet-node.env",
         },
         "services": services,
         "background": ["kubeplat-addons.service"] if layer.control_plane else [],
@@ -457,9 +470,10 @@ def _addons(env: Environment) -> dict[str, str]:
     found = {}
     for template in sorted((templates_dir() / "addons").glob("*.yaml.j2")):
         name = template.name.removesuffix(".j2")
-        found[name] = _yaml_checked(
-            f"addons/{name}", _render(f"addons/{template.name}", ctx)
-        ).decode()
+        text = _render(f"addons/{template.name}", ctx)
+        if not [line for line in text.splitlines() if line.strip() and not line.startswith("#")]:
+            continue  # an addon the environment turned off
+        found[name] = _yaml_checked(f"addons/{name}", text).decode()
     return found
 
 

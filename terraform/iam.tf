@@ -50,6 +50,91 @@ locals {
       prefix    = "${var.environment}/etcd-backups/"
     }
   }
+  # The AWS cloud controller manager runs on the control plane (host network) with the API
+  # layer's role. Upstream's documented policy (cloud-provider-aws docs/prerequisites.md) less
+  # the EBS volume actions (the EBS CSI driver has its own role) and the route actions (no cloud
+  # routes: the pod network is flannel's): reads anywhere; load balancers, target groups and
+  # security groups made freely (they are tagged with the cluster when made); the security groups
+  # and instances it changes, and the load balancers it deletes, only when they carry the
+  # cluster's tag.
+  no_condition = { test = "", variable = "", values = [] }
+  ccm_statements = {
+    CloudControllerRead = {
+      actions = [
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeTags",
+        "ec2:DescribeAvailabilityZones",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceTopology",
+        "ec2:DescribeRegions",
+        "ec2:DescribeRouteTables",
+        "ec2:DescribeSecurityGroups",
+        "ec2:DescribeSubnets",
+        "ec2:DescribeVpcs",
+        "elasticloadbalancing:DescribeListeners",
+        "elasticloadbalancing:DescribeLoadBalancerAttributes",
+        "elasticloadbalancing:DescribeLoadBalancerPolicies",
+        "elasticloadbalancing:DescribeLoadBalancers",
+        "elasticloadbalancing:DescribeTargetGroups",
+        "elasticloadbalancing:DescribeTargetHealth",
+      ]
+      condition = local.no_condition
+    }
+    CloudControllerMake = {
+      actions = [
+        "ec2:CreateSecurityGroup",
+        "ec2:CreateTags",
+        "elasticloadbalancing:AddTags",
+        "elasticloadbalancing:AttachLoadBalancerToSubnets",
+        "elasticloadbalancing:ApplySecurityGroupsToLoadBalancer",
+        "elasticloadbalancing:ConfigureHealthCheck",
+        "elasticloadbalancing:CreateListener",
+        "elasticloadbalancing:CreateLoadBalancer",
+        "elasticloadbalancing:CreateLoadBalancerListeners",
+        "elasticloadbalancing:CreateLoadBalancerPolicy",
+        "elasticloadbalancing:CreateTargetGroup",
+        "elasticloadbalancing:DeleteListener",
+        "elasticloadbalancing:DeleteLoadBalancerListeners",
+        "elasticloadbalancing:DeleteTargetGroup",
+        "elasticloadbalancing:DeregisterInstancesFromLoadBalancer",
+        "elasticloadbalancing:DeregisterTargets",
+        "elasticloadbalancing:DetachLoadBalancerFromSubnets",
+        "elasticloadbalancing:ModifyListener",
+        "elasticloadbalancing:ModifyLoadBalancerAttributes",
+        "elasticloadbalancing:ModifyTargetGroup",
+        "elasticloadbalancing:RegisterInstancesWithLoadBalancer",
+        "elasticloadbalancing:RegisterTargets",
+        "elasticloadbalancing:SetLoadBalancerPoliciesForBackendServer",
+        "elasticloadbalancing:SetLoadBalancerPoliciesOfListener",
+        "elasticloadbalancing:SetSecurityGroups",
+      ]
+      condition = local.no_condition
+    }
+    CloudControllerChangeTagged = {
+      actions = [
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:DeleteSecurityGroup",
+        "ec2:ModifyInstanceAttribute",
+        "ec2:RevokeSecurityGroupIngress",
+        "elasticloadbalancing:DeleteLoadBalancer",
+      ]
+      condition = {
+        test     = "StringEquals"
+        variable = "aws:ResourceTag/kubernetes.io/cluster/${local.cluster_name}"
+        values   = ["owned", "shared"]
+      }
+    }
+    CloudControllerLinkedRole = {
+      # The first load balancer of an account makes Elastic Load Balancing's service role.
+      actions = ["iam:CreateServiceLinkedRole"]
+      condition = {
+        test     = "StringEquals"
+        variable = "iam:AWSServiceName"
+        values   = ["elasticloadbalancing.amazonaws.com"]
+      }
+    }
+  }
+
   # What each layer may read: its configuration, the common CA certificates, its own PKI, its
   # manifests and its nodes' status reports. Nothing else; pki/locked/ is denied outright.
   readable = {
@@ -216,6 +301,25 @@ data "aws_iam_policy_document" "node" {
         "autoscaling:DescribeLifecycleHooks",
       ]
       resources = ["*"]
+    }
+  }
+
+  dynamic "statement" {
+    # The cloud controller manager's, on the layer that runs the API (local.ccm_statements).
+    for_each = var.cloud_controller_manager && each.key == local.api_layer ? local.ccm_statements : {}
+    content {
+      sid       = statement.key
+      actions   = statement.value.actions
+      resources = ["*"]
+
+      dynamic "condition" {
+        for_each = statement.value.condition.test == "" ? [] : [statement.value.condition]
+        content {
+          test     = condition.value.test
+          variable = condition.value.variable
+          values   = condition.value.values
+        }
+      }
     }
   }
 

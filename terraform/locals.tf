@@ -21,6 +21,11 @@ locals {
     var.customer != "" ? { Customer = var.customer } : {},
   )
 
+  # What the AWS cloud controller manager and the EBS CSI driver know the cluster's resources by
+  # (subnets for load balancers, the one security group of each instance, instances).
+  cluster_name = local.name
+  cluster_tag  = { "kubernetes.io/cluster/${local.name}" = "owned" }
+
   # The layers that get an autoscaling group of their own.
   layers = local.stacked ? ["secure", "compute"] : ["secure", "control-plane", "compute"]
   # The layer whose instances serve the Kubernetes API.

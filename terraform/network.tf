@@ -19,7 +19,12 @@ resource "aws_subnet" "public" {
   availability_zone = local.azs[count.index]
   cidr_block        = cidrsubnet(local.vpc_cidr, 4, count.index)
 
-  tags = { Name = "${local.name}-public-${local.azs[count.index]}", Tier = "public" }
+  # Internet-facing load balancers of Services (the cloud controller manager) go here.
+  tags = merge(local.cluster_tag, {
+    Name                     = "${local.name}-public-${local.azs[count.index]}"
+    Tier                     = "public"
+    "kubernetes.io/role/elb" = "1"
+  })
 }
 
 # Private subnets: the secure layer (etcd, control plane) and the internal load balancers.
@@ -29,7 +34,12 @@ resource "aws_subnet" "private" {
   availability_zone = local.azs[count.index]
   cidr_block        = cidrsubnet(local.vpc_cidr, 4, count.index + 8)
 
-  tags = { Name = "${local.name}-private-${local.azs[count.index]}", Tier = "private" }
+  # Internal load balancers of Services (service.beta.kubernetes.io/aws-load-balancer-internal).
+  tags = merge(local.cluster_tag, {
+    Name                              = "${local.name}-private-${local.azs[count.index]}"
+    Tier                              = "private"
+    "kubernetes.io/role/internal-elb" = "1"
+  })
 }
 
 # The way in and out of the public subnets.

@@ -196,7 +196,7 @@ resource "aws_autoscaling_group" "node" {
   }
 
   dynamic "tag" {
-    for_each = merge(local.tags, { Name = "${var.environment}-${each.key}", Layer = each.key })
+    for_each = merge(local.tags, local.cluster_tag, { Name = "${var.environment}-${each.key}", Layer = each.key })
     content {
       key                 = tag.key
       value               = tag.value

@@ -11,7 +11,9 @@ resource "aws_security_group" "layer" {
   description = "kubeplat ${each.key} layer of ${var.environment}"
   vpc_id      = aws_vpc.main.id
 
-  tags = { Name = "${local.name}-${each.key}", Layer = each.key }
+  # Each instance has this one group: the cloud controller manager opens it to the load
+  # balancers of Services (it needs exactly one group of an instance to carry the cluster tag).
+  tags = merge(local.cluster_tag, { Name = "${local.name}-${each.key}", Layer = each.key })
 }
 
 # Nodes reach the internet for packages and pinned binaries (through the NAT gateway for private ones).

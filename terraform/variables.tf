@@ -388,3 +388,9 @@ variable "oidc_bucket_name" {
   default     = ""
   description = "The bucket the service-account issuer's documents are published in (public: those documents only; no dots, for TLS). Empty means <secrets_bucket_name>-oidc. Example: \"acme-kubeplat-oidc\"."
 }
+
+variable "cloud_controller_manager" {
+  type        = bool
+  default     = true
+  description = "Run the AWS cloud controller manager on the control plane: nodes get their provider ids, zones and addresses from EC2, Services of type LoadBalancer get a network load balancer, and a terminated instance's Node object goes. false registers kubelets without a cloud provider. Example: true."
+}

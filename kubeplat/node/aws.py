@@ -47,11 +47,14 @@ def imds(path: str) -> str:
 class Identity:
     """Who this instance is, from the metadata service."""
 
-    def __init__(self, instance_id: str, region: str, private_ip: str, hostname: str) -> None:
+    def __init__(
+        self, instance_id: str, region: str, private_ip: str, hostname: str, zone: str = ""
+    ) -> None:
         self.instance_id = instance_id
         self.region = region
         self.private_ip = private_ip
         self.hostname = hostname
+        self.zone = zone
 
     @classmethod
     def read(cls) -> Identity:
@@ -60,7 +63,14 @@ class Identity:
             imds("meta-data/placement/region"),
             imds("meta-data/local-ipv4"),
             imds("meta-data/local-hostname"),
+            imds("meta-data/placement/availability-zone"),
         )
+
+    @property
+    def provider_id(self) -> str:
+        """The node's id for the AWS cloud provider (its cloud controller manager, the EBS CSI
+        driver): `aws:///ZONE/INSTANCE`."""
+        return f"aws:///{self.zone}/{self.instance_id}"
 
 
 def session() -> Any:

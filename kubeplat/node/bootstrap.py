@@ -140,8 +140,18 @@ class Bootstrap:
             resolved = self.path("/run/systemd/resolve/resolv.conf")
             resolv = "/run/systemd/resolve/resolv.conf" if resolved.exists() else "/etc/resolv.conf"
             template = self.path(kubelet["config_template"]).read_text()
-            _write(self.path(kubelet["config"]), template.replace("@RESOLV_CONF@", resolv), 0o644)
+            template = template.replace("@RESOLV_CONF@", resolv)
             done.append(f"kubelet resolvConf {resolv}")
+            if kubelet.get("node_env"):
+                # The node's name is the instance's private DNS name, its address the private
+                # one, its provider id the instance's: what the AWS cloud controller manager
+                # and the EBS CSI driver find the instance by.
+                me = aws.Identity.read()
+                template = template.replace("@PROVIDER_ID@", me.provider_id)
+                args = f"--hostname-override={me.hostname} --node-ip={me.private_ip}"
+                _write(self.path(kubelet["node_env"]), f'KUBELET_NODE_ARGS="{args}"\n', 0o644)
+                done.append(f"node {me.hostname} ({me.provider_id})")
+            _write(self.path(kubelet["config"]), template, 0o644)
             if kubelet.get("bootstrap_template"):
                 # It names the token file (tokenFile), which the agent keeps in step.
                 text = self.path(kubelet["bootstrap_template"]).read_text()

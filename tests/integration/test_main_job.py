@@ -250,11 +250,39 @@ def check_day_two(user: dict[str, str], tmp_path: Path) -> None:
     # Back to the shipped templates, so the environment is as `up` left it.
     assert kubeplat(user, "manifests", "push", "-e", "example").stdout.split() == proxies
 
+    # `kubeplat versions` (issue 18): what the bucket gives the nodes against what this
+    # kubeplat installs: the same after up; an older kube-proxy pushed shows as differing.
+    def versions() -> dict[str, dict[str, str]]:
+        shown = kubeplat(user, "versions", "-e", "example", "-o", "json")
+        assert shown.returncode == 0, shown.stderr
+        return {row["component"]: row for row in json.loads(shown.stdout)}
+
+    rows = versions()
+    assert {"kubelet", "etcd", "registry.k8s.io/kube-apiserver"} <= set(rows)
+    assert all(row["runs"] == row["installs"] for row in rows.values()), rows
+    older = templates / "manifests" / "node" / "kube-proxy.yaml.j2"
+    older.write_text(
+        (REPO / "templates/manifests/node/kube-proxy.yaml.j2")
+        .read_text()
+        .replace('{{ images["kube-proxy"] }}', "registry.k8s.io/kube-proxy:v1.33.4")
+    )
+    kubeplat(
+        {**user, "KUBEPLAT_TEMPLATES_DIR": str(templates)}, "manifests", "push", "-e", "example"
+    )
+    proxy_row = versions()["registry.k8s.io/kube-proxy"]
+    assert proxy_row["installs"].startswith("v1.33.5@sha256:")
+    assert proxy_row["runs"] == "v1.33.4"
+    table = kubeplat(user, "versions", "-e", "example")
+    assert "v1.33.4 (differs)" in table.stdout
+    assert "1 component(s) differ: kubeplat up -e example installs this kubeplat's" in table.stderr
+    assert kubeplat(user, "manifests", "push", "-e", "example").stdout.split() == proxies
+
 
 @pytest.mark.parametrize(
     "args",
     [
         ("instances", "-e", "nope"),
+        ("versions", "-e", "nope"),
         ("kubeconfig", "-e", "nope"),
         ("ssh", "-e", "nope", "--print", "i-1"),
         ("manifests", "push", "-e", "nope"),

@@ -94,6 +94,32 @@ def check_groups_and_instances(workdir: Path, files: dict[str, bytes]) -> None:
     templates = boto3.client("ec2").describe_launch_templates()["LaunchTemplates"]
     templates = [t for t in templates if t["LaunchTemplateName"].startswith("example-")]
     assert len(templates) == 2
+    # What the cloud controller manager finds the cluster's resources by (issue 18): every
+    # subnet with its load balancer role, each layer's one security group, every instance.
+    cluster = ("kubernetes.io/cluster/example-kube", "owned")
+    for group in (secure, compute):
+        assert {t["Key"]: t["Value"] for t in group["Tags"]}[cluster[0]] == cluster[1]
+    ec2 = boto3.client("ec2")
+    subnets = ec2.describe_subnets(Filters=[{"Name": "tag:Environment", "Values": ["example"]}])
+    roles = []
+    for subnet in subnets["Subnets"]:
+        tags = {t["Key"]: t["Value"] for t in subnet["Tags"]}
+        assert tags[cluster[0]] == cluster[1]
+        roles.append(
+            (
+                tags["Tier"],
+                tags.get("kubernetes.io/role/elb"),
+                tags.get("kubernetes.io/role/internal-elb"),
+            )
+        )
+    assert set(roles) == {("public", "1", None), ("private", None, "1")}
+    groups_of_layers = ec2.describe_security_groups(
+        Filters=[{"Name": f"tag:{cluster[0]}", "Values": [cluster[1]]}]
+    )["SecurityGroups"]
+    assert sorted(g["GroupName"] for g in groups_of_layers) == [
+        "example-kube-compute",
+        "example-kube-secure",
+    ]
     for template in templates:
         data = boto3.client("ec2").describe_launch_template_versions(
             LaunchTemplateId=template["LaunchTemplateId"]
@@ -202,6 +228,26 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
         assert not allowed(policy, "s3:GetObject", f"{obj}/staged/{'0' * 64}")
         assert not allowed(policy, "s3:ListBucket", bucket, prefix=f"{env.environment}/staged/")
         assert not allowed(policy, "s3:PutObject", f"{obj}/manifests/secure/x.yaml")
+    # The AWS cloud controller manager (issue 18) runs with the API layer's role: it reads, and
+    # makes load balancers; it changes or deletes only what carries the cluster's tag.
+    tag = "aws:ResourceTag/kubernetes.io/cluster/example-kube"
+    group = "arn:aws:ec2:eu-west-1:123456789012:security-group/sg-1"
+    assert allowed(secure, "elasticloadbalancing:CreateLoadBalancer", "*")
+    assert allowed(secure, "ec2:DescribeSubnets", "*")
+    assert allowed(secure, "ec2:AuthorizeSecurityGroupIngress", group, context={tag: "owned"})
+    assert not allowed(secure, "ec2:AuthorizeSecurityGroupIngress", group)
+    assert not allowed(
+        secure, "elasticloadbalancing:DeleteLoadBalancer", "arn:lb", context={tag: "x"}
+    )
+    assert not allowed(secure, "ec2:CreateVolume", "*")  # volumes are the EBS CSI driver's
+    assert not allowed(secure, "ec2:CreateRoute", "*")  # no cloud routes: flannel's network
+    linked = {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}
+    assert allowed(secure, "iam:CreateServiceLinkedRole", "*", context=linked)
+    assert not allowed(
+        secure, "iam:CreateServiceLinkedRole", "*", context={"iam:AWSServiceName": "x"}
+    )
+    assert not allowed(compute, "elasticloadbalancing:CreateLoadBalancer", "*")
+    assert not allowed(compute, "ec2:AuthorizeSecurityGroupIngress", group, context={tag: "owned"})
     # The key Secrets are encrypted with: raw, locked from every node; the config made from
     # it, only where an API server runs.
     for policy in (secure, compute):

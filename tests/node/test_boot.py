@@ -283,6 +283,12 @@ def test_files_and_modes_as_rendered(cluster: Cluster, tmp_path: Path) -> None:
         # The kubelet STAND-IN checked its flags and files and is running.
         seen = json.loads(node.read("/run/kubelet-standin.json"))
         assert seen["args"]["config"] == "/var/lib/kubelet/config.yaml"
+        # Named, addressed and identified as the instance (the metadata service's answers), as
+        # the AWS cloud controller manager finds it; its cloud work left to that (issue 18).
+        assert seen["args"]["hostname-override"] == node.spec.hostname
+        assert seen["args"]["node-ip"] == node.spec.private_ip
+        assert seen["args"]["cloud-provider"] == "external"
+        assert config["providerID"] == f"aws:///{node.spec.availability_zone}/{instance}"
 
 
 def test_private_keys_only_where_their_component_runs(cluster: Cluster) -> None:

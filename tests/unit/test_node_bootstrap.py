@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from kubeplat.node import bootstrap, steps
+from tests import imds_standin
 
 STANDINS = {
     # A package database: one name a line in $KP_ROOT/installed.
@@ -166,3 +167,36 @@ def test_a_whole_bootstrap_records_every_step(root: Path, tmp_path: Path) -> Non
         ("kernel", "done"),
         ("services", "done"),
     ]
+
+
+def test_configure_names_the_node_after_its_instance(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kubelet registers as the instance's private DNS name, with its private address and
+    its provider id (what the AWS cloud controller manager and the EBS CSI driver find it by),
+    read from the instance metadata (an IMDSv2 stand-in here)."""
+    (root / "etc/kubeplat").mkdir()
+    template = 'resolvConf: "@RESOLV_CONF@"\nproviderID: "@PROVIDER_ID@"\n'
+    (root / "etc/kubeplat/kubelet-config.yaml").write_text(template)
+    kubelet = {
+        "config_template": "/etc/kubeplat/kubelet-config.yaml",
+        "config": "/var/lib/kubelet/config.yaml",
+        "node_env": "/etc/kubernetes/kubelet-node.env",
+    }
+    meta = {
+        "instance-id": "i-0abc",
+        "placement/region": "eu-west-1",
+        "placement/availability-zone": "eu-west-1b",
+        "local-ipv4": "10.0.144.7",
+        "local-hostname": "ip-10-0-144-7.eu-west-1.compute.internal",
+    }
+    with imds_standin.serving(meta) as server:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", server.url)
+        note = node(root, kubelet=kubelet).configure()
+    assert "node ip-10-0-144-7.eu-west-1.compute.internal (aws:///eu-west-1b/i-0abc)" in note
+    config = (root / "var/lib/kubelet/config.yaml").read_text()
+    assert 'providerID: "aws:///eu-west-1b/i-0abc"' in config
+    assert (root / "etc/kubernetes/kubelet-node.env").read_text() == (
+        'KUBELET_NODE_ARGS="--hostname-override=ip-10-0-144-7.eu-west-1.compute.internal '
+        '--node-ip=10.0.144.7"\n'
+    )

@@ -1,0 +1,88 @@
+"""The AWS cloud controller manager as rendered: kubelets and the controller-manager hand their
+cloud work to it, it runs where the API does, pinned by digest; off, nothing of it is rendered.
+(`kubernetes-validate --strict` reads the addon in tests/integration/test_render_consumers.py;
+the module's tags and the API layer's IAM statements are in test_module_apply.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubeplat import artifacts, config, render
+
+ADDON = "/etc/kubernetes/addons/aws-cloud-controller-manager.yaml"
+
+
+@pytest.fixture
+def env(environments: Path) -> config.Environment:
+    return config.load("example")
+
+
+def files_of(env: config.Environment, layer_name: str) -> dict[str, str]:
+    layer = next(x for x in render.layers(env) if x.name == layer_name)
+    return {f["path"]: f["content"] for f in render._node_files(env, layer)}
+
+
+def controller_manager(env: config.Environment, layer_name: str) -> list[str]:
+    layer = next(x for x in render.layers(env) if x.name == layer_name)
+    text = render.manifests(env, layer)[f"manifests/{layer_name}/kube-controller-manager.yaml"]
+    return list(yaml.safe_load(text)["spec"]["containers"][0]["command"])
+
+
+def documents(text: str) -> dict[str, Any]:
+    return {d["kind"]: d for d in yaml.safe_load_all(text) if d}
+
+
+@pytest.mark.parametrize(
+    ("topology", "api_layer"), [("stacked", "secure"), ("separate", "control-plane")]
+)
+def test_the_cloud_work_goes_to_the_cloud_controller_manager_where_the_api_runs(
+    env: config.Environment, topology: str, api_layer: str
+) -> None:
+    env = dataclasses.replace(env, topology=topology)
+    for layer in render.layers(env):
+        unit = files_of(env, layer.name)["/etc/systemd/system/kubelet.service"]
+        assert "--cloud-provider=external" in unit
+        assert "EnvironmentFile=/etc/kubernetes/kubelet-node.env" in unit
+        assert "$KUBELET_NODE_ARGS" in unit
+        config_template = files_of(env, layer.name)["/etc/kubeplat/kubelet-config.yaml"]
+        assert 'providerID: "@PROVIDER_ID@"' in config_template
+    assert "--cloud-provider=external" in controller_manager(env, api_layer)
+    addon = documents(files_of(env, api_layer)[ADDON])
+    assert ADDON not in files_of(env, "compute")
+    daemon = addon["DaemonSet"]["spec"]["template"]["spec"]
+    assert daemon["nodeSelector"] == {"node.kubeplat.io/layer": api_layer}
+    assert daemon["hostNetwork"] is True
+    assert {"key": "node.cloudprovider.kubernetes.io/uninitialized", "value": "true",
+            "effect": "NoSchedule"} in daemon["tolerations"]  # fmt: skip
+    [container] = daemon["containers"]
+    assert container["image"] == artifacts.IMAGES["aws-cloud-controller-manager"]
+    assert "@sha256:" in container["image"] and ":v1.33." in container["image"]
+    assert f"--cluster-name={render.cluster_name(env)}" in container["args"]
+    assert "--configure-cloud-routes=false" in container["args"]
+    assert addon["ConfigMap"]["data"]["cloud.conf"] == (
+        f"[Global]\nKubernetesClusterID = {render.cluster_name(env)}\n"
+    )
+
+
+def test_the_cluster_name_is_the_modules_tag(env: config.Environment) -> None:
+    """The tag the CCM looks for is the one Terraform puts on subnets, groups and instances."""
+    locals_tf = (Path(render.__file__).parent.parent / "terraform" / "locals.tf").read_text()
+    assert 'name     = "${var.environment}-${var.platform}"' in locals_tf
+    assert '"kubernetes.io/cluster/${local.name}" = "owned"' in locals_tf
+    assert render.cluster_name(env) == f"{env.environment}-{env.platform}"
+
+
+def test_off_renders_no_cloud_controller_and_no_external_provider(
+    env: config.Environment,
+) -> None:
+    off = dataclasses.replace(env, cloud_controller_manager=False)
+    for layer in render.layers(off):
+        files = files_of(off, layer.name)
+        assert "--cloud-provider" not in files["/etc/systemd/system/kubelet.service"]
+        assert ADDON not in files
+    assert not [f for f in controller_manager(off, "secure") if f.startswith("--cloud-provider")]
