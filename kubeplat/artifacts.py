@@ -85,6 +85,9 @@ RUNTIME = (
 IMAGES = {
     "aws-cloud-controller-manager": "registry.k8s.io/provider-aws/cloud-controller-manager:v1.33.4"
     "@sha256:b54bc094711e9d7ace6c9bab3d6f02a598e7570ac1fedd6341940e1de79ea476",
+    # 0.8.x serves Kubernetes 1.31 and later (its README's matrix).
+    "metrics-server": "registry.k8s.io/metrics-server/metrics-server:v0.8.0"
+    "@sha256:89258156d0e9af60403eafd44da9676fd66f600c7934d468ccc17e42b199aee2",
 }
 # The control plane's and kube-proxy's images of each Kubernetes version (a version without
 # them cannot be rendered, as without its binaries' digests).

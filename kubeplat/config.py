@@ -173,6 +173,7 @@ class Environment:
     audit_log_max_backups: int = 10
     audit_log_max_size_mb: int = 100
     cloud_controller_manager: bool = True
+    metrics_server: bool = True
     pod_identity: bool = True
     oidc_bucket_name: str = ""
     warnings: tuple[Problem, ...] = ()

@@ -204,6 +204,7 @@ def base_context(env: Environment) -> dict[str, Any]:
         "flannel_cni_image": artifacts.FLANNEL_CNI_IMAGE,
         "service_account_issuer": oidc.issuer(env),
         "cloud_controller_manager": env.cloud_controller_manager,
+        "metrics_server": env.metrics_server,
         "cluster_name": cluster_name(env),
         # The layer whose nodes run the API servers (and the controllers beside them).
         "api_layer": "secure" if env.topology == "stacked" else "control-plane",

@@ -394,3 +394,9 @@ variable "cloud_controller_manager" {
   default     = true
   description = "Run the AWS cloud controller manager on the control plane: nodes get their provider ids, zones and addresses from EC2, Services of type LoadBalancer get a network load balancer, and a terminated instance's Node object goes. false registers kubelets without a cloud provider. Example: true."
 }
+
+variable "metrics_server" {
+  type        = bool
+  default     = true
+  description = "Run metrics-server: the resource metrics API that kubectl top and the HorizontalPodAutoscaler read. Example: true."
+}

@@ -86,3 +86,30 @@ def test_off_renders_no_cloud_controller_and_no_external_provider(
         assert "--cloud-provider" not in files["/etc/systemd/system/kubelet.service"]
         assert ADDON not in files
     assert not [f for f in controller_manager(off, "secure") if f.startswith("--cloud-provider")]
+
+
+METRICS = "/etc/kubernetes/addons/metrics-server.yaml"
+
+
+def test_metrics_server_checks_kubelets_with_the_kubelet_ca_every_node_has(
+    env: config.Environment,
+) -> None:
+    from kubeplat import pki
+
+    text = files_of(env, "secure")[METRICS]
+    kinds = [d["kind"] for d in yaml.safe_load_all(text) if d]
+    assert "APIService" in kinds and "Deployment" in kinds
+    deployment = documents(text)["Deployment"]["spec"]["template"]["spec"]
+    [container] = deployment["containers"]
+    assert container["image"] == artifacts.IMAGES["metrics-server"]
+    assert "@sha256:" in container["image"]
+    ca_arg = next(a for a in container["args"] if a.startswith("--kubelet-certificate-authority="))
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "kubelet-ca")
+    assert ca_arg.split("=", 1)[1] == mount["mountPath"]
+    host = next(v for v in deployment["volumes"] if v["name"] == "kubelet-ca")["hostPath"]["path"]
+    # The file the node agent keeps in step on every node: the kubelet CA bundle in pki/common/.
+    placed = render.pki_layout(env, pki.ensure(env, {}).files)
+    assert host == "/etc/kubernetes/pki/kubelet-serving-ca.crt"
+    assert placed["common/kubelet-serving-ca.crt"].startswith(b"-----BEGIN CERTIFICATE-----")
+    off = dataclasses.replace(env, metrics_server=False)
+    assert METRICS not in files_of(off, "secure")
