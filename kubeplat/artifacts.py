@@ -85,6 +85,19 @@ RUNTIME = (
 IMAGES = {
     "aws-cloud-controller-manager": "registry.k8s.io/provider-aws/cloud-controller-manager:v1.33.4"
     "@sha256:b54bc094711e9d7ace6c9bab3d6f02a598e7570ac1fedd6341940e1de79ea476",
+    # The EBS CSI driver and the Kubernetes CSI sidecars its controller and node plugin run.
+    "aws-ebs-csi-driver": "registry.k8s.io/provider-aws/aws-ebs-csi-driver:v1.63.1"
+    "@sha256:150de06f37bd1bc2ae09e311029edb4a14889b215f59ca3d4ba4e37f4668e867",
+    "csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:v6.0.0"
+    "@sha256:0c537015fe9cf9d53d79d0181e17a78ee784303cd46bf957016605488f212327",
+    "csi-attacher": "registry.k8s.io/sig-storage/csi-attacher:v4.10.0"
+    "@sha256:be59d0556508d3dd419cc34c53062f170a28902ef36e832b947c7796458a083d",
+    "csi-resizer": "registry.k8s.io/sig-storage/csi-resizer:v2.0.0"
+    "@sha256:4a95d94e57ad82f6977cd8d4fdcfcfc0b83f02d990e4e7715b688c20970a906d",
+    "livenessprobe": "registry.k8s.io/sig-storage/livenessprobe:v2.17.0"
+    "@sha256:9b75b9ade162136291d5e8f13a1dfc3dec71ee61419b1bfc112e0796ff8a6aa9",
+    "csi-node-driver-registrar": "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.15.0"
+    "@sha256:11f199f6bec47403b03cb49c79a41f445884b213b382582a60710b8c6fdc316a",
     # 0.8.x serves Kubernetes 1.31 and later (its README's matrix).
     "metrics-server": "registry.k8s.io/metrics-server/metrics-server:v0.8.0"
     "@sha256:89258156d0e9af60403eafd44da9676fd66f600c7934d468ccc17e42b199aee2",

@@ -174,6 +174,7 @@ class Environment:
     audit_log_max_size_mb: int = 100
     cloud_controller_manager: bool = True
     metrics_server: bool = True
+    ebs_csi_driver: bool = True
     pod_identity: bool = True
     oidc_bucket_name: str = ""
     warnings: tuple[Problem, ...] = ()
@@ -954,6 +955,13 @@ def _check_buckets(values: Mapping[str, Any]) -> Iterator[_Finding]:
             )
     secrets, state = values.get("secrets_bucket_name"), values.get("terraform_bucket_name")
     yield from _check_oidc_bucket(values, secrets)
+    if values.get("ebs_csi_driver") is True and values.get("pod_identity") is False:
+        yield (
+            "ebs_csi_driver",
+            "needs pod_identity: the driver's controller assumes a role of its own",
+            "set pod_identity = true, or ebs_csi_driver = false",
+            False,
+        )
     if isinstance(secrets, str) and secrets == state:
         yield (
             "terraform_bucket_name",

@@ -171,6 +171,12 @@ def _yaml_checked(name: str, text: str) -> bytes:
     return text.encode()
 
 
+def _partition(region: str) -> str:
+    from kubeplat import state
+
+    return state.partition(region)
+
+
 def cluster_name(env: Environment) -> str:
     """The cluster's name for AWS: what `kubernetes.io/cluster/NAME` tags (subnets, security
     groups, instances, volumes, load balancers) carry, as the module names the environment's
@@ -205,6 +211,9 @@ def base_context(env: Environment) -> dict[str, Any]:
         "service_account_issuer": oidc.issuer(env),
         "cloud_controller_manager": env.cloud_controller_manager,
         "metrics_server": env.metrics_server,
+        "ebs_csi_driver": env.ebs_csi_driver and env.pod_identity,
+        "kms_key": env.kms_master_id,
+        "partition": _partition(env.aws_region),
         "cluster_name": cluster_name(env),
         # The layer whose nodes run the API servers (and the controllers beside them).
         "api_layer": "secure" if env.topology == "stacked" else "control-plane",

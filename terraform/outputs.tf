@@ -60,3 +60,13 @@ output "oidc_provider_arn" {
   description = "ARN of the IAM OpenID Connect provider a pod role's trust policy names as Federated principal (empty when pod_identity is off)."
   value       = var.pod_identity ? aws_iam_openid_connect_provider.pods[0].arn : ""
 }
+
+# The EBS CSI driver's role and its policies, for review and tests.
+output "ebs_csi_role" {
+  description = "The EBS CSI driver controller's role: ARN, trust policy and permissions (empty when off)."
+  value = local.ebs_csi ? {
+    arn    = aws_iam_role.ebs_csi[0].arn
+    trust  = data.aws_iam_policy_document.ebs_csi_trust[0].json
+    policy = data.aws_iam_policy_document.ebs_csi[0].json
+  } : null
+}

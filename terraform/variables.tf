@@ -400,3 +400,9 @@ variable "metrics_server" {
   default     = true
   description = "Run metrics-server: the resource metrics API that kubectl top and the HorizontalPodAutoscaler read. Example: true."
 }
+
+variable "ebs_csi_driver" {
+  type        = bool
+  default     = true
+  description = "Run the Amazon EBS CSI driver with a default gp3 StorageClass (volumes encrypted with kms_master_id, made in the zone of the pod that uses them); its controller assumes a role of its own through pod_identity, which it needs. Example: true."
+}

@@ -26,6 +26,7 @@ class StandIn(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.meta = meta
         self.other = other
+        self.dynamic: dict[str, str] = {}  # `dynamic/<path>`: the instance identity document
         self.credential_delay_s = 0.0
         self.has_role = True
 
@@ -79,6 +80,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 "LastUpdated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
             return self.answer(200, json.dumps(document))
+        dynamic = "/latest/dynamic/"
+        if self.path.startswith(dynamic) and self.path[len(dynamic) :] in self.server.dynamic:
+            return self.answer(200, self.server.dynamic[self.path[len(dynamic) :]])
         meta = "/latest/meta-data/"
         if self.path.startswith(meta) and self.path[len(meta) :] in self.server.meta:
             return self.answer(200, self.server.meta[self.path[len(meta) :]])

@@ -20,6 +20,7 @@ COMMANDS = {
         "approve kubelet serving certificates of this environment's nodes",
     ),
     "status": ("", "print this node's bootstrap record"),
+    "account": ("", "print this instance's AWS account id (its identity document)"),
 }
 
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args[0] == "status":
         return status(Path(args[1]) if len(args) > 1 else Path("/var/lib/kubeplat/status.json"))
+    if args[0] == "account":
+        return account()
     module = importlib.import_module(f".{COMMANDS[args[0]][0]}", __package__)
     from .aws import NoCredentials
 
@@ -57,3 +60,16 @@ def status(path: Path) -> int:
     if data.get("health"):
         print(f"  health: {data['health']}")
     return {"done": 0, "failed": 1}.get(str(data.get("state")), 3)
+
+
+def account() -> int:
+    """The account id of this instance, from its identity document (the instance metadata)."""
+    from .aws import imds
+
+    try:
+        document = json.loads(imds("dynamic/instance-identity/document"))
+        print(document["accountId"])
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"kubeplat-node account: no identity document: {exc}", file=sys.stderr)
+        return 1
+    return 0

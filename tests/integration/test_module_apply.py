@@ -64,6 +64,48 @@ def test_apply_builds_both_layers_then_destroys(applied) -> None:  # type: ignor
     env, workdir, files = applied
     check_groups_and_instances(workdir, files)
     check_node_roles_read_their_own_prefixes_only(env, workdir)
+    check_the_ebs_drivers_own_role(env, workdir)
+
+
+def check_the_ebs_drivers_own_role(env: config.Environment, workdir: Path) -> None:
+    """Issue 18: only the driver's service account, with a token for STS, may assume it; it
+    manages only the cluster's volumes, and uses the key only through EC2."""
+    role = json.loads(tf(workdir, "output", "-json", "ebs_csi_role").stdout)
+    trust, policy = json.loads(role["trust"]), json.loads(role["policy"])
+    issuer = "kubeplat-example-secrets-oidc.s3.eu-west-1.amazonaws.com/example"
+    [statement] = trust["Statement"]
+    assert statement["Principal"] == {
+        "Federated": f"arn:aws:iam::123456789012:oidc-provider/{issuer}"
+    }
+
+    def assumes(subject: str, audience: str) -> bool:
+        context = {f"{issuer}:sub": subject, f"{issuer}:aud": audience}
+        return allowed(trust, "sts:AssumeRoleWithWebIdentity", "*", context=context)
+
+    own = "system:serviceaccount:kube-system:ebs-csi-controller-sa"
+    assert assumes(own, "sts.amazonaws.com")
+    assert not assumes("system:serviceaccount:default:app", "sts.amazonaws.com")
+    assert not assumes("system:serviceaccount:kube-system:ebs-csi-node-sa", "sts.amazonaws.com")
+    assert not assumes(own, "https://kubernetes.default.svc.cluster.local")
+    assert not allowed(trust, "sts:AssumeRole", "*")
+    volume = "arn:aws:ec2:eu-west-1:123456789012:volume/vol-1"
+    tag = "kubernetes.io/cluster/example-kube"
+    assert allowed(policy, "ec2:CreateVolume", volume, context={f"aws:RequestTag/{tag}": "owned"})
+    assert not allowed(policy, "ec2:CreateVolume", volume)
+    mine = {f"ec2:ResourceTag/{tag}": "owned"}
+    for action in ("ec2:DeleteVolume", "ec2:AttachVolume", "ec2:ModifyVolume"):
+        assert allowed(policy, action, volume, context=mine), action
+        assert not allowed(policy, action, volume), action  # another cluster's, or untagged
+    key = boto3.client("kms").describe_key(KeyId=env.kms_master_id)["KeyMetadata"]["Arn"]
+    through_ec2 = {"kms:ViaService": "ec2.eu-west-1.amazonaws.com"}
+    assert allowed(policy, "kms:GenerateDataKeyWithoutPlaintext", key, context=through_ec2)
+    assert not allowed(policy, "kms:Decrypt", key)  # a ciphertext handed to KMS directly
+    grant = {"kms:GrantIsForAWSResource": "true"}
+    assert allowed(policy, "kms:CreateGrant", key, context=grant)
+    assert not allowed(
+        policy, "kms:CreateGrant", key, context={"kms:GrantIsForAWSResource": "false"}
+    )
+    assert not allowed(policy, "s3:GetObject", "arn:aws:s3:::kubeplat-example-secrets/example/x")
 
 
 def check_groups_and_instances(workdir: Path, files: dict[str, bytes]) -> None:
@@ -168,6 +210,9 @@ def allowed(
                 elif operator == "StringLike":
                     if not any(fnmatch.fnmatchcase(actual, v) for v in listed(wanted)):
                         return False
+                elif operator == "Bool":
+                    if actual.lower() not in [str(v).lower() for v in listed(wanted)]:
+                        return False
                 else:
                     raise AssertionError(f"the test's IAM evaluator does not know {operator}")
         return True
@@ -175,7 +220,10 @@ def allowed(
     def matches(statement: dict[str, Any]) -> bool:
         if not any(fnmatch.fnmatchcase(action, a) for a in listed(statement["Action"])):
             return False
-        if not any(fnmatch.fnmatchcase(resource, r) for r in listed(statement["Resource"])):
+        # A trust policy names no resource (the role is the resource).
+        if not any(
+            fnmatch.fnmatchcase(resource, r) for r in listed(statement.get("Resource", "*"))
+        ):
             return False
         return conditions_hold(statement)
 

@@ -25,7 +25,12 @@ args = sys.argv[1:]
 stdin = sys.stdin.read() if "-" in args else ""
 with open(os.environ["KUBECTL_LOG"], "a") as log:
     log.write(json.dumps({"args": args, "stdin": stdin}) + "\n")
-if args[:3] == ["-n", "kube-system", "create"]:
+if args[:4] == ["-n", "kube-system", "create", "configmap"]:
+    data = dict(a.split("=", 1)[1].split("=", 1) for a in args if a.startswith("--from-literal="))
+    print(yaml.safe_dump({"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": args[4], "namespace": "kube-system"},
+                          "data": data}))
+elif args[:3] == ["-n", "kube-system", "create"]:
     name, data, kind = args[5], {}, ""
     for arg in args[6:]:
         if arg.startswith("--from-file="):
@@ -68,9 +73,17 @@ def run(text: str, root: Path, files: dict[str, bytes]) -> list[dict[str, object
             (pki_dir / name).write_bytes(files[name])
     (root / "etc/kubernetes/addons").mkdir(exist_ok=True)
     program = root / "apply-addons"
-    program.write_text(text.replace("/etc/kubernetes", str(root / "etc/kubernetes")))
     bin_dir = root / "bin"
     bin_dir.mkdir(exist_ok=True)
+    # The node program that reads the instance's identity: a STAND-IN (no metadata service).
+    node_program = bin_dir / "kubeplat-node"
+    node_program.write_text('#!/bin/sh\n[ "$1" = account ] && echo 123456789012\n')
+    node_program.chmod(0o755)
+    program.write_text(
+        text.replace("/etc/kubernetes", str(root / "etc/kubernetes")).replace(
+            "/opt/kubeplat/bin/kubeplat-node", str(node_program)
+        )
+    )
     (bin_dir / "kubectl").write_text(KUBECTL.replace("PYTHON", sys.executable))
     os.chmod(bin_dir / "kubectl", 0o755)
     log = root / "kubectl.log"
@@ -121,8 +134,16 @@ def test_the_token_reaches_the_cluster_with_its_expiry_and_replaces_the_last(
          f"kubeplat.io/bootstrap-token=environment,kubeplat.io/token-id!={token_id}"],
     ]  # fmt: skip
     assert token not in json.dumps([c["args"] for c in calls]), "the secret is never an argument"
-    # The addons are applied after the token.
+    # The addons are applied after the token, and after the account the cluster runs in (for
+    # the addons' role ARNs).
     assert calls[-1]["args"][:3] == ["apply", "--server-side", "--force-conflicts"]  # type: ignore[index]
+    (account,) = [
+        yaml.safe_load(str(c["stdin"]))
+        for c in calls
+        if c["args"] == ["apply", "-f", "-"] and "ConfigMap" in str(c["stdin"])
+    ]
+    assert account["metadata"]["name"] == "kubeplat-aws"
+    assert account["data"] == {"account-id": "123456789012"}
 
     # A token from before tokens expired (no date on the node): applied without one.
     older = {k: v for k, v in files.items() if k != "bootstrap-token-expiration"}

@@ -113,3 +113,62 @@ def test_metrics_server_checks_kubelets_with_the_kubelet_ca_every_node_has(
     assert placed["common/kubelet-serving-ca.crt"].startswith(b"-----BEGIN CERTIFICATE-----")
     off = dataclasses.replace(env, metrics_server=False)
     assert METRICS not in files_of(off, "secure")
+
+
+EBS = "/etc/kubernetes/addons/ebs-csi-driver.yaml"
+
+
+def test_the_ebs_driver_assumes_its_own_role_and_volumes_are_encrypted_gp3(
+    env: config.Environment,
+) -> None:
+    text = files_of(env, "secure")[EBS]
+    objects = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(text) if d}
+    storage = objects[("StorageClass", "gp3")]
+    assert storage["metadata"]["annotations"] == {
+        "storageclass.kubernetes.io/is-default-class": "true"
+    }
+    assert storage["provisioner"] == "ebs.csi.aws.com"
+    assert storage["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert storage["parameters"]["type"] == "gp3"
+    assert storage["parameters"]["encrypted"] == "true"
+    assert storage["parameters"]["kmsKeyId"] == env.kms_master_id
+    controller = objects[("Deployment", "ebs-csi-controller")]["spec"]["template"]["spec"]
+    assert controller["serviceAccountName"] == "ebs-csi-controller-sa"
+    plugin = next(c for c in controller["containers"] if c["name"] == "ebs-plugin")
+    env_vars = {e["name"]: e for e in plugin["env"]}
+    # The role's account from the ConfigMap apply-addons writes, the name Terraform gives it.
+    assert env_vars["AWS_ACCOUNT_ID"]["valueFrom"]["configMapKeyRef"] == {
+        "name": "kubeplat-aws",
+        "key": "account-id",
+    }
+    name = render.cluster_name(env)
+    assert (
+        env_vars["AWS_ROLE_ARN"]["value"] == f"arn:aws:iam::$(AWS_ACCOUNT_ID):role/{name}-ebs-csi"
+    )
+    identity_tf = (Path(render.__file__).parent.parent / "terraform" / "identity.tf").read_text()
+    assert 'name               = "${local.cluster_name}-ebs-csi"' in identity_tf
+    assert "system:serviceaccount:kube-system:ebs-csi-controller-sa" in identity_tf
+    token = env_vars["AWS_WEB_IDENTITY_TOKEN_FILE"]["value"]
+    mount = next(m for m in plugin["volumeMounts"] if m["name"] == "aws-token")
+    assert token == mount["mountPath"] + "/token"
+    projected = next(v for v in controller["volumes"] if v["name"] == "aws-token")["projected"]
+    assert projected["sources"][0]["serviceAccountToken"]["audience"] == "sts.amazonaws.com"
+    assert f"--k8s-tag-cluster-id={name}" in plugin["args"]
+    # Every image of the driver pinned by digest.
+    for kind, object_name in (("Deployment", "ebs-csi-controller"), ("DaemonSet", "ebs-csi-node")):
+        for container in objects[(kind, object_name)]["spec"]["template"]["spec"]["containers"]:
+            assert container["image"] in artifacts.IMAGES.values(), container["image"]
+    off = dataclasses.replace(env, ebs_csi_driver=False)
+    assert EBS not in files_of(off, "secure")
+
+
+def test_the_ebs_driver_needs_pod_identity(environments: Path) -> None:
+    path = environments / "example.tfvars"
+    path.write_text(path.read_text() + "\npod_identity = false\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load("example")
+    [problem] = [str(p) for p in info.value.problems if not p.warning]
+    assert "ebs_csi_driver: needs pod_identity" in problem
+    assert "hint: set pod_identity = true, or ebs_csi_driver = false" in problem
+    path.write_text(path.read_text() + "ebs_csi_driver = false\n")
+    assert config.load("example").ebs_csi_driver is False

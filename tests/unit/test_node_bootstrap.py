@@ -200,3 +200,21 @@ def test_configure_names_the_node_after_its_instance(
         'KUBELET_NODE_ARGS="--hostname-override=ip-10-0-144-7.eu-west-1.compute.internal '
         '--node-ip=10.0.144.7"\n'
     )
+
+
+def test_the_account_comes_from_the_instance_identity_document(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What apply-addons gives the cluster as the account its addons' roles live in."""
+    from kubeplat.node import cli
+
+    with imds_standin.serving({}) as server:
+        document = json.dumps({"accountId": "210987654321", "region": "eu-west-1"})
+        server.dynamic["instance-identity/document"] = document
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", server.url)
+        assert cli.main(["account"]) == 0
+        assert capsys.readouterr().out == "210987654321\n"
+    with imds_standin.serving({}) as server:  # no document: one line, exit 1
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", server.url)
+        assert cli.main(["account"]) == 1
+        assert "kubeplat-node account: no identity document" in capsys.readouterr().err
