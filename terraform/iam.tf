@@ -54,10 +54,16 @@ locals {
   # layer's role. Upstream's documented policy (cloud-provider-aws docs/prerequisites.md) less
   # the EBS volume actions (the EBS CSI driver has its own role) and the route actions (no cloud
   # routes: the pod network is flannel's): reads anywhere; load balancers, target groups and
-  # security groups made freely (they are tagged with the cluster when made); the security groups
-  # and instances it changes, and the load balancers it deletes, only when they carry the
-  # cluster's tag.
+  # security groups made in this account and region (they are tagged with the cluster when
+  # made); the security groups and instances it changes, and the load balancers it deletes,
+  # only when they carry the cluster's tag; Elastic Load Balancing's service role only.
   no_condition = { test = "", variable = "", values = [] }
+  # What the cloud controller manager may change: this account's EC2 and load balancing objects
+  # in this region (the describe calls support no resource-level restriction).
+  ccm_resources = [
+    "arn:${data.aws_partition.current.partition}:ec2:${var.aws_region}:${data.aws_caller_identity.current.account_id}:*",
+    "arn:${data.aws_partition.current.partition}:elasticloadbalancing:${var.aws_region}:${data.aws_caller_identity.current.account_id}:*",
+  ]
   ccm_statements = {
     CloudControllerRead = {
       actions = [
@@ -78,6 +84,7 @@ locals {
         "elasticloadbalancing:DescribeTargetGroups",
         "elasticloadbalancing:DescribeTargetHealth",
       ]
+      resources = ["*"]
       condition = local.no_condition
     }
     CloudControllerMake = {
@@ -108,6 +115,7 @@ locals {
         "elasticloadbalancing:SetLoadBalancerPoliciesOfListener",
         "elasticloadbalancing:SetSecurityGroups",
       ]
+      resources = local.ccm_resources
       condition = local.no_condition
     }
     CloudControllerChangeTagged = {
@@ -118,6 +126,7 @@ locals {
         "ec2:RevokeSecurityGroupIngress",
         "elasticloadbalancing:DeleteLoadBalancer",
       ]
+      resources = local.ccm_resources
       condition = {
         test     = "StringEquals"
         variable = "aws:ResourceTag/kubernetes.io/cluster/${local.cluster_name}"
@@ -126,7 +135,8 @@ locals {
     }
     CloudControllerLinkedRole = {
       # The first load balancer of an account makes Elastic Load Balancing's service role.
-      actions = ["iam:CreateServiceLinkedRole"]
+      actions   = ["iam:CreateServiceLinkedRole"]
+      resources = ["arn:${data.aws_partition.current.partition}:iam::${data.aws_caller_identity.current.account_id}:role/aws-service-role/elasticloadbalancing.amazonaws.com/AWSServiceRoleForElasticLoadBalancing"]
       condition = {
         test     = "StringEquals"
         variable = "iam:AWSServiceName"
@@ -310,7 +320,7 @@ data "aws_iam_policy_document" "node" {
     content {
       sid       = statement.key
       actions   = statement.value.actions
-      resources = ["*"]
+      resources = statement.value.resources
 
       dynamic "condition" {
         for_each = statement.value.condition.test == "" ? [] : [statement.value.condition]

@@ -67,11 +67,37 @@ def test_apply_builds_both_layers_then_destroys(applied) -> None:  # type: ignor
     check_the_ebs_drivers_own_role(env, workdir)
 
 
+# What parliament (an IAM policy linter) reports that is right as written, with why.
+PARLIAMENT_EXPECTED = {
+    # Attaching a volume is authorized on the volume and on the instance: one statement for
+    # each, so that the cluster-tag condition binds the volume (as AWS's own EBS CSI policy).
+    ("ebs_policy", "RESOURCE_MISMATCH"),
+    # A role's trust policy names no resource, and an account's own OpenID Connect provider is
+    # not one of the federation sources parliament knows.
+    ("ebs_trust", "MALFORMED"),
+    ("ebs_trust", "UNKNOWN_FEDERATION_SOURCE"),
+}
+
+
+def check_policies_with_parliament(policies: dict[str, str]) -> None:
+    """Every policy the module makes, through parliament: nothing but the expected findings."""
+    parliament = pytest.importorskip("parliament", reason="pip install parliament (dev extra)")
+    for name, document in sorted(policies.items()):
+        found = parliament.analyze_policy_string(document, ignore_private_auditors=True).findings
+        unexpected = [f for f in found if (name, f.issue) not in PARLIAMENT_EXPECTED]
+        assert not unexpected, (name, [(f.issue, f.detail) for f in unexpected])
+
+
 def check_the_ebs_drivers_own_role(env: config.Environment, workdir: Path) -> None:
     """Issue 18: only the driver's service account, with a token for STS, may assume it; it
     manages only the cluster's volumes, and uses the key only through EC2."""
     role = json.loads(tf(workdir, "output", "-json", "ebs_csi_role").stdout)
     trust, policy = json.loads(role["trust"]), json.loads(role["policy"])
+    nodes = json.loads(tf(workdir, "output", "-json", "node_policies").stdout)
+    check_policies_with_parliament(
+        {**{f"node_{k}": v for k, v in nodes.items()}, "ebs_policy": role["policy"],
+         "ebs_trust": role["trust"]}
+    )  # fmt: skip
     issuer = "kubeplat-example-secrets-oidc.s3.eu-west-1.amazonaws.com/example"
     [statement] = trust["Statement"]
     assert statement["Principal"] == {
@@ -280,21 +306,34 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
     # makes load balancers; it changes or deletes only what carries the cluster's tag.
     tag = "aws:ResourceTag/kubernetes.io/cluster/example-kube"
     group = "arn:aws:ec2:eu-west-1:123456789012:security-group/sg-1"
-    assert allowed(secure, "elasticloadbalancing:CreateLoadBalancer", "*")
+    balancer = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/net/a/1"
+    assert allowed(secure, "elasticloadbalancing:CreateLoadBalancer", balancer)
+    assert not allowed(  # another region's (or account's)
+        secure,
+        "elasticloadbalancing:CreateLoadBalancer",
+        balancer.replace("eu-west-1", "us-east-1"),
+    )
     assert allowed(secure, "ec2:DescribeSubnets", "*")
     assert allowed(secure, "ec2:AuthorizeSecurityGroupIngress", group, context={tag: "owned"})
     assert not allowed(secure, "ec2:AuthorizeSecurityGroupIngress", group)
     assert not allowed(
-        secure, "elasticloadbalancing:DeleteLoadBalancer", "arn:lb", context={tag: "x"}
+        secure, "elasticloadbalancing:DeleteLoadBalancer", balancer, context={tag: "x"}
+    )
+    assert allowed(
+        secure, "elasticloadbalancing:DeleteLoadBalancer", balancer, context={tag: "owned"}
     )
     assert not allowed(secure, "ec2:CreateVolume", "*")  # volumes are the EBS CSI driver's
     assert not allowed(secure, "ec2:CreateRoute", "*")  # no cloud routes: flannel's network
     linked = {"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"}
-    assert allowed(secure, "iam:CreateServiceLinkedRole", "*", context=linked)
-    assert not allowed(
-        secure, "iam:CreateServiceLinkedRole", "*", context={"iam:AWSServiceName": "x"}
+    elb_role = (
+        "arn:aws:iam::123456789012:role/aws-service-role/elasticloadbalancing.amazonaws.com/"
+        "AWSServiceRoleForElasticLoadBalancing"
     )
-    assert not allowed(compute, "elasticloadbalancing:CreateLoadBalancer", "*")
+    assert allowed(secure, "iam:CreateServiceLinkedRole", elb_role, context=linked)
+    assert not allowed(
+        secure, "iam:CreateServiceLinkedRole", elb_role, context={"iam:AWSServiceName": "x"}
+    )
+    assert not allowed(compute, "elasticloadbalancing:CreateLoadBalancer", balancer)
     assert not allowed(compute, "ec2:AuthorizeSecurityGroupIngress", group, context={tag: "owned"})
     # The key Secrets are encrypted with: raw, locked from every node; the config made from
     # it, only where an API server runs.
