@@ -80,8 +80,7 @@ RUNTIME = (
 
 # Images by tag and digest (the digest is what runs: a tag can be moved), as registry.k8s.io's
 # own records give them (kubernetes/k8s.io, registry.k8s.io/images/k8s-staging-*/images.yaml:
-# the multi-architecture digests); `kubeplat versions` shows them. flannel's (ghcr.io) are
-# pinned by tag only: no record of its digests could be read here.
+# the multi-architecture digests); `kubeplat versions` shows them. flannel's (ghcr.io): below.
 IMAGES = {
     "aws-cloud-controller-manager": "registry.k8s.io/provider-aws/cloud-controller-manager:v1.33.4"
     "@sha256:b54bc094711e9d7ace6c9bab3d6f02a598e7570ac1fedd6341940e1de79ea476",
@@ -132,8 +131,17 @@ COREDNS_IMAGE = (
     "registry.k8s.io/coredns/coredns:v1.12.0"
     "@sha256:40384aa1f5ea6bfdc77997d243aec73da05f27aed0c5e9d65bfa98933c519d97"
 )
-FLANNEL_IMAGE = "ghcr.io/flannel-io/flannel:v0.27.3"
-FLANNEL_CNI_IMAGE = "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
+# ghcr.io's records could not be read here: these digests are the ones nodes that pulled these
+# tags recorded (pod statuses' imageID and containerd's pull log in public issue reports) and
+# that pinned configurations name, each seen in at least two independent places.
+FLANNEL_IMAGE = (
+    "ghcr.io/flannel-io/flannel:v0.27.3"
+    "@sha256:8cc0cf9e94df48e98be84bce3e61984bbd46c3c44ad35707ec7ef40e96b009d1"
+)
+FLANNEL_CNI_IMAGE = (
+    "ghcr.io/flannel-io/flannel-cni-plugin:v1.7.1-flannel1"
+    "@sha256:cb3176a2c9eae5fa0acd7f45397e706eacb4577dac33cad89f93b775ff5611df"
+)
 
 
 # How each artifact is installed on a node (kubeplat/node/fetch.py): `bin` puts the file at
