@@ -63,13 +63,15 @@ class Identity:
             imds("meta-data/placement/region"),
             imds("meta-data/local-ipv4"),
             imds("meta-data/local-hostname"),
-            imds("meta-data/placement/availability-zone"),
         )
 
     @property
     def provider_id(self) -> str:
         """The node's id for the AWS cloud provider (its cloud controller manager, the EBS CSI
-        driver): `aws:///ZONE/INSTANCE`."""
+        driver): `aws:///ZONE/INSTANCE`. The zone is asked for only here: the agent, which
+        never needs it, does not depend on one more answer of the metadata service."""
+        if not self.zone:
+            self.zone = imds("meta-data/placement/availability-zone")
         return f"aws:///{self.zone}/{self.instance_id}"
 
 

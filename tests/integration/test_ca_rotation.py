@@ -209,6 +209,7 @@ def agents(
             meta = {
                 "instance-id": node.id,
                 "placement/region": env.aws_region,
+                "placement/availability-zone": row["availability_zone"],
                 "local-ipv4": row["private_ip"],
                 "local-hostname": f"ip-{row['private_ip'].replace('.', '-')}.internal",
             }

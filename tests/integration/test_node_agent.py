@@ -316,9 +316,14 @@ def test_the_agent_program_reloads_a_unit_and_reports_what_it_runs(  # type: ign
             assert (tmp_path / "pki/etcd/server.crt").read_bytes() == b"etcd server 2\n"
             _wait_for(runs_the_bucket, 30)  # the operator can see the node has converged
             assert reported()["ready"] is True
+        except AssertionError as failed:
+            failure = str(failed)
+        else:
+            failure = ""
         finally:
             program.terminate()
             _, stderr = program.communicate(timeout=10)
+    assert not failure, f"{failure}; the agent said:\n{stderr}"
     assert "restarting etcd.service: a file it reads changed" in stderr, stderr
 
 
