@@ -33,6 +33,18 @@ KUBERNETES = {
             "arm64": "6db7c5d846c3b3ddfd39f3137a93fe96af3938860eefdbf2429805ee1656e381",
         },
     },
+    # kubespray's checksums.yml at 46dbdd3994b32640bcd806b0097f50e8fdf1d514 (kubectl's also
+    # published beside dl.k8s.io links elsewhere).
+    "1.34.2": {
+        "kubelet": {
+            "amd64": "9c5e717b774ee9b9285ce47e7d2150c29e84837eb19a7eaa24b60b1543c9d58f",
+            "arm64": "3e31b1bee9ab32264a67af8a19679777cd372b1c3a04b5d7621289cf137b357c",
+        },
+        "kubectl": {
+            "amd64": "9591f3d75e1581f3f7392e6ad119aab2f28ae7d6c6e083dc5d22469667f27253",
+            "arm64": "95df604e914941f3172a93fa8feeb1a1a50f4011dfbe0c01e01b660afc8f9b85",
+        },
+    },
 }
 
 ETCD = {
@@ -111,6 +123,18 @@ KUBERNETES_IMAGES = {
         ),
         "kube-scheduler": "sha256:3e7b57c9d9f06b77f0064e5be7f3df61e0151101160acd5fdecce911df28a189",
         "kube-proxy": "sha256:71445ec84ad98bd52a7784865a9d31b1b50b56092d3f7699edc39eefd71befe1",
+    },
+    # registry.k8s.io's images.yaml as a fork of kubernetes/k8s.io holds it (Skarlso/k8s.io at
+    # 45457b5ddb27e17ba962cad2c779b155c97c798a; the stored upstream copy ends at v1.34.0 and
+    # agrees with the fork where both have a tag), each also pinned so by an unrelated
+    # configuration (randomcoww/homelab at f3586911329c0d9b3833c65661a01b8c03bd5bd5).
+    "1.34.2": {
+        "kube-apiserver": "sha256:e009ef63deaf797763b5bd423d04a099a2fe414a081bf7d216b43bc9e76b9077",
+        "kube-controller-manager": (
+            "sha256:5c3998664b77441c09a4604f1361b230e63f7a6f299fc02fc1ebd1a12c38e3eb"
+        ),
+        "kube-scheduler": "sha256:44229946c0966b07d5c0791681d803e77258949985e49b4ab0fbdff99d2a48c6",
+        "kube-proxy": "sha256:d8b843ac8a5e861238df24a4db8c2ddced89948633400c4660464472045276f5",
     },
 }
 

@@ -345,6 +345,14 @@ def _rotation_lines(status: Any) -> None:
         console.status(f"issued {name} ({reason})", "ok")
 
 
+def _show_rehearsal(found: Any) -> None:
+    from kubeplat import rehearsal
+
+    console.status("upgrade check (kubeplat upgrade-check):", "info")
+    for text, level in rehearsal.lines(found):
+        console.status(f"  {text}", {"ok": "info", "red": "error"}.get(level, level))
+
+
 @cli.command()
 @env_option
 @click.option(
@@ -416,6 +424,8 @@ def _show_plan(report: Any) -> None:
         console.status(f"will roll: {', '.join(report.rolls)}", "warn")
         for line in report.roll_order:
             console.status(f"  {line}", "warn")
+    if report.rehearsal is not None and report.rehearsal.upgrade:
+        _show_rehearsal(report.rehearsal)
     written = [n for n in report.uploads if not n.startswith("-")]
     removed = [n[1:] for n in report.uploads if n.startswith("-")]
     if written:
@@ -476,10 +486,132 @@ def plan(
 
 
 @cli.command()
+@click.option(
+    "-e",
+    "--env",
+    "envs",
+    multiple=True,
+    metavar="ENV",
+    help="Environment name or .tfvars path (repeatable).",
+)
+@click.option("--all", "every", is_flag=True, help="Every environment file in the folder.")
+@_output_option
+@click.pass_obj
+def health(state: State, envs: tuple[str, ...], every: bool, output_format: str) -> None:
+    """Whether environments are well: state lock, drift, the API server's served certificate,
+    nodes' convergence, etcd (quorum, stale members, snapshot age), groups against their
+    desired capacity. Exits 1 when any item is red."""
+    from kubeplat import config, ops
+    from kubeplat.errors import KubeplatError
+
+    if every == bool(envs):
+        raise click.UsageError("give -e ENV (one or more) or --all")
+    names = list(envs)
+    if every:
+        folder = config.env_dir(state.env_dir)
+        names = sorted(p.stem for p in folder.glob("*.tfvars"))
+        if not names:
+            raise KubeplatError(
+                f"no environment file in {folder}", "create one: kubeplat init NAME"
+            )
+    reports = []
+    for name in names:
+        try:
+            reports.append(ops.health(name, state.env_dir, sandbox=state.sandbox))
+        except KubeplatError as exc:
+            from kubeplat.health import Health, Item
+
+            reports.append(Health(name, [Item("environment", "red", exc.message)]))
+    if output_format == "json":
+        console.data_json([r.as_json() for r in reports])
+    else:
+        rows = [
+            [r.environment, item.name, item.level.upper() if item.level == "red" else item.level,
+             item.detail]
+            for r in reports
+            for item in r.items
+        ]  # fmt: skip
+        console.table(["ENVIRONMENT", "CHECK", "STATE", "DETAIL"], rows)
+    unwell = [r.environment for r in reports if r.level == "red"]
+    if unwell:
+        raise KubeplatError(
+            f"{len(unwell)} of {len(reports)} environment(s) not well: {', '.join(unwell)}",
+            "the rows marked RED say what and where",
+        )
+
+
+_force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Roll even when the upgrade check finds a red item (kubeplat upgrade-check).",
+)
+
+
+@cli.command("upgrade-check")
+@env_option
+@_output_option
+@click.pass_obj
+def upgrade_check(state: State, env: str, output_format: str) -> None:
+    """The rehearsal of what `up` would roll or upgrade: version skew, etcd health and backup,
+    quorum, expiring certificates, roll order and estimate; exits 1 on a red item."""
+    from kubeplat import ops
+
+    found = ops.plan(env, state.env_dir, sandbox=state.sandbox).rehearsal
+    if output_format == "json":
+        console.data_json(found.as_json())
+    else:
+        if not found.upgrade:
+            console.status("nothing rolls and no version moves: nothing to rehearse", "ok")
+        _show_rehearsal(found)
+    if found.red:
+        from kubeplat.errors import KubeplatError
+
+        raise KubeplatError(
+            f"upgrade check: {len(found.red)} red item(s): " + "; ".join(c.name for c in found.red),
+            f"kubeplat up -e {env} refuses to run until they are fixed (or --force)",
+        )
+
+
+@cli.command()
+@env_option
+@click.option(
+    "--layer",
+    "layers",
+    multiple=True,
+    metavar="LAYER",
+    help="Roll only this layer (secure, control-plane or compute; repeatable). Default: all.",
+)
+@click.pass_obj
+def roll(state: State, env: str, layers: tuple[str, ...]) -> None:
+    """Replace every node of the environment (or of the named layers) through the gated path:
+    one layer after another, leaving nodes drained, new ones in service once Ready."""
+    from kubeplat import ops
+
+    found = ops.roll(env, layers, state.env_dir, sandbox=state.sandbox)
+    for group in found.asked:
+        console.status(f"roll asked of {group} at {found.when}", "ok")
+    if found.sandbox:
+        console.status(
+            "the sandbox runs no roll controller and its emulator has no instance refresh: "
+            "nothing is replaced here; on AWS the controller starts these groups' refreshes "
+            "in this order within a minute",
+            "warn",
+        )
+    else:
+        console.status(
+            "the roll controller on the control plane starts these groups' instance refreshes "
+            "in this order; follow one with: aws autoscaling describe-instance-refreshes "
+            f"--auto-scaling-group-name {found.asked[0]}",
+            "ok",
+        )
+
+
+@cli.command()
 @env_option
 @click.option("--auto-approve", is_flag=True, help="Apply without asking (CI).")
+@_force_option
 @click.pass_obj
-def up(state: State, env: str, auto_approve: bool) -> None:
+def up(state: State, env: str, auto_approve: bool, force: bool) -> None:
     """Build or update the environment: certs, render, plan, confirm, upload, apply."""
     from kubeplat import ops
 
@@ -490,7 +622,9 @@ def up(state: State, env: str, auto_approve: bool) -> None:
         # --auto-approve: the summary is printed, not asked (a CI log shows what was applied).
         return auto_approve or click.confirm("Apply these changes?", default=False, err=True)
 
-    result = ops.up(env, state.env_dir, sandbox=state.sandbox, confirm=confirm)
+    result = ops.up(
+        env, state.env_dir, sandbox=state.sandbox, confirm=confirm, force=force, show=_show_plan
+    )
     _show_result(result, shown=result.plan.changes)
 
 
@@ -515,8 +649,9 @@ def _show_result(result: Any, *, shown: bool) -> None:
 @env_option
 @click.argument("plan_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--auto-approve", is_flag=True, help="Apply without asking (CI).")
+@_force_option
 @click.pass_obj
-def apply(state: State, env: str, plan_file: Path, auto_approve: bool) -> None:
+def apply(state: State, env: str, plan_file: Path, auto_approve: bool, force: bool) -> None:
     """Apply exactly a plan saved with `kubeplat plan --out PLAN_FILE`: upload the node
     configuration it was made with, apply, prune. Refused, with nothing uploaded, when the
     configuration or the state changed since the plan was made."""
@@ -528,7 +663,15 @@ def apply(state: State, env: str, plan_file: Path, auto_approve: bool) -> None:
         _show_plan(report)
         return auto_approve or click.confirm("Apply this saved plan?", default=False, err=True)
 
-    result = ops.apply(env, plan_file, state.env_dir, sandbox=state.sandbox, confirm=confirm)
+    result = ops.apply(
+        env,
+        plan_file,
+        state.env_dir,
+        sandbox=state.sandbox,
+        confirm=confirm,
+        force=force,
+        show=_show_plan,
+    )
     _show_result(result, shown=result.plan.changes)
 
 

@@ -68,6 +68,10 @@ _RANGES: dict[str, tuple[int, int, int]] = {
     "etcd_snapshot_max_age_days": (1, 3650, 7),
     "cert_renew_days": (7, 180, 90),
     "audit_log_max_age_days": (1, 3650, 30),
+    # An instance refresh replaces at most this share of the compute layer at once (0: all).
+    "compute_roll_min_healthy": (0, 100, 90),
+    # An hour: longer keeps a roll waiting on one pod whose budget never allows it to go.
+    "node_drain_timeout": (0, 3600, 600),
     "audit_log_max_backups": (1, 1000, 10),
     "audit_log_max_size_mb": (1, 10_000, 100),
 }
@@ -170,6 +174,8 @@ class Environment:
     secrets_encryption: bool = True
     audit_log: bool = True
     audit_log_max_age_days: int = 30
+    compute_roll_min_healthy: int = 90
+    node_drain_timeout: int = 600
     audit_log_max_backups: int = 10
     audit_log_max_size_mb: int = 100
     cloud_controller_manager: bool = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,6 +394,8 @@ class PlanReport:
     removals: list[dict[str, Any]] = field(default_factory=list)
     # What the plan adopts (resources an interrupted run left in AWS): (address, AWS id).
     imports: list[tuple[str, str]] = field(default_factory=list)
+    # Whether the roll or upgrade it makes will work (rehearsal.py); None for a destroy.
+    rehearsal: Any = None
 
     @property
     def changes(self) -> bool:
@@ -424,26 +426,32 @@ class PlanReport:
             ],
             "imported": [{"address": address, "id": id_} for address, id_ in self.imports],
             "changes": self.changes,
+            **({"rehearsal": self.rehearsal.as_json()} if self.rehearsal is not None else {}),
         }
 
 
 def _report(
-    prepared: pipeline.Prepared, summary: pipeline.PlanSummary, plan_file: Path | None
+    prepared: pipeline.Prepared,
+    summary: pipeline.PlanSummary,
+    plan_file: Path | None,
+    *,
+    rehearse: bool = True,
 ) -> PlanReport:
     from kubeplat import inventory, pipeline
 
     env, order = prepared.env, []
+    running = [
+        (i.layer, i.instance_id)
+        for i in inventory.instances(prepared.aws, env.environment)
+        if i.state in ("pending", "running")
+    ]
     if summary.rolls:
-        running = [
-            (i.layer, i.instance_id)
-            for i in inventory.instances(prepared.aws, env.environment)
-            if i.state in ("pending", "running")
-        ]
         order = pipeline.roll_order(
             summary.rolls,
             running,
             sandbox=prepared.aws.sandbox,
             stacked=env.topology == "stacked",
+            compute_min_healthy=env.compute_roll_min_healthy,
         )
     return PlanReport(
         prepared.account,
@@ -460,6 +468,71 @@ def _report(
         after_apply=prepared.deferred,
         removals=summary.removals,
         imports=summary.imports,
+        rehearsal=_rehearse(prepared, summary, running) if rehearse else None,
+    )
+
+
+def _rehearse(
+    prepared: pipeline.Prepared, summary: pipeline.PlanSummary, running: list[tuple[str, str]]
+) -> Any:
+    """The rehearsal of what the plan rolls or upgrades (rehearsal.py)."""
+    from kubeplat import etcdstatus, rehearsal, versions
+
+    env = prepared.env
+    held = versions.held(env, prepared.store)
+    rolls_secure = "secure" in summary.rolls
+    moves = held.get("registry.k8s.io/kube-apiserver", "").split("@")[0] not in (
+        "",
+        f"v{env.kubernetes_version}",
+    )
+    secure = {i: "running" for layer, i in running if layer == "secure"}
+    etcd = None
+    api: Any = None
+    if secure and (rolls_secure or moves):
+        etcd = etcdstatus.read(prepared.aws, env.secrets_bucket_name, env.environment, secure)
+    if summary.rolls or moves:
+        from kubeplat import kubeapi
+
+        try:
+            api = kubeapi.connect(env.kubeconfig_path, prepared.files, sandbox=prepared.aws.sandbox)
+        except kubeapi.Unreachable as exc:
+            api = exc
+    return rehearsal.rehearse(
+        environment=env.environment,
+        rolls=summary.rolls,
+        running=running,
+        grace=env.compute_asg_grace_period,
+        compute_min_healthy=env.compute_roll_min_healthy,
+        stacked=env.topology == "stacked",
+        sandbox=prepared.aws.sandbox,
+        target=env.kubernetes_version,
+        held=held,
+        etcd=etcd,
+        files=prepared.files,
+        kubectl=rehearsal.kubectl_version(),
+        api=api,
+    )
+
+
+def _hold_on_red(
+    report: PlanReport,
+    force: bool,
+    again: str,
+    show: Callable[[PlanReport], None] | None = None,
+) -> None:
+    """A red item of the rehearsal stops here (nothing uploaded or applied) unless `force`;
+    `show` sees the plan first."""
+    found = report.rehearsal
+    if found is None or not found.red or force:
+        return
+    if show is not None:
+        show(report)
+    first = found.red[0]
+    more = f" (and {len(found.red) - 1} more)" if len(found.red) > 1 else ""
+    raise KubeplatError(
+        f"upgrade check: {first.name}: {first.detail}{more}; nothing was uploaded or applied",
+        f"fix it and run again, or roll anyway: {again} --force "
+        "(kubeplat upgrade-check shows every item)",
     )
 
 
@@ -504,9 +577,12 @@ def apply(
     *,
     sandbox: bool = False,
     confirm: Callable[[PlanReport], bool] | None = None,
+    force: bool = False,
+    show: Callable[[PlanReport], None] | None = None,
 ) -> UpReport:
     """Apply exactly a plan saved by `plan --out`: refused (nothing uploaded or applied) when
-    the node configuration or the state changed since; then upload, apply, prune, outputs."""
+    the node configuration or the state changed since, or (unless `force`) when the
+    rehearsal finds a red item; then upload, apply, prune, outputs."""
     from kubeplat import pipeline, savedplan
 
     config.load(env, env_dir)  # the environment file's problems first
@@ -526,6 +602,7 @@ def apply(
     outputs: dict[str, object] = {}
     uploaded: list[str] = []
     if report.changes:
+        _hold_on_red(report, force, f"kubeplat apply -e {env} {plan_file}", show)
         if confirm is not None and not confirm(report):
             raise KubeplatError("cancelled: nothing was uploaded or applied", "")
         savedplan.check_state(saved, tf, env)  # again: someone may have applied meanwhile
@@ -623,8 +700,12 @@ def up(
     *,
     sandbox: bool = False,
     confirm: Callable[[PlanReport], bool] | None = None,
+    force: bool = False,
+    show: Callable[[PlanReport], None] | None = None,
 ) -> UpReport:
-    """Certs, render, plan, confirm, upload, apply; `confirm` sees the plan (None: approve)."""
+    """Certs, render, plan, confirm, upload, apply; `confirm` sees the plan (None: approve).
+    A red item of the rehearsal stops before the confirmation (`show` sees the plan then)
+    unless `force`."""
     from kubeplat import pipeline
 
     plan_file = config.load(env, env_dir).workdir / "up.tfplan"
@@ -636,6 +717,7 @@ def up(
             uploaded: list[str] = []
             applied = False
         else:
+            _hold_on_red(report, force, f"kubeplat up -e {env}", show)
             if confirm is not None and not confirm(report):
                 raise KubeplatError("cancelled: nothing was uploaded or applied", "")
             uploaded = pipeline.upload(prepared)
@@ -673,7 +755,7 @@ def destroy(
     plan_file = prepared.env.workdir / "destroy.tfplan"
     try:
         summary = _plan(prepared, tf, plan_file, destroy=True)
-        report = _report(prepared, summary, None)
+        report = _report(prepared, summary, None, rehearse=False)
         if purge:
             if not summary.changes:  # an empty destroy: are they really gone?
                 _refuse_purge_while_running(prepared, before=True)
@@ -1063,3 +1145,191 @@ def manifests_push(env: str, env_dir: str | None = None, *, sandbox: bool = Fals
     written = pipeline.upload(prepared, groups=("manifests/",))  # no apply: promoted at once
     written += pipeline.promote(prepared)
     return written + pipeline.prune(prepared, groups=("manifests/",))
+
+
+def health(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> Any:
+    """`kubeplat health`: the environment's state lock, drift, served API certificate, nodes'
+    convergence, etcd, and groups against their desired capacity (kubeplat/health.py)."""
+    from kubeplat import health as checks
+    from kubeplat import pipeline
+
+    environment = config.load(env, env_dir)
+    found = checks.Health(environment.environment)
+    deployed = pipeline.deployed(env, env_dir, sandbox)
+    now = dt.datetime.now(dt.UTC)
+    found.items += checks.guarded("state lock", lambda: [_lock(deployed, now)])
+    found.items += checks.guarded("drift", lambda: [_drift(deployed)])
+    found.items += checks.guarded("API certificate", lambda: [_served(deployed, now)])
+    rows: list[Any] = []
+
+    def nodes() -> list[Any]:
+        rows.extend(instances(env, env_dir, sandbox=sandbox))
+        return [checks.convergence(rows)]
+
+    found.items += checks.guarded("nodes", nodes)
+    found.items += checks.guarded("etcd", lambda: checks.etcd(_etcd_of(deployed, rows), now))
+    found.items += checks.guarded("groups", lambda: [checks.groups(_groups(deployed))])
+    return found
+
+
+@dataclasses.dataclass
+class RollReport:
+    environment: str
+    asked: list[str]  # the groups a roll was asked of, in the order they roll
+    when: str  # the time recorded on each (ISO 8601, UTC)
+    sandbox: bool
+
+
+def roll(
+    env: str, layers: Sequence[str] = (), env_dir: str | None = None, *, sandbox: bool = False
+) -> RollReport:
+    """`kubeplat roll`: ask the roll controller to replace every instance of the named layers
+    (all when none is named) through the gated path: a tag on each group with the time asked,
+    which the controller (kubeplat/node/roller.py) compares with the group's last instance
+    refresh, starting one layer's refresh after another. Nothing else changes; asking again
+    while a roll runs asks for one more afterwards."""
+    from kubeplat import pipeline
+    from kubeplat.aws import errors
+    from kubeplat.node import roller
+
+    deployed = pipeline.deployed(env, env_dir, sandbox)
+    found = {}
+    for group in _groups(deployed):
+        tags = {t["Key"]: t["Value"] for t in group.get("Tags") or []}
+        found[tags.get("Layer", "")] = group["AutoScalingGroupName"]
+    found.pop("", None)
+    name = deployed.env.environment
+    if not found:
+        raise KubeplatError(
+            f"environment {name} has no node groups to roll",
+            f"build it first: kubeplat up -e {name}",
+        )
+    unknown = [layer for layer in layers if layer not in found]
+    if unknown:
+        raise KubeplatError(
+            f"--layer {unknown[0]}: environment {name} has no such layer",
+            "its layers: " + ", ".join(sorted(found, key=_layer_rank)),
+        )
+    chosen = sorted(set(layers) or set(found), key=_layer_rank)
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with errors("tagging the autoscaling groups", deployed.aws):
+        deployed.aws.client("autoscaling").create_or_update_tags(
+            Tags=[
+                {
+                    "ResourceId": found[layer],
+                    "ResourceType": "auto-scaling-group",
+                    "Key": roller.ROLL_TAG,
+                    "Value": when,
+                    "PropagateAtLaunch": False,
+                }
+                for layer in chosen
+            ]
+        )
+    return RollReport(name, [found[layer] for layer in chosen], when, deployed.aws.sandbox)
+
+
+def _layer_rank(layer: str) -> int:
+    from kubeplat.node import roller
+
+    return roller.ORDER.index(layer) if layer in roller.ORDER else len(roller.ORDER)
+
+
+def _lock(deployed: Any, now: dt.datetime) -> Any:
+    """The state lock Terraform's S3 backend holds (`use_lockfile`): the `.tflock` object."""
+    import json
+
+    from kubeplat import health as checks
+    from kubeplat.aws import errors
+
+    env = deployed.env
+    key = f"{env.aws_region}/{env.environment}/terraform.tfstate.tflock"
+    s3 = deployed.aws.client("s3")
+    with errors(f"reading s3://{env.terraform_bucket_name}/{key}", deployed.aws):
+        try:
+            body = s3.get_object(Bucket=env.terraform_bucket_name, Key=key)["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return checks.lock(None, now)
+    try:
+        held = json.loads(body)
+    except ValueError:
+        held = {"Who": "an unreadable lock file"}
+    return checks.lock(held if isinstance(held, dict) else {}, now, env.environment)
+
+
+def _drift(deployed: Any) -> Any:
+    """A plan (no lock taken, its plan file thrown away) judges what changed outside Terraform:
+    what it refreshed differently and would set back (`health.drift`)."""
+    import json
+
+    from kubeplat import health as checks
+    from kubeplat import pipeline, render, terraform
+
+    tf = pipeline.terraform_for(deployed)
+    inputs = terraform.variables(deployed.env, render.stubs(deployed.env))
+    plan_file = deployed.env.workdir / "drift.tfplan"
+    try:
+        with pipeline.inputs_file(tf, inputs):
+            result = tf.run(
+                "plan", "-lock=false", "-input=false", f"-out={plan_file}",
+                on_line=lambda _line: None, check=False,
+            )  # fmt: skip
+        if result.returncode != 0:
+            raise terraform.failure("plan", result.output, env=deployed.env.environment)
+        shown = tf.run("show", "-json", str(plan_file), on_line=lambda _line: None)
+    finally:
+        plan_file.unlink(missing_ok=True)
+    document = json.loads(shown.output[shown.output.find("{") :])
+    return checks.drift(
+        document.get("resource_drift") or [], document.get("resource_changes") or []
+    )
+
+
+def _served(deployed: Any, now: dt.datetime) -> Any:
+    """The API server's certificate as the API endpoint serves it; the bucket's copy when the
+    endpoint cannot be reached from here (and the sandbox runs no API server)."""
+    from cryptography import x509
+
+    from kubeplat import health as checks
+    from kubeplat import kubeapi
+
+    env = deployed.env
+    server = kubeapi.server_of(env.kubeconfig_path)
+    why = "no kubeconfig yet"
+    if server and (not deployed.aws.sandbox or kubeapi.loopback(server)):
+        try:
+            expires = checks.served_certificate(server)
+            return checks.expiry("API certificate", expires, now, env.cert_renew_days,
+                                 f"served by {server}")  # fmt: skip
+        except OSError as exc:  # ssl.SSLError is one too
+            why = f"{server} did not answer ({exc})"
+    elif server:
+        why = "the sandbox runs no API server"
+    names = [n for n in deployed.store.names("pki/") if n.endswith("/apiserver.crt")]
+    if not names:
+        return checks.Item("API certificate", "red", f"not served ({why}) and not in the bucket")
+    cert = x509.load_pem_x509_certificate(deployed.store.get(names[0]))
+    return checks.expiry("API certificate", cert.not_valid_after_utc, now, env.cert_renew_days,
+                         f"the bucket's copy ({why})")  # fmt: skip
+
+
+def _etcd_of(deployed: Any, rows: list[Any]) -> Any:
+    from kubeplat import etcdstatus
+
+    env = deployed.env
+    secure = {r.instance_id: r.state for r in rows if r.layer == "secure" and r.state in (
+        "pending", "running")}  # fmt: skip
+    return etcdstatus.read(deployed.aws, env.secrets_bucket_name, env.environment, secure)
+
+
+def _groups(deployed: Any) -> list[dict[str, Any]]:
+    from kubeplat.aws import errors
+
+    env = deployed.env
+    found = []
+    with errors("listing the autoscaling groups", deployed.aws):
+        pages = deployed.aws.client("autoscaling").get_paginator("describe_auto_scaling_groups")
+        for page in pages.paginate(
+            Filters=[{"Name": "tag:Environment", "Values": [env.environment]}]
+        ):
+            found += page["AutoScalingGroups"]
+    return found

@@ -569,12 +569,12 @@ def variables_file(prepared: Prepared, tf: Terraform) -> Iterator[Path]:
     """The module's inputs as `kubeplat.auto.tfvars.json`, removed afterwards whatever happens."""
     from kubeplat import terraform
 
-    with _inputs_file(tf, terraform.variables(prepared.env, prepared.bundle)) as path:
+    with inputs_file(tf, terraform.variables(prepared.env, prepared.bundle)) as path:
         yield path
 
 
 @contextmanager
-def _inputs_file(tf: Terraform, inputs: Mapping[str, Any]) -> Iterator[Path]:
+def inputs_file(tf: Terraform, inputs: Mapping[str, Any]) -> Iterator[Path]:
     path = tf.module / VARS_FILE
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
@@ -712,12 +712,17 @@ def _path(steps: Iterable[Any]) -> str:
 # How each layer's instance refresh goes (terraform/secure.tf and compute.tf: min healthy %).
 _PACE = {
     "control-plane": "at least half of them in service throughout",
-    "compute": "at least 90% of them in service throughout",
+    "compute": "at least {pct}% of them in service throughout",
 }
 
 
 def roll_order(
-    rolls: Iterable[str], running: Iterable[tuple[str, str]], *, sandbox: bool, stacked: bool
+    rolls: Iterable[str],
+    running: Iterable[tuple[str, str]],
+    *,
+    sandbox: bool,
+    stacked: bool,
+    compute_min_healthy: int = 90,
 ) -> list[str]:
     """In words, how each rolling group will be replaced; `running` holds (layer, instance id)
     of the instances that run now."""
@@ -741,9 +746,16 @@ def roll_order(
                 "and only then is the next one replaced"
             )
         else:
-            found.append(f"{layer}: {which} replaced with {_PACE.get(layer, 'its own pace')}")
+            pace = _PACE.get(layer, "its own pace").format(pct=compute_min_healthy)
+            found.append(
+                f"{layer}: {which} replaced with {pace}, each leaving node drained first and "
+                "each new one in service once its node is Ready"
+            )
     if len(found) > 1 and not sandbox:
-        found.append("the groups roll at the same time, each at its own pace")
+        found.append(
+            "the groups roll in this order: each later group's refresh starts once every "
+            "earlier group runs its new template (the roll controller on the control plane)"
+        )
     return found
 
 
@@ -835,7 +847,7 @@ def prepare_and_plan(
     inputs = terraform.variables(env, render.stubs(env))
     worker = _Beside(prepare_now, tf)
     lines: list[str] = []
-    with _inputs_file(tf, inputs):
+    with inputs_file(tf, inputs):
         try:
             result = _run_plan(tf, plan_file, lines, destroy=False)
         except BaseException:

@@ -268,9 +268,9 @@ _LAUNCHER = f"""#!/usr/bin/python3
 import sys
 
 sys.path.insert(0, "{Path(NODE_LIB).parent}")
-from kubeplat_node.cli import main  # noqa: E402
+from kubeplat_node.cli import entry  # noqa: E402
 
-sys.exit(main())
+entry()
 """
 
 
@@ -297,7 +297,7 @@ def node_config(env: Environment, layer: Layer) -> dict[str, Any]:
     ]
     services = ["containerd.service", "kubelet.service", "kubeplat-agent.service"]
     if layer.control_plane:
-        services.append("kubeplat-csr-approver.service")
+        services += ["kubeplat-csr-approver.service", "kubeplat-roller.service"]
     if layer.etcd:
         services[:0] = [
             "etcd.service",
@@ -415,6 +415,7 @@ def _node_files(env: Environment, layer: Layer) -> list[dict[str, str]]:
             ("/opt/kubeplat/bin/apply-addons", "0755", _render(part + "apply-addons.sh.j2", ctx)),
             unit("kubeplat-addons.service"),
             unit("kubeplat-csr-approver.service"),
+            unit("kubeplat-roller.service"),
         ]
         if env.audit_log:
             files.append(

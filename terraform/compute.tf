@@ -8,7 +8,7 @@ locals {
       grace        = var.compute_asg_grace_period
       public       = true
       subnets      = aws_subnet.public[*].id
-      min_healthy  = 90
+      min_healthy  = var.compute_roll_min_healthy
       target_group = []
     }
   }

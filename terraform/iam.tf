@@ -278,6 +278,28 @@ data "aws_iam_policy_document" "node" {
   }
 
   dynamic "statement" {
+    # The roll controller (on the layer that runs the API): it completes the drain and ready
+    # hooks of every group of the environment and starts a later layer's instance refresh once
+    # the earlier layers run their new templates (kubeplat/node/roller.py).
+    for_each = each.key == local.api_layer ? [1] : []
+    content {
+      sid       = "RollTheLayers"
+      actions   = ["autoscaling:CompleteLifecycleAction", "autoscaling:StartInstanceRefresh"]
+      resources = [for layer in local.layers : "arn:${data.aws_partition.current.partition}:autoscaling:${var.aws_region}:${data.aws_caller_identity.current.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.name}-${layer}"]
+    }
+  }
+
+  dynamic "statement" {
+    # What the roll controller reads (calls that support no resource-level restriction).
+    for_each = each.key == local.api_layer ? [1] : []
+    content {
+      sid       = "ReadTheRolls"
+      actions   = ["autoscaling:DescribeInstanceRefreshes", "ec2:DescribeLaunchTemplateVersions"]
+      resources = ["*"]
+    }
+  }
+
+  dynamic "statement" {
     # The pinned binaries, when the environment's artifact mirror is a bucket.
     for_each = length(local.mirror_arns) > 0 ? [1] : []
     content {

@@ -125,10 +125,13 @@ resource "aws_launch_template" "node" {
 # One autoscaling group per layer, sized by the environment file; a new launch template
 # version starts a rolling instance refresh.
 resource "aws_autoscaling_group" "node" {
-  for_each                  = local.node_layers
-  name                      = "${local.name}-${each.key}"
-  min_size                  = each.value.min
-  max_size                  = each.value.max
+  for_each = local.node_layers
+  name     = "${local.name}-${each.key}"
+  min_size = each.value.min
+  max_size = each.value.max
+  # The group starts at its minimum; afterwards its desired capacity is the operator's (or a
+  # cluster autoscaler's) and not this module's (ignore_changes below): AWS moves it into a
+  # changed [min, max] itself, so a scale-out survives every later `up`.
   desired_capacity          = each.value.min
   vpc_zone_identifier       = each.value.subnets
   health_check_type         = "EC2"
@@ -163,7 +166,7 @@ resource "aws_autoscaling_group" "node" {
   ]
 
   lifecycle {
-    ignore_changes = [capacity_reservation_specification]
+    ignore_changes = [capacity_reservation_specification, desired_capacity]
   }
 
   # A new secure instance waits (Pending:Wait) until kubeplat-etcd-watch on it completes this
@@ -181,12 +184,18 @@ resource "aws_autoscaling_group" "node" {
     }
   }
   # Forming the cluster waits for every first member to boot and join: more than the default 10m.
-  wait_for_capacity_timeout = each.key == "secure" ? "45m" : "10m"
+  # The compute layer is not waited for: its count is the operator's or an autoscaler's (its
+  # desired capacity is not this module's), and Terraform's wait would count against the
+  # desired capacity it last read, failing after a lowered maximum made AWS scale it in.
+  wait_for_capacity_timeout = lookup({ secure = "45m", control-plane = "10m" }, each.key, "0")
 
   # The sandbox's emulator has no instance refresh (an apply would wait on it forever); there a
-  # changed template takes effect for new instances only.
+  # changed template takes effect for new instances only. Only the secure layer's refresh starts
+  # with the apply: every later layer's is started by the roll controller on the control plane
+  # (kubeplat/node/roller.py) once every earlier layer runs its new template, so the layers roll
+  # in order, whatever happens to the run that applied.
   dynamic "instance_refresh" {
-    for_each = var.sandbox ? [] : [1]
+    for_each = var.sandbox || each.key != "secure" ? [] : [1]
     content {
       strategy = "Rolling"
       preferences {
@@ -202,5 +211,55 @@ resource "aws_autoscaling_group" "node" {
       value               = tag.value
       propagate_at_launch = true
     }
+  }
+
+  # What the roll controller reads from the group itself (so changing them rolls no node): the
+  # refresh's minimum healthy percentage and warm-up, and how long a leaving node is drained.
+  dynamic "tag" {
+    for_each = {
+      "kubeplat:min-healthy"     = tostring(each.value.min_healthy)
+      "kubeplat:instance-warmup" = tostring(each.value.grace)
+      "kubeplat:drain-timeout"   = tostring(var.node_drain_timeout)
+    }
+    content {
+      key                 = tag.key
+      value               = tag.value
+      propagate_at_launch = false
+    }
+  }
+}
+
+# An instance leaving any group (a refresh, a scale-in, kubeplat roll) waits in Terminating:Wait
+# until the roll controller has cordoned and drained its node (evictions honour
+# PodDisruptionBudgets) or node_drain_timeout has passed; if the controller is not there to
+# answer, the instance goes after the hook's own timeout.
+resource "aws_autoscaling_lifecycle_hook" "drain" {
+  for_each               = local.node_layers
+  name                   = "kubeplat-drain"
+  autoscaling_group_name = aws_autoscaling_group.node[each.key].name
+  lifecycle_transition   = "autoscaling:EC2_INSTANCE_TERMINATING"
+  default_result         = "CONTINUE"
+  heartbeat_timeout      = var.node_drain_timeout + 300
+
+  lifecycle {
+    # No notification: the controller asks the group. The sandbox's emulator answers with a
+    # queue and a role of its own; ignoring them keeps an unchanged run a no-op there.
+    ignore_changes = [notification_target_arn, role_arn]
+  }
+}
+
+# A new control-plane or compute instance goes in service (and a refresh goes on to the next batch) only once
+# the roll controller sees its node Ready; one that is not within half an hour is abandoned
+# (terminated), which fails a refresh instead of replacing good nodes with broken ones.
+resource "aws_autoscaling_lifecycle_hook" "ready" {
+  for_each               = { for name, layer in local.node_layers : name => layer if name != "secure" }
+  name                   = "kubeplat-node-ready"
+  autoscaling_group_name = aws_autoscaling_group.node[each.key].name
+  lifecycle_transition   = "autoscaling:EC2_INSTANCE_LAUNCHING"
+  default_result         = "ABANDON"
+  heartbeat_timeout      = 1800
+
+  lifecycle {
+    ignore_changes = [notification_target_arn, role_arn] # as for the drain hook
   }
 }

@@ -208,7 +208,7 @@ variable "sandbox" {
 variable "kubernetes_version" {
   type        = string
   default     = "1.33.5"
-  description = "Kubernetes version of the control plane and kubelets. Example: \"1.33.5\"."
+  description = "Kubernetes version of the control plane and kubelets, one kubeplat pins (1.33.5, 1.34.2); upgrade one minor version at a time (kubeplat upgrade-check rehearses it). Example: \"1.33.5\"."
 
   validation {
     condition     = can(regex("^1\\.[0-9]+\\.[0-9]+$", var.kubernetes_version))
@@ -352,6 +352,28 @@ variable "audit_log_max_age_days" {
   validation {
     condition     = var.audit_log_max_age_days >= 1 && var.audit_log_max_age_days <= 3650 && floor(var.audit_log_max_age_days) == var.audit_log_max_age_days
     error_message = "audit_log_max_age_days must be a whole number of days, from 1 to 3650."
+  }
+}
+
+variable "compute_roll_min_healthy" {
+  type        = number
+  default     = 90
+  description = "Percentage of the compute layer that stays in service while a roll replaces it (the instance refresh's minimum healthy percentage: 90 replaces a tenth at a time; 0 all at once). Example: 90."
+
+  validation {
+    condition     = var.compute_roll_min_healthy >= 0 && var.compute_roll_min_healthy <= 100 && floor(var.compute_roll_min_healthy) == var.compute_roll_min_healthy
+    error_message = "compute_roll_min_healthy must be a whole percentage, from 0 to 100."
+  }
+}
+
+variable "node_drain_timeout" {
+  type        = number
+  default     = 600
+  description = "Seconds a leaving node is drained (cordoned, its pods evicted as their PodDisruptionBudgets allow) before its instance terminates anyway. Example: 600."
+
+  validation {
+    condition     = var.node_drain_timeout >= 0 && var.node_drain_timeout <= 3600 && floor(var.node_drain_timeout) == var.node_drain_timeout
+    error_message = "node_drain_timeout must be a whole number of seconds, from 0 to 3600."
   }
 }
 

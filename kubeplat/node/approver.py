@@ -28,10 +28,8 @@ import functools
 import ipaddress
 import json
 import logging
-import signal
 import ssl
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -220,10 +218,12 @@ class Api:
         self.context = ssl.create_default_context(cafile=ca)
         self.context.load_cert_chain(cert, key)
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, content_type: str = "application/json"
+    ) -> Any:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+            self.url + path, data=data, method=method, headers={"Content-Type": content_type}
         )
         with urllib.request.urlopen(request, timeout=30, context=self.context) as answer:
             return json.loads(answer.read() or b"null")
@@ -287,28 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     from . import aws
+    from .passes import forever
 
-    ec2: Any = None
-    stopping: list[bool] = []
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
-    said: set[str] = set()
-    while not stopping:
-        try:
-            if ec2 is None:  # the instance role's credentials may take a while at boot
-                ec2 = aws.client("ec2", args.region or aws.Identity.read().region)
-            # Certificates are read each pass: the agent renews them in place.
-            api = Api(args.api, args.ca, args.cert, args.key)
-            lines = approve_once(api, functools.partial(ec2_instances, ec2, args.environment))
-            for line in lines:
-                if line not in said:  # a pending request is said once, not every pass
-                    log.info("%s", line)
-            said = set(lines)
-        except Exception as exc:  # the API server may not answer yet: the next pass retries
-            message = f"pass failed: {exc}"
-            if message not in said:
-                log.warning("%s", message)
-            said = {message}
-        if args.once:
-            return 0
-        time.sleep(args.interval)
-    return 0
+    ec2: list[Any] = []
+
+    def do_pass() -> list[str]:
+        if not ec2:  # the instance role's credentials may take a while at boot
+            ec2.append(aws.client("ec2", args.region or aws.Identity.read().region))
+        # Certificates are read each pass: the agent renews them in place.
+        api = Api(args.api, args.ca, args.cert, args.key)
+        return approve_once(api, functools.partial(ec2_instances, ec2[0], args.environment))
+
+    return forever(do_pass, log, args.interval, args.once)

@@ -19,6 +19,7 @@ COMMANDS = {
         "approver",
         "approve kubelet serving certificates of this environment's nodes",
     ),
+    "roller": ("roller", "order the layers' instance refreshes; drain leaving nodes"),
     "status": ("", "print this node's bootstrap record"),
     "account": ("", "print this instance's AWS account id (its identity document)"),
 }
@@ -73,3 +74,9 @@ def account() -> int:
         print(f"kubeplat-node account: no identity document: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def entry() -> None:
+    """The node programs' one exit point (`kubeplat-node`, `python -m kubeplat.node`): the
+    commands return their exit code; only this turns it into the process's."""
+    sys.exit(main())

@@ -671,6 +671,12 @@ def _tell_ready(node: Node, members: list[Member], local: list[str]) -> None:
         return  # a join is under way
     if node.etcdctl(local, "endpoint", "health", "--cluster").returncode != 0:
         return
+    if node.args.readyz and not _api_ready(node.args.readyz, node.args.pki / "ca.crt"):
+        problem = f"etcd ready; waiting for this node's API server ({node.args.readyz})"
+        if problem != node.last_problem:
+            say(problem)
+            node.last_problem = problem
+        return
     hook, group = node.args.lifecycle_hook, group_of(node.autoscaling, node.me)
     hooks = (
         node.autoscaling.describe_lifecycle_hooks(
@@ -701,6 +707,14 @@ def _tell_ready(node: Node, members: list[Member], local: list[str]) -> None:
         # No action waits for this instance: it went in service already (a restarted watch).
     say(f"ready: a voting member of a healthy cluster; {group} may go on (launch hook {hook})")
     node.ready_told = True
+
+
+def _api_ready(url: str, ca_file: Path) -> bool:
+    """Whether the API server at `url` (its /readyz, anonymous) answers ready: on a stacked
+    layer a new member goes in service only once the API server beside it does too."""
+    from .agent import readyz
+
+    return readyz(url, str(ca_file))()
 
 
 def _restored_since(node: Node, every_s: float = 60.0) -> bool:
@@ -851,6 +865,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcdctl", default=env("KUBEPLAT_ETCDCTL", "etcdctl"))
     parser.add_argument("--etcdutl", default=env("KUBEPLAT_ETCDUTL", "etcdutl"))
     parser.add_argument("--lifecycle-hook", default=LIFECYCLE_HOOK)
+    parser.add_argument(
+        "--readyz", default="", help="watch: complete the launch hook only once this answers"
+    )
     parser.add_argument(
         "--restart-command",
         default=RESTART_COMMAND,

@@ -358,10 +358,14 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
         theirs = group.format(env.aws_region, "0c1d", f"{env.environment}-{env.platform}-{other}")
         assert allowed(policy, "autoscaling:SetInstanceHealth", own)
         assert not allowed(policy, "autoscaling:SetInstanceHealth", theirs)
-        # Only a secure node completes its group's launch hook (it has joined etcd).
-        joined = allowed(policy, "autoscaling:CompleteLifecycleAction", own)
-        assert joined == (layer == "secure")
-        assert not allowed(policy, "autoscaling:CompleteLifecycleAction", theirs)
+        # Only a secure node completes a group's lifecycle hooks and starts a refresh: its own
+        # launch hook (it has joined etcd), and as the control plane (stacked) the roll
+        # controller's, for every group of the environment; never another environment's.
+        for action in ("autoscaling:CompleteLifecycleAction", "autoscaling:StartInstanceRefresh"):
+            assert allowed(policy, action, own) == (layer == "secure")
+            assert allowed(policy, action, theirs) == (layer == "secure")
+            stranger = group.format(env.aws_region, "0c1d", f"other-{env.platform}-{layer}")
+            assert not allowed(policy, action, stranger)
     # The etcd members' formation record: the secure layer reads and writes it, nobody else.
     record = f"{obj}/etcd/formation.json"
     assert allowed(secure, "s3:PutObject", record) and allowed(secure, "s3:GetObject", record)

@@ -25,7 +25,7 @@ def test_help_lists_only_working_commands(kubeplat) -> None:  # type: ignore[no-
     assert sorted(listed) == sorted(
         ["init", "validate", "certs", "render", "plan", "up", "destroy", "output", "instances",
          "kubeconfig", "ssh", "manifests", "etcd", "completion", "sandbox", "buckets",
-         "token", "apply", "unlock", "versions"]
+         "token", "apply", "unlock", "versions", "upgrade-check", "health", "roll"]
     )  # fmt: skip
 
 

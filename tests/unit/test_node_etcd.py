@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from kubeplat.node import etcd
 from kubeplat.node.etcd import Member, Seen, _restored_since, decide
 
 A, B, C, D = "i-0a", "i-0b", "i-0c", "i-0d"
@@ -244,3 +245,57 @@ def test_a_member_restarted_for_a_restore_keeps_trying_to_read_the_record(
     reads.clear()
     assert node_etcd.prepare(args, sleep=slept.append) == 0  # type: ignore[arg-type]
     assert len(reads) == 3 and len(slept) == 2
+
+
+def test_on_a_stacked_layer_the_launch_hook_waits_for_the_api_server(tmp_path: Path) -> None:
+    """A new secure member of a stacked layer goes in service (its launch hook completed) only
+    once the API server beside it answers /readyz: a roll then never takes the next member
+    while this one's API server is not serving. A loopback stand-in answers /readyz (no API
+    server runs here); etcd and Auto Scaling are recorded stand-ins."""
+    import http.server
+    import ssl
+
+    from kubeplat import config, pki
+    from tests.tls_standin import running
+
+    env = config.load(str(Path(__file__).resolve().parents[2] / "environments" / "example.tfvars"))
+    for name, data in pki.ensure(env, {}).files.items():
+        if name in ("ca.crt", "apiserver.crt", "apiserver.key"):
+            (tmp_path / name).write_bytes(data)
+
+    ready = [False]
+
+    class Readyz(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if ready[0] and self.path == "/readyz" else 503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    completed: list[dict[str, str]] = []
+    autoscaling = SimpleNamespace(
+        describe_auto_scaling_instances=lambda **_: {
+            "AutoScalingInstances": [{"AutoScalingGroupName": "dev-kube-secure"}]
+        },
+        describe_lifecycle_hooks=lambda **_: {"LifecycleHooks": [{"LifecycleHookName": "h"}]},
+        complete_lifecycle_action=lambda **kw: completed.append(kw),
+    )
+    member = etcd.Member("1", "i-new", ["https://10.0.0.5:2380"], False)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Readyz)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # /readyz is anonymous: no client cert
+    context.load_cert_chain(tmp_path / "apiserver.crt", tmp_path / "apiserver.key")
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    with running(server):
+        url = f"https://127.0.0.1:{server.server_address[1]}/readyz"
+        node = SimpleNamespace(
+            me="i-new", autoscaling=autoscaling, ready_told=False, last_problem="",
+            etcdctl=lambda *a: SimpleNamespace(returncode=0),
+            args=SimpleNamespace(readyz=url, pki=tmp_path, lifecycle_hook="h"),
+        )  # fmt: skip
+        etcd._tell_ready(node, [member], ["https://10.0.0.5:2379"])  # type: ignore[arg-type]
+        assert completed == [] and not node.ready_told
+        assert node.last_problem.startswith("etcd ready; waiting for this node's API server")
+        ready[0] = True
+        etcd._tell_ready(node, [member], ["https://10.0.0.5:2379"])  # type: ignore[arg-type]
+    assert [c["InstanceId"] for c in completed] == ["i-new"] and node.ready_told

@@ -58,11 +58,13 @@ def test_plan_says_how_the_secure_layer_rolls_and_in_which_order() -> None:
     secure, compute, together = said
     assert secure.startswith("secure (etcd and the control plane): 3 instances (i-0a, i-0b, i-0c)")
     assert "one at a time" in secure and "only once its etcd member has joined" in secure
-    assert (
-        compute
-        == "compute: 1 instance (i-1a) replaced with at least 90% of them in service throughout"
+    assert compute == (
+        "compute: 1 instance (i-1a) replaced with at least 90% of them in service throughout, "
+        "each leaving node drained first and each new one in service once its node is Ready"
     )
-    assert "at the same time" in together
+    assert together.startswith("the groups roll in this order: each later group's refresh starts")
+    (half,) = roll_order(["compute"], running, sandbox=False, stacked=True, compute_min_healthy=50)
+    assert "at least 50% of them in service" in half
     # The sandbox has no instance refresh: it says so instead of promising one.
     (sandboxed,) = roll_order(["secure"], running, sandbox=True, stacked=False)
     assert "the sandbox has no instance refresh" in sandboxed

@@ -1,0 +1,451 @@
+"""The roll controller (`kubeplat-node roller`, kubeplat/node/roller.py): the order of the
+layers' instance refreshes, the drain of a leaving node and the Ready gate of an entering one.
+
+Two stand-ins, and why:
+- The Kubernetes API server is a FAKE on loopback (no kubelet or API server runs here): it
+  speaks TLS with the environment's own API server certificate, requires the controller's
+  client certificate, and serves Nodes, Pods and the Eviction API with a PodDisruptionBudget's
+  rule (an eviction that would take a budget's healthy pods below its minimum is refused with
+  429, as the API server does). It records every eviction and cordon.
+- Auto Scaling is a RECORDING stand-in: the emulator (moto) has no lifecycle waits,
+  CompleteLifecycleAction or instance refreshes. It answers the calls the controller makes, with
+  AWS's shapes, from the state the test sets, and records the calls that change something.
+The controller's own code (kubeplat.node.approver.Api over real TLS included) runs unchanged.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import urllib.parse
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kubeplat.node import roller
+from kubeplat.node.approver import Api
+
+REPO = Path(__file__).resolve().parents[2]
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+TEMPLATES = {"secure": "lt-secure", "compute": "lt-compute"}
+
+
+class FakeApi(http.server.ThreadingHTTPServer):
+    nodes: dict[str, dict[str, Any]]
+    pods: dict[str, dict[str, Any]]  # "namespace/name" → pod
+    budgets: dict[str, int]  # app label → pods of it that must stay (minAvailable)
+    evicted: list[str]
+    refused: list[str]
+    patched: list[tuple[str, Any, str]]
+
+
+def pod(namespace: str, name: str, node: str, app: str = "", owner: str = "ReplicaSet",
+        phase: str = "Running", mirror: bool = False) -> dict[str, Any]:  # fmt: skip
+    meta: dict[str, Any] = {"namespace": namespace, "name": name, "labels": {"app": app},
+                            "ownerReferences": [{"kind": owner, "name": "x"}]}  # fmt: skip
+    if mirror:
+        meta["annotations"] = {roller.MIRROR: "abc"}
+    return {"metadata": meta, "spec": {"nodeName": node}, "status": {"phase": phase}}
+
+
+def node(name: str, instance: str, ready: bool = True) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name},
+        "spec": {"providerID": f"aws:///eu-west-1a/{instance}"},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: FakeApi
+
+    def answer(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/api/v1/nodes":
+            return self.answer(200, {"items": list(self.server.nodes.values())})
+        if url.path.startswith("/api/v1/nodes/"):
+            found = self.server.nodes.get(url.path.rsplit("/", 1)[1])
+            return self.answer(200 if found else 404, found or {})
+        if url.path == "/api/v1/pods":
+            (selector,) = urllib.parse.parse_qs(url.query)["fieldSelector"]
+            where = selector.removeprefix("spec.nodeName=")
+            items = [p for p in self.server.pods.values() if p["spec"]["nodeName"] == where]
+            return self.answer(200, {"items": items})
+        self.answer(404, {})
+
+    def do_PATCH(self) -> None:
+        name = self.path.rsplit("/", 1)[1]
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.server.patched.append((name, body, self.headers["Content-Type"]))
+        self.server.nodes[name]["spec"].update(body["spec"])
+        self.answer(200, self.server.nodes[name])
+
+    def do_POST(self) -> None:
+        parts = self.path.split("/")  # /api/v1/namespaces/NS/pods/NAME/eviction
+        key = f"{parts[4]}/{parts[6]}"
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert body["kind"] == "Eviction" and body["apiVersion"] == "policy/v1"
+        target = self.server.pods.get(key)
+        if target is None:
+            return self.answer(404, {})
+        app = target["metadata"]["labels"]["app"]
+        if app in self.server.budgets:
+            healthy = [p for p in self.server.pods.values()
+                       if p["metadata"]["labels"]["app"] == app and p["status"]["phase"] == "Running"]  # fmt: skip
+            if len(healthy) - 1 < self.server.budgets[app]:
+                self.server.refused.append(key)
+                return self.answer(429, {"reason": "TooManyRequests",
+                                         "message": "Cannot evict pod as it would violate the pod's disruption budget."})  # fmt: skip
+        self.server.evicted.append(key)
+        del self.server.pods[key]
+        self.answer(201, {})
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def pki_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from kubeplat import config, pki
+
+    env = config.load(str(REPO / "environments" / "example.tfvars"))
+    files = dict(pki.ensure(env, {}).files)
+    folder = tmp_path_factory.mktemp("pki")
+    for name in ("apiserver.crt", "apiserver.key", "ca.crt",
+                 "apiserver-kubelet-client.crt", "apiserver-kubelet-client.key"):  # fmt: skip
+        (folder / name).write_bytes(files[name])
+    return folder
+
+
+@pytest.fixture
+def fake_api(pki_dir: Path) -> Iterator[tuple[FakeApi, Any]]:
+    from tests.tls_standin import serving
+
+    server = FakeApi(("127.0.0.1", 0), Handler)
+    server.nodes, server.pods, server.budgets = {}, {}, {}
+    server.evicted, server.refused, server.patched = [], [], []
+    with serving(server, pki_dir):
+        url = f"https://127.0.0.1:{server.server_address[1]}"
+        yield (
+            server,
+            lambda: Api(
+                url,
+                str(pki_dir / "ca.crt"),
+                str(pki_dir / "apiserver-kubelet-client.crt"),
+                str(pki_dir / "apiserver-kubelet-client.key"),
+            ),
+        )
+
+
+class Refused(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.response = {"Error": {"Code": code}}
+
+
+class Paginator:
+    def __init__(self, pages: list[dict[str, Any]]) -> None:
+        self.pages = pages
+
+    def paginate(self, **_: Any) -> list[dict[str, Any]]:
+        return self.pages
+
+
+class AutoScaling:
+    """A RECORDING stand-in for Auto Scaling (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.hooks: dict[str, list[str]] = {}
+        self.refreshes: dict[str, list[dict[str, Any]]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def group(self, layer: str, version: str, instances: dict[str, tuple[str, str]],
+              hooks: tuple[str, ...] = (roller.DRAIN_HOOK,), **tags: str) -> None:  # fmt: skip
+        """instances: id → (lifecycle state, template version it launched from)."""
+        name = f"dev-kube-{layer}"
+        template = {"LaunchTemplateId": TEMPLATES[layer], "Version": version}
+        self.groups[name] = {
+            "AutoScalingGroupName": name,
+            "LaunchTemplate": template,
+            "Tags": [{"Key": "Layer", "Value": layer}, {"Key": "Environment", "Value": "dev"}]
+            + [{"Key": k.replace("_", ":", 1).replace("_", "-"), "Value": v} for k, v in tags.items()],
+            "Instances": [
+                {"InstanceId": i, "LifecycleState": state,
+                 "LaunchTemplate": {**template, "Version": launched}}
+                for i, (state, launched) in instances.items()
+            ],
+        }  # fmt: skip
+        self.hooks[name] = list(hooks)
+        self.refreshes.setdefault(name, [])
+
+    def get_paginator(self, name: str) -> Paginator:
+        assert name == "describe_auto_scaling_groups"
+        return Paginator([{"AutoScalingGroups": list(self.groups.values())}])
+
+    def describe_lifecycle_hooks(self, AutoScalingGroupName: str) -> dict[str, Any]:
+        return {
+            "LifecycleHooks": [{"LifecycleHookName": h} for h in self.hooks[AutoScalingGroupName]]
+        }
+
+    def describe_instance_refreshes(
+        self, AutoScalingGroupName: str, MaxRecords: int
+    ) -> dict[str, Any]:
+        return {"InstanceRefreshes": self.refreshes[AutoScalingGroupName][:MaxRecords]}
+
+    def complete_lifecycle_action(self, **kwargs: Any) -> None:
+        group = self.groups[kwargs["AutoScalingGroupName"]]
+        waiting = [i for i in group["Instances"] if i["InstanceId"] == kwargs["InstanceId"]
+                   and i["LifecycleState"].endswith(":Wait")]  # fmt: skip
+        if not waiting:
+            raise Refused("ValidationError")
+        self.calls.append(("complete_lifecycle_action", kwargs))
+
+    def start_instance_refresh(self, **kwargs: Any) -> None:
+        name = kwargs["AutoScalingGroupName"]
+        if self.refreshes[name] and self.refreshes[name][0]["Status"] in roller.ACTIVE:
+            raise Refused("InstanceRefreshInProgress")
+        self.calls.append(("start_instance_refresh", kwargs))
+        self.refreshes[name].insert(0, {"Status": "Pending", "StartTime": NOW})
+
+
+class Ec2:
+    """Launch template versions' creation times (a RECORDING stand-in, like AutoScaling)."""
+
+    def __init__(self) -> None:
+        self.made: dict[tuple[str, str], datetime] = {}
+
+    def describe_launch_template_versions(
+        self, LaunchTemplateId: str, Versions: list[str]
+    ) -> dict[str, Any]:
+        made = self.made.get((LaunchTemplateId, Versions[0]), NOW - timedelta(days=1))
+        return {"LaunchTemplateVersions": [{"CreateTime": made}]}
+
+
+def controller(
+    asg: AutoScaling, api: Any, ec2: Ec2 | None = None, **kwargs: Any
+) -> roller.Controller:
+    return roller.Controller(
+        asg, ec2 or Ec2(), api, "dev", kwargs.pop("drain_timeout", 600), **kwargs
+    )
+
+
+def started(asg: AutoScaling) -> list[tuple[str, bool, int]]:
+    return [
+        (c["AutoScalingGroupName"], c["Preferences"]["SkipMatching"],
+         c["Preferences"]["MinHealthyPercentage"])
+        for name, c in asg.calls if name == "start_instance_refresh"
+    ]  # fmt: skip
+
+
+def completed(asg: AutoScaling) -> list[tuple[str, str, str]]:
+    return [
+        (c["InstanceId"], c["LifecycleHookName"], c["LifecycleActionResult"])
+        for name, c in asg.calls if name == "complete_lifecycle_action"
+    ]  # fmt: skip
+
+
+# -- order ------------------------------------------------------------------------------------
+
+
+def test_compute_rolls_only_after_the_secure_layer_runs_its_new_template(fake_api: Any) -> None:
+    _server, api = fake_api
+    asg = AutoScaling()
+    # Terraform changed both templates; its refresh of the secure layer is under way.
+    asg.group("secure", "2", {"i-s0": ("InService", "2"), "i-s1": ("InService", "1"),
+                              "i-s2": ("InService", "1")})  # fmt: skip
+    asg.group("compute", "5", {"i-c0": ("InService", "4"), "i-c1": ("InService", "4")},
+              kubeplat_min_healthy="50")  # fmt: skip
+    asg.refreshes["dev-kube-secure"] = [{"Status": "InProgress", "StartTime": NOW}]
+    lines = controller(asg, api).pass_once()
+    assert started(asg) == []
+    assert "dev-kube-secure: instance refresh inprogress; later layers wait" in lines
+
+    # The secure refresh succeeded and every member runs version 2: compute's turn, with its
+    # own minimum healthy percentage, replacing only instances on the older template.
+    asg.refreshes["dev-kube-secure"] = [{"Status": "Successful", "StartTime": NOW}]
+    for instance in asg.groups["dev-kube-secure"]["Instances"]:
+        instance["LaunchTemplate"]["Version"] = "2"
+    lines = controller(asg, api).pass_once()
+    assert started(asg) == [("dev-kube-compute", True, 50)]
+    assert (
+        "dev-kube-compute: instance refresh started (2 instance(s) on an older launch template)"
+        in lines
+    )
+    # A second controller (another control-plane node) in the same pass changes nothing.
+    controller(asg, api).pass_once()
+    assert started(asg) == [("dev-kube-compute", True, 50)]
+
+
+def test_a_secure_layer_left_behind_holds_compute(fake_api: Any) -> None:
+    _server, api = fake_api
+    asg = AutoScaling()
+    asg.group("secure", "2", {"i-s0": ("InService", "1")})
+    asg.group("compute", "5", {"i-c0": ("InService", "4")})
+    asg.refreshes["dev-kube-secure"] = [{"Status": "Failed", "StartTime": NOW,
+                                         "StatusReason": "launch hook abandoned"}]  # fmt: skip
+    lines = controller(asg, api).pass_once()
+    assert started(asg) == []  # the secure layer is Terraform's and the operator's to resume
+    assert any(
+        line.startswith("dev-kube-secure: 1 instance(s) on an older launch template")
+        for line in lines
+    )
+
+
+def test_a_failed_refresh_is_not_retried_for_the_same_template_but_resumed_on_request(
+    fake_api: Any,
+) -> None:
+    _server, api = fake_api
+    asg, ec2 = AutoScaling(), Ec2()
+    asg.group("secure", "2", {"i-s0": ("InService", "2")})
+    asg.group("compute", "5", {"i-c0": ("InService", "4"), "i-c1": ("InService", "5")})
+    asg.refreshes["dev-kube-compute"] = [{"Status": "Failed", "StartTime": NOW,
+                                          "StatusReason": "i-c9 was abandoned"}]  # fmt: skip
+    lines = controller(asg, api, ec2).pass_once()
+    assert started(asg) == []
+    assert (
+        "dev-kube-compute: its last instance refresh ended failed: i-c9 was abandoned; not started "
+        "again for the same launch template (resume with kubeplat roll); later layers wait"
+    ) in lines
+    # `kubeplat roll -e dev --layer compute` asks (a tag newer than the failure): started, and
+    # every instance replaced (a roll on demand: a kernel update, say).
+    tags = asg.groups["dev-kube-compute"]["Tags"]
+    tags.append({"Key": roller.ROLL_TAG, "Value": (NOW + timedelta(minutes=5)).isoformat()})
+    controller(asg, api, ec2).pass_once()
+    assert started(asg) == [("dev-kube-compute", False, 90)]
+
+
+def test_a_new_template_after_a_failed_refresh_starts_again(fake_api: Any) -> None:
+    _server, api = fake_api
+    asg, ec2 = AutoScaling(), Ec2()
+    asg.group("compute", "6", {"i-c0": ("InService", "4")})
+    asg.refreshes["dev-kube-compute"] = [{"Status": "Failed", "StartTime": NOW}]
+    ec2.made[("lt-compute", "6")] = NOW + timedelta(minutes=10)  # the fix, applied after
+    controller(asg, api, ec2).pass_once()
+    assert started(asg) == [("dev-kube-compute", True, 90)]
+
+
+def test_an_old_roll_request_is_not_repeated(fake_api: Any) -> None:
+    _server, api = fake_api
+    asg = AutoScaling()
+    asg.group("compute", "5", {"i-c0": ("InService", "5")},
+              kubeplat_roll_requested=(NOW - timedelta(hours=1)).isoformat())  # fmt: skip
+    asg.refreshes["dev-kube-compute"] = [{"Status": "Successful", "StartTime": NOW}]
+    assert controller(asg, api).pass_once() == [] and started(asg) == []
+
+
+# -- drain ------------------------------------------------------------------------------------
+
+
+def leaving(asg: AutoScaling) -> None:
+    asg.group("compute", "5", {"i-c0": ("Terminating:Wait", "5"), "i-c1": ("InService", "5")})
+
+
+def test_a_leaving_node_is_cordoned_and_drained_then_let_go(fake_api: Any) -> None:
+    server, api = fake_api
+    server.nodes = {
+        "ip-10-0-1-5": node("ip-10-0-1-5", "i-c0"),
+        "ip-10-0-1-6": node("ip-10-0-1-6", "i-c1"),
+    }
+    server.pods = {
+        "shop/web-1": pod("shop", "web-1", "ip-10-0-1-5", app="web"),
+        "shop/web-2": pod("shop", "web-2", "ip-10-0-1-6", app="web"),
+        "kube-system/flannel-a": pod("kube-system", "flannel-a", "ip-10-0-1-5", owner="DaemonSet"),
+        "kube-system/static": pod("kube-system", "static", "ip-10-0-1-5", mirror=True),
+        "batch/done": pod("batch", "done", "ip-10-0-1-5", phase="Succeeded"),
+    }
+    asg = AutoScaling()
+    leaving(asg)
+    lines = controller(asg, api).pass_once()
+    assert server.patched == [
+        ("ip-10-0-1-5", {"spec": {"unschedulable": True}}, "application/strategic-merge-patch+json")
+    ]
+    assert server.evicted == ["shop/web-1"]  # not the DaemonSet's, static or finished pods
+    assert "ip-10-0-1-5: evicted shop/web-1" in lines
+    assert completed(asg) == []  # evicted this pass: let go once nothing is left
+    lines = controller(asg, api).pass_once()
+    assert completed(asg) == [("i-c0", roller.DRAIN_HOOK, "CONTINUE")]
+    assert "ip-10-0-1-5 drained" in lines
+    assert server.nodes["ip-10-0-1-6"]["spec"].get("unschedulable") is None  # the other stays
+
+
+def test_a_disruption_budget_holds_the_drain_until_the_timeout(fake_api: Any) -> None:
+    server, api = fake_api
+    server.nodes = {"ip-10-0-1-5": node("ip-10-0-1-5", "i-c0")}
+    server.pods = {"shop/db-0": pod("shop", "db-0", "ip-10-0-1-5", app="db")}
+    server.budgets = {"db": 1}  # minAvailable 1 of 1: no eviction allowed
+    asg = AutoScaling()
+    leaving(asg)
+    clock = [0.0]
+    roll = controller(asg, api, drain_timeout=600, clock=lambda: clock[0])
+    lines = roll.pass_once()
+    assert server.refused == ["shop/db-0"] and server.evicted == []
+    assert (
+        "ip-10-0-1-5: eviction of shop/db-0 refused by a PodDisruptionBudget; trying again" in lines
+    )
+    assert completed(asg) == []
+    clock[0] = 300.0
+    roll.pass_once()
+    assert completed(asg) == [] and server.refused == ["shop/db-0"] * 2
+    clock[0] = 600.0
+    lines = roll.pass_once()
+    assert completed(asg) == [("i-c0", roller.DRAIN_HOOK, "CONTINUE")]
+    assert (
+        "ip-10-0-1-5: drain timed out with 1 pod(s) left (1 held by a disruption budget): "
+        "shop/db-0; the instance goes anyway"
+    ) in lines
+    assert server.evicted == []  # the budget was never broken
+
+
+def test_an_instance_without_a_node_leaves_at_once(fake_api: Any) -> None:
+    _server, api = fake_api
+    asg = AutoScaling()
+    leaving(asg)
+    lines = controller(asg, api).pass_once()
+    assert completed(asg) == [("i-c0", roller.DRAIN_HOOK, "CONTINUE")]
+    assert "i-c0: no node of its own to drain" in lines
+
+
+def test_a_group_without_the_hook_is_not_drained(fake_api: Any) -> None:
+    server, api = fake_api
+    server.nodes = {"ip-10-0-1-5": node("ip-10-0-1-5", "i-c0")}
+    asg = AutoScaling()
+    asg.group("compute", "5", {"i-c0": ("Terminating:Wait", "5")}, hooks=())
+    controller(asg, api).pass_once()
+    assert completed(asg) == [] and server.patched == []
+
+
+# -- ready ------------------------------------------------------------------------------------
+
+
+def test_an_entering_instance_goes_in_service_once_its_node_is_ready(fake_api: Any) -> None:
+    server, api = fake_api
+    asg = AutoScaling()
+    asg.group("compute", "5", {"i-c2": ("Pending:Wait", "5")}, hooks=(roller.READY_HOOK,))
+    roll = controller(asg, api)
+    roll.pass_once()
+    assert completed(asg) == []  # no Node yet
+    server.nodes = {"ip-10-0-1-7": node("ip-10-0-1-7", "i-c2", ready=False)}
+    roll.pass_once()
+    assert completed(asg) == []  # registered, not Ready
+    server.nodes["ip-10-0-1-7"]["status"]["conditions"][0]["status"] = "True"
+    lines = roll.pass_once()
+    assert completed(asg) == [("i-c2", roller.READY_HOOK, "CONTINUE")]
+    assert "i-c2: its node is Ready; in service in dev-kube-compute" in lines
+
+
+def test_the_roller_is_a_node_command() -> None:
+    from kubeplat.node import cli
+
+    assert cli.COMMANDS["roller"][0] == "roller"
