@@ -28,6 +28,7 @@ class MemberRow:
     db_size: int = 0
     reported: str = ""  # when the report was written
     generation: int = 0  # of the formation record its data belongs to (a restore adds one)
+    certificate_expires: str = ""  # of the certificate its etcd serves (read over TLS), or ""
 
     def as_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -80,6 +81,7 @@ def read(aws: Aws, bucket: str, environment: str, running: dict[str, str]) -> Et
             row.member, row.reported = report.get("member", ""), report.get("updated", "")
             row.db_size = int(report.get("db_size", 0))
             row.generation = int(report.get("generation", 0))
+            row.certificate_expires = str(report.get("certificate_expires") or "")
             if not report.get("answers"):
                 row.role = "down"
             elif report.get("learner"):

@@ -165,8 +165,9 @@ def expiry(name: str, expires: dt.datetime, now: dt.datetime, renew_days: int, w
     return Item(name, level, f"{where} expires {expires:%Y-%m-%d} ({days} days left)")
 
 
-def etcd(status: Any, now: dt.datetime) -> list[Item]:
-    """Quorum, stale members, the latest snapshot's age (etcdstatus.read)."""
+def etcd(status: Any, now: dt.datetime, renew_days: int = 90) -> list[Item]:
+    """Quorum, stale members, the latest snapshot's age, and the soonest expiry of the
+    certificates the members serve (each member reads its own over TLS) (etcdstatus.read)."""
     from kubeplat.etcdstatus import seconds_since
 
     if status is None or not status.reports:
@@ -184,6 +185,17 @@ def etcd(status: Any, now: dt.datetime) -> list[Item]:
         age = dt.timedelta(seconds=seconds_since(status.latest_snapshot_time, now))
         level = RED if age > SNAPSHOT_MAX_AGE else OK
         items.append(Item("etcd snapshot", level, f"latest {_age(age)} ({status.latest_snapshot})"))
+    served = sorted(
+        (when, r.instance_id)
+        for r in status.rows
+        for when in [_time(getattr(r, "certificate_expires", ""))]
+        if when is not None
+    )
+    if served:
+        when, instance = served[0]
+        items.append(
+            expiry("etcd certificate", when, now, renew_days, f"served by {instance}'s etcd")
+        )
     return items
 
 

@@ -597,6 +597,7 @@ def apply(
         rolls=[str(r) for r in saved.summary.get("rolls", [])],
         removals=[dict(r) for r in saved.summary.get("removals", [])],
         imports=[(str(a), str(i)) for a, i in saved.summary.get("imports", [])],
+        resources=[(str(a), str(r)) for a, r in saved.summary.get("resources", [])],
     )
     report = _report(prepared, summary, saved.plan_file)
     outputs: dict[str, object] = {}
@@ -610,6 +611,7 @@ def apply(
         if summary.changes:
             with _after_upload(uploaded, prepared.deferred, f"kubeplat up -e {env}"):
                 outputs = pipeline.apply(prepared, tf, saved.plan_file)
+            pipeline.wait_for_secure(prepared, summary, f"kubeplat up -e {env}")
         uploaded += pipeline.promote(prepared)
         uploaded += pipeline.prune(prepared)
     if not summary.changes:
@@ -725,6 +727,7 @@ def up(
             if applied:
                 with _after_upload(uploaded, prepared.deferred, f"kubeplat up -e {env}"):
                     outputs = pipeline.apply(prepared, tf, plan_file)
+                pipeline.wait_for_secure(prepared, summary, f"kubeplat up -e {env}")
             uploaded += pipeline.promote(prepared)
             uploaded += pipeline.prune(prepared)
         if not applied:
@@ -1167,7 +1170,9 @@ def health(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> An
         return [checks.convergence(rows)]
 
     found.items += checks.guarded("nodes", nodes)
-    found.items += checks.guarded("etcd", lambda: checks.etcd(_etcd_of(deployed, rows), now))
+    found.items += checks.guarded(
+        "etcd", lambda: checks.etcd(_etcd_of(deployed, rows), now, environment.cert_renew_days)
+    )
     found.items += checks.guarded("groups", lambda: [checks.groups(_groups(deployed))])
     return found
 

@@ -931,6 +931,59 @@ def apply(prepared: Prepared, tf: Terraform, plan_file: Path) -> dict[str, Any]:
     return outputs
 
 
+SECURE_GROUP = 'aws_autoscaling_group.node["secure"]'
+SECURE_WAIT_S = 45 * 60  # the etcd cluster forming: every first member boots and joins
+
+
+def wait_for_secure(
+    prepared: Prepared,
+    summary: PlanSummary,
+    again: str,
+    *,
+    timeout_s: float = SECURE_WAIT_S,
+    poll_s: float = 15.0,
+) -> None:
+    """After an apply that created or resized the secure group: wait until as many of its
+    instances are in service as it wants now (read each time: a lowered maximum scales it in,
+    and Terraform, which no longer owns the desired capacity, would wait for the count it read
+    before). Its new instances are in service once their etcd members have joined (the launch
+    hook), so this is the cluster forming. A timeout leaves everything applied and says so."""
+    from kubeplat.aws import errors
+
+    if not any(
+        address == SECURE_GROUP and action in ("create", "update", "replace")
+        for action, address in summary.resources
+    ):
+        return
+    client = prepared.aws.client("autoscaling")
+    name = f"{prepared.env.environment}-{prepared.env.platform}-secure"
+    deadline, said = time.monotonic() + timeout_s, ""
+    while True:
+        with errors(f"reading the autoscaling group {name}", prepared.aws):
+            found = client.describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+        groups = found.get("AutoScalingGroups", [])
+        if not groups:
+            return  # destroyed meanwhile, or named otherwise: nothing of ours to wait for
+        want = int(groups[0].get("DesiredCapacity", 0))
+        serving = sum(
+            1 for i in groups[0].get("Instances", []) if i.get("LifecycleState") == "InService"
+        )
+        if serving >= want:
+            return
+        line = f"secure layer: {serving} of {want} instances in service (etcd members joining)"
+        if line != said:
+            console.status(line)
+            said = line
+        if time.monotonic() >= deadline:
+            raise KubeplatError(
+                f"the secure layer has {serving} of {want} instances in service after "
+                f"{timeout_s / 60:.0f} minutes; everything was applied and nothing was removed",
+                f"see why with kubeplat etcd status -e {prepared.env.environment} and kubeplat "
+                f"instances -e {prepared.env.environment}; then run: {again}",
+            )
+        time.sleep(poll_s)
+
+
 def outputs(tf: Terraform) -> dict[str, Any]:
     """`terraform output -json`, as plain values."""
     return parse_outputs(tf.run("output", "-json").output)

@@ -58,6 +58,7 @@ def save(prepared: Prepared, summary: PlanSummary, plan_file: Path) -> Path:
             "rolls": summary.rolls,
             "removals": summary.removals,
             "imports": [list(i) for i in summary.imports],
+            "resources": [list(r) for r in summary.resources],
         },
     }
     path = record_path(plan_file)

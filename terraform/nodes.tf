@@ -183,11 +183,11 @@ resource "aws_autoscaling_group" "node" {
       heartbeat_timeout    = 3600
     }
   }
-  # Forming the cluster waits for every first member to boot and join: more than the default 10m.
-  # The compute layer is not waited for: its count is the operator's or an autoscaler's (its
-  # desired capacity is not this module's), and Terraform's wait would count against the
-  # desired capacity it last read, failing after a lowered maximum made AWS scale it in.
-  wait_for_capacity_timeout = lookup({ secure = "45m", control-plane = "10m" }, each.key, "0")
+  # No group is waited for here: its desired capacity is not this module's (ignore_changes), and
+  # Terraform's wait would count against the desired capacity it last read, failing after a
+  # lowered maximum made AWS scale the group in. kubeplat waits for the secure layer itself
+  # after the apply (pipeline.wait_for_secure), reading what the group wants at that moment.
+  wait_for_capacity_timeout = "0"
 
   # The sandbox's emulator has no instance refresh (an apply would wait on it forever); there a
   # changed template takes effect for new instances only. Only the secure layer's refresh starts
@@ -245,6 +245,22 @@ resource "aws_autoscaling_lifecycle_hook" "drain" {
     # No notification: the controller asks the group. The sandbox's emulator answers with a
     # queue and a role of its own; ignoring them keeps an unchanged run a no-op there.
     ignore_changes = [notification_target_arn, role_arn]
+  }
+}
+
+# An etcd member's instance leaving the secure group waits until the etcd leader has removed its
+# member (kubeplat-etcd-watch), so the members left are all alive: of two members one of which
+# is gone, none has quorum; one removed first leaves a working cluster.
+resource "aws_autoscaling_lifecycle_hook" "etcd_leave" {
+  for_each               = { for name, layer in local.node_layers : name => layer if name == "secure" }
+  name                   = "kubeplat-etcd-leave"
+  autoscaling_group_name = aws_autoscaling_group.node[each.key].name
+  lifecycle_transition   = "autoscaling:EC2_INSTANCE_TERMINATING"
+  default_result         = "CONTINUE"
+  heartbeat_timeout      = 600
+
+  lifecycle {
+    ignore_changes = [notification_target_arn, role_arn] # as for the drain hook
   }
 }
 

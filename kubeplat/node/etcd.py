@@ -73,6 +73,11 @@ RESTART_COMMAND = "systemctl restart --no-block kubeplat-etcd-member.service"
 # replaces the next one) only once `watch` completes it, when this instance is a voting member
 # of a healthy cluster (terraform/nodes.tf).
 LIFECYCLE_HOOK = "kubeplat-etcd-joined"
+# The secure group's terminate hook: an instance leaving the group (a refresh, a scale-in,
+# kubeplat roll) waits in Terminating:Wait until the leader has removed its member, so that the
+# members left count only live ones (two members of which one is gone have no quorum; one
+# removed first leaves a working cluster of one).
+LEAVE_HOOK = "kubeplat-etcd-leave"
 
 
 def say(message: str) -> None:
@@ -388,6 +393,8 @@ class Node:
         self.restart_asked: tuple[int, float] = (0, -1e9)
         self.ready_told = False  # the group's launch hook is completed (or there is none)
         self.last_problem = ""
+        self.group = ""  # this instance's autoscaling group, once known
+        self.released: set[str] = set()  # leaving instances whose terminate hook it completed
 
     def peers(self, live: dict[str, str]) -> list[str]:
         """The client URLs of the other running instances' etcd."""
@@ -629,6 +636,7 @@ def _watch_round(node: Node) -> None:
         "raft_index": int(found.get("raftIndex", 0)),
         "cluster": format(int(found["header"]["cluster_id"]), "x"),
         "generation": local_generation(node.args.data_dir),
+        "certificate_expires": served_expiry(node.host, CLIENT_PORT, node.args.pki),
     }
     if report["learner"]:
         _publish(node, report)
@@ -660,7 +668,72 @@ def _watch_round(node: Node) -> None:
             removed = node.etcdctl(local, "member", "remove", member.id)
             if removed.returncode == 0:
                 say(f"removed member {member.name or member.id}: its instance is gone")
+    _release_leaving(node, members, local)
     _serve_backup(node)
+
+
+def served_expiry(host: str, port: int, pki: Path) -> str:
+    """When the certificate this member's etcd serves expires (ISO 8601, UTC), read from a TLS
+    connection to it as its clients make one, not from the file: what etcd serves is what
+    clients get, a renewed file it has not reloaded included. "" when it cannot be read."""
+    import socket
+    import ssl
+
+    try:
+        context = ssl.create_default_context(cafile=str(pki / "etcd" / "ca.crt"))
+        context.check_hostname = False  # verified against the etcd CA; the name is ours
+        context.load_cert_chain(
+            str(pki / "etcd" / "healthcheck-client.crt"),
+            str(pki / "etcd" / "healthcheck-client.key"),
+        )
+        with socket.create_connection((host, port), timeout=5) as raw:  # noqa: SIM117 (3.9)
+            with context.wrap_socket(raw) as tls:
+                not_after = str((tls.getpeercert() or {}).get("notAfter", ""))
+        seconds = ssl.cert_time_to_seconds(not_after)
+    except (OSError, ValueError):
+        return ""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _release_leaving(node: Node, members: list[Member], local: list[str]) -> None:
+    """As the leader: remove the member of each instance leaving the group (Terminating:Wait)
+    before it goes, then let it go (complete the group's terminate hook). The last member is
+    never removed (etcd refuses, and there would be no cluster left); its instance goes anyway."""
+    group = node.group = node.group or group_of(node.autoscaling, node.me)
+    if not group:
+        return
+    released = node.released
+    found = node.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
+    leaving = sorted(
+        i["InstanceId"]
+        for g in found.get("AutoScalingGroups", [])
+        for i in g.get("Instances", [])
+        if i.get("LifecycleState") == "Terminating:Wait"
+    )
+    for instance in leaving:
+        if instance in released:
+            continue  # another hook (the drain) still holds it
+        member = next((m for m in members if m.name == instance), None)
+        if member is not None and len(members) > 1:
+            removed = node.etcdctl(local, "member", "remove", member.id)
+            if removed.returncode != 0:
+                continue  # the next round tries again; the hook's timeout lets it go at worst
+            say(f"removed member {instance}: its instance is leaving {group}")
+            members = [m for m in members if m is not member]
+        try:
+            node.autoscaling.complete_lifecycle_action(
+                LifecycleHookName=node.args.leave_hook,
+                AutoScalingGroupName=group,
+                LifecycleActionResult="CONTINUE",
+                InstanceId=instance,
+            )
+        except Exception as exc:
+            error = getattr(exc, "response", {}).get("Error", {})
+            if error.get("Code") != "ValidationError":  # ValidationError: no hook waits for it
+                say(f"completing the terminate hook of {instance} failed ({exc}); trying again")
+                continue
+        say(f"{instance} may leave {group} ({node.args.leave_hook})")
+        released.add(instance)
 
 
 def _tell_ready(node: Node, members: list[Member], local: list[str]) -> None:
@@ -865,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--etcdctl", default=env("KUBEPLAT_ETCDCTL", "etcdctl"))
     parser.add_argument("--etcdutl", default=env("KUBEPLAT_ETCDUTL", "etcdutl"))
     parser.add_argument("--lifecycle-hook", default=LIFECYCLE_HOOK)
+    parser.add_argument("--leave-hook", default=LEAVE_HOOK)
     parser.add_argument(
         "--readyz", default="", help="watch: complete the launch hook only once this answers"
     )

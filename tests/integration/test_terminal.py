@@ -60,8 +60,9 @@ def test_progress_summary_piped_prompt_and_ctrl_c(user: dict[str, str]) -> None:
     child.expect("Apply these changes\\?", timeout=600)
     before = transcript(child)
     # The example: both layers, their network, balancers, roles, the pods' OIDC provider and
-    # the EBS CSI driver's role and its policy.
-    assert "Terraform: 63 to add, 0 to change, 0 to destroy" in before, before[-3000:]
+    # the EBS CSI driver's role and its policy, and the groups' lifecycle hooks (drain, ready,
+    # etcd leave).
+    assert "Terraform: 67 to add, 0 to change, 0 to destroy" in before, before[-3000:]
     assert "to destroy (" not in before and "to replace (" not in before
     child.sendline("y")
     assert finish(child, shown) == 0, shown[-1][-3000:]

@@ -192,6 +192,7 @@ def test_every_group_has_the_drain_and_ready_hooks_and_the_roll_settings(
     }
     assert hooks("example-kube-secure") == {
         "kubeplat-drain": ("autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE", 900),
+        "kubeplat-etcd-leave": ("autoscaling:EC2_INSTANCE_TERMINATING", "CONTINUE", 600),
     }
     (group,) = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["example-kube-compute"])[  # type: ignore[attr-defined]
         "AutoScalingGroups"
@@ -244,3 +245,17 @@ def test_roll_asks_the_controller_through_the_groups(user: dict[str, str]) -> No
     assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
     assert "Error: --layer workers: environment example has no such layer" in wrong.stderr
     assert "Hint: its layers: secure, compute" in wrong.stderr
+
+
+def test_the_secure_layer_scales_in_without_a_stale_wait(user: dict[str, str]) -> None:
+    """A lowered secure maximum makes AWS scale the layer in. Terraform, which no longer owns
+    the desired capacity, would wait (45 minutes) for the count it read before and fail; kubeplat
+    waits itself for what the group wants now, so `up` ends at once."""
+    set_vars(user, secure_asg_min=1, secure_asg_max=1)
+    smaller = kubeplat(user, "up", "-e", "example", "--auto-approve", timeout=600)
+    assert smaller.returncode == 0, smaller.stderr[-3000:]
+    asg = clients(user, "autoscaling")["autoscaling"]
+    (group,) = asg.describe_auto_scaling_groups(AutoScalingGroupNames=["example-kube-secure"])[  # type: ignore[attr-defined]
+        "AutoScalingGroups"
+    ]
+    assert (group["DesiredCapacity"], len(group["Instances"])) == (1, 1)

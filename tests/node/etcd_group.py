@@ -16,6 +16,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -66,14 +67,17 @@ terraform_bucket_name    = "kubeplat-members-terraform"
 
 
 class LifecycleStandIn:
-    """A stand-in for the one call the emulator lacks: moto has no lifecycle actions (no
-    instance waits in Pending:Wait, and CompleteLifecycleAction is not implemented). This relay
-    answers CompleteLifecycleAction itself, recording who completed which hook and when, and
-    passes every other call to the emulator unchanged."""
+    """A stand-in for what the emulator lacks: moto has no lifecycle actions (no instance
+    waits in Pending:Wait or Terminating:Wait, and CompleteLifecycleAction is not implemented).
+    This relay answers CompleteLifecycleAction itself, recording who completed which hook and
+    when; shows the instances in `leaving` as AWS shows an instance its terminate hooks hold
+    (LifecycleState Terminating:Wait in DescribeAutoScalingGroups) until a terminate hook is
+    completed for it; and passes every other call to the emulator unchanged."""
 
     def __init__(self, emulator: str) -> None:
         self.upstream = urlsplit(emulator)
         self.completed: list[dict[str, str]] = []
+        self.leaving: set[str] = set()
         stand_in = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -100,6 +104,7 @@ class LifecycleStandIn:
                     stand_in.completed.append(
                         {k: v[0] for k, v in form.items()} | {"at": f"{time.time():.3f}"}
                     )
+                    stand_in.leaving.discard(form.get("InstanceId", [""])[0])
                     answer = (
                         b'<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws'
                         b'.com/doc/2011-01-01/"><CompleteLifecycleActionResult/>'
@@ -119,6 +124,8 @@ class LifecycleStandIn:
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     data = response.read()
+                    if form.get("Action") == ["DescribeAutoScalingGroups"]:
+                        data = stand_in.waiting(data)
                     kept = [
                         (k, v)
                         for k, v in response.getheaders()
@@ -150,6 +157,25 @@ class LifecycleStandIn:
 
     def who(self) -> set[str]:
         return {c["InstanceId"] for c in self.completed}
+
+    def waiting(self, data: bytes) -> bytes:
+        """The emulator's answer with each leaving instance in Terminating:Wait."""
+        text = data.decode()
+        for instance in sorted(self.leaving):
+            at = text.find(f"<InstanceId>{instance}</InstanceId>")
+            if at < 0:
+                continue
+            start, end = text.rfind("<member>", 0, at), text.find("</member>", at)
+            text = (
+                text[:start]
+                + re.sub(
+                    r"<LifecycleState>[^<]*</LifecycleState>",
+                    "<LifecycleState>Terminating:Wait</LifecycleState>",
+                    text[start:end],
+                )
+                + text[end:]
+            )
+        return text.encode()
 
 
 @pytest.fixture(scope="module", name="emulator")

@@ -9,9 +9,11 @@ members as running instances once settled, never two learners at once, and nobod
 
 from __future__ import annotations
 
+import json
 import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +70,44 @@ def test_a_new_instance_goes_in_service_only_once_it_has_joined(group: Group) ->
         assert call["LifecycleActionResult"] == "CONTINUE"
     # Each instance once: the first three when formed, then the one that joined.
     assert sorted(c["InstanceId"] for c in stand_in.completed) == sorted(first | {new.instance_id})
+
+
+def test_a_leaving_member_is_removed_before_its_instance_goes(group: Group) -> None:
+    """An instance leaving the group (a refresh, a scale-in, kubeplat roll) is held by the
+    terminate hook (terraform/nodes.tf) until the etcd leader has removed its member: the
+    members left are all alive, and only then may the instance go. The leader itself leaving
+    removes its own member. (Terminating:Wait is the stand-in relay's: the emulator holds no
+    instance in a lifecycle wait.)"""
+    cluster = formed(group)
+    assert group.stand_in is not None
+    stand_in = group.stand_in
+    for which in ("a follower", "the leader"):
+        leader = group.leader()
+        leaving = (
+            leader
+            if which == "the leader"
+            else next(m for m in group.members.values() if m is not leader)
+        )
+        stayed = [m for m in group.members.values() if m is not leaving]
+        stand_in.leaving.add(leaving.instance_id)
+
+        def released(leaving: Any = leaving) -> bool:
+            return any(
+                c["InstanceId"] == leaving.instance_id
+                and c["LifecycleHookName"] == "kubeplat-etcd-leave"
+                for c in stand_in.completed
+            )
+
+        until(released, SETTLE, f"the leave hook of {which}", group)
+        # Before the instance goes: its member is not in the cluster any more, the others are
+        # (asked of one that stays), and the cluster answers.
+        listed = stayed[0].etcdctl("member", "list", "-w", "json")
+        assert listed.returncode == 0, listed.stderr
+        names = {m.get("name", "") for m in json.loads(listed.stdout)["members"]}
+        assert names == {m.instance_id for m in stayed}, group.explain()
+        assert "its instance is leaving" in "".join(m.journal() for m in group.members.values())
+        group.replace(leaving)
+        assert_settled_with_the_data(group, cluster)
 
 
 def test_a_member_added_that_never_starts_is_removed_by_the_next_joiner(group: Group) -> None:

@@ -51,6 +51,13 @@ def test_three_form_one_cluster_exactly_once(group: Group) -> None:
     assert shown["quorum"] is True and shown["stale_members"] == []
     assert shown["cluster"] == format(cluster, "x")
     assert shown["formed"]["by"] == writers[0].instance_id
+    # Each member says when the certificate its etcd serves expires, read over TLS as a client
+    # sees it (`kubeplat health` shows the soonest): the group's etcd/server certificate.
+    from cryptography import x509
+
+    served = x509.load_pem_x509_certificate(group.files["etcd/server.crt"]).not_valid_after_utc
+    for row in shown["members"]:
+        assert row["certificate_expires"] == served.strftime("%Y-%m-%dT%H:%M:%SZ"), row
 
 
 def test_a_reboot_keeps_the_member(group: Group) -> None:

@@ -97,3 +97,22 @@ def test_etcd_items() -> None:
     assert items["etcd members"].detail == "stale (instance gone): i-gone"
     assert items["etcd snapshot"].level == "red" and "3h ago" in items["etcd snapshot"].detail
     assert health.etcd(None, NOW)[0].level == "warn"
+    assert "etcd certificate" not in items  # no member said what it serves
+
+
+def test_the_soonest_served_etcd_certificate_is_the_one_shown() -> None:
+    from kubeplat.etcdstatus import MemberRow
+
+    rows = [
+        MemberRow("i-a", "running", certificate_expires="2027-06-01T00:00:00Z"),
+        MemberRow("i-b", "running", certificate_expires="2026-12-08T12:00:00Z"),
+        MemberRow("i-c", "running"),  # no report of it: left out, not "expired"
+    ]
+    status = SimpleNamespace(reports=3, rows=rows, quorum=True, stale=[], latest_snapshot="x",
+                             latest_snapshot_time="2026-12-05T11:50:00Z")  # fmt: skip
+    items = {i.name: i for i in health.etcd(status, NOW, renew_days=30)}
+    assert items["etcd certificate"].level == "red"  # within 7 days
+    assert items["etcd certificate"].detail.startswith("served by i-b's etcd expires 2026-12-08")
+    rows[1].certificate_expires = "2026-12-25T00:00:00Z"
+    items = {i.name: i for i in health.etcd(status, NOW, renew_days=30)}
+    assert items["etcd certificate"].level == "warn"  # within cert_renew_days

@@ -299,3 +299,71 @@ def test_on_a_stacked_layer_the_launch_hook_waits_for_the_api_server(tmp_path: P
         ready[0] = True
         etcd._tell_ready(node, [member], ["https://10.0.0.5:2379"])  # type: ignore[arg-type]
     assert [c["InstanceId"] for c in completed] == ["i-new"] and node.ready_told
+
+
+class LeavingGroup:
+    """A RECORDING Auto Scaling stand-in (the emulator holds no instance in Terminating:Wait
+    and has no CompleteLifecycleAction): instances' lifecycle states as the test sets them."""
+
+    def __init__(self, states: dict[str, str]) -> None:
+        self.states = states
+        self.completed: list[str] = []
+
+    def describe_auto_scaling_instances(self, **_: object) -> dict[str, object]:
+        return {"AutoScalingInstances": [{"AutoScalingGroupName": "dev-kube-secure"}]}
+
+    def describe_auto_scaling_groups(self, **_: object) -> dict[str, object]:
+        instances = [{"InstanceId": i, "LifecycleState": s} for i, s in self.states.items()]
+        return {"AutoScalingGroups": [{"Instances": instances}]}
+
+    def complete_lifecycle_action(self, **kwargs: str) -> None:
+        assert kwargs["LifecycleHookName"] == "kubeplat-etcd-leave"
+        assert kwargs["LifecycleActionResult"] == "CONTINUE"
+        self.states[kwargs["InstanceId"]] = "Terminating:Proceed"
+        self.completed.append(kwargs["InstanceId"])
+
+
+def leaving_node(states: dict[str, str], refuse: bool = False) -> SimpleNamespace:
+    calls: list[tuple[str, ...]] = []
+
+    def etcdctl(_endpoints: list[str], *args: str) -> SimpleNamespace:
+        calls.append(args)
+        return SimpleNamespace(returncode=1 if refuse else 0)
+
+    return SimpleNamespace(
+        me="i-a", autoscaling=LeavingGroup(states), etcdctl=etcdctl, calls=calls, group="",
+        released=set(), args=SimpleNamespace(leave_hook="kubeplat-etcd-leave"),
+    )  # fmt: skip
+
+
+def test_a_leaving_member_is_removed_before_its_instance_goes() -> None:
+    """The leader removes the member of an instance in Terminating:Wait, then completes the
+    terminate hook: one old and one new member (a single-member layer being replaced) leave a
+    working cluster of one, not two members of which one is gone (no quorum)."""
+    old, new = (
+        Member("a1", "i-a", ["https://10.0.0.5:2380"]),
+        Member("b2", "i-b", ["https://10.0.0.6:2380"]),
+    )
+    node = leaving_node({"i-a": "InService", "i-b": "InService"})
+    etcd._release_leaving(node, [old, new], [])  # type: ignore[arg-type]
+    assert node.calls == [] and node.autoscaling.completed == []  # nobody leaves
+
+    node.autoscaling.states["i-b"] = "Terminating:Wait"
+    etcd._release_leaving(node, [old, new], [])  # type: ignore[arg-type]
+    assert node.calls == [("member", "remove", "b2")]
+    assert node.autoscaling.completed == ["i-b"]
+    etcd._release_leaving(node, [old], [])  # type: ignore[arg-type]
+    assert node.calls == [("member", "remove", "b2")]  # once
+
+
+def test_the_last_member_is_never_removed_and_a_refused_removal_holds_the_instance() -> None:
+    only = Member("a1", "i-a", ["https://10.0.0.5:2380"])
+    node = leaving_node({"i-a": "Terminating:Wait"})
+    etcd._release_leaving(node, [only], [])  # type: ignore[arg-type]
+    assert node.calls == [] and node.autoscaling.completed == ["i-a"]  # it goes, etcd kept
+
+    two = [only, Member("b2", "i-b", ["https://10.0.0.6:2380"])]
+    refused = leaving_node({"i-a": "InService", "i-b": "Terminating:Wait"}, refuse=True)
+    etcd._release_leaving(refused, two, [])  # type: ignore[arg-type]
+    assert refused.calls == [("member", "remove", "b2")]
+    assert refused.autoscaling.completed == []  # held: the next round tries again
