@@ -229,53 +229,46 @@ resource "aws_autoscaling_group" "node" {
   }
 }
 
-# An instance leaving any group (a refresh, a scale-in, kubeplat roll) waits in Terminating:Wait
-# until the roll controller has cordoned and drained its node (evictions honour
-# PodDisruptionBudgets) or node_drain_timeout has passed; if the controller is not there to
-# answer, the instance goes after the hook's own timeout.
-resource "aws_autoscaling_lifecycle_hook" "drain" {
-  for_each               = local.node_layers
-  name                   = "kubeplat-drain"
-  autoscaling_group_name = aws_autoscaling_group.node[each.key].name
-  lifecycle_transition   = "autoscaling:EC2_INSTANCE_TERMINATING"
-  default_result         = "CONTINUE"
-  heartbeat_timeout      = var.node_drain_timeout + 300
+locals {
+  # The groups' lifecycle hooks, "<layer>/<hook>" → what each holds an instance for:
+  # - kubeplat-drain (every group): an instance leaving (a refresh, a scale-in, kubeplat roll)
+  #   waits in Terminating:Wait until the roll controller has cordoned and drained its node
+  #   (evictions honour PodDisruptionBudgets) or node_drain_timeout has passed; if the controller
+  #   is not there to answer, the instance goes after the hook's own timeout.
+  # - kubeplat-etcd-leave (secure): an etcd member's instance leaving waits until the etcd leader
+  #   has removed its member (kubeplat-etcd-watch), so the members left are all alive: of two
+  #   members one of which is gone, none has quorum; one removed first leaves a working cluster.
+  # - kubeplat-node-ready (control plane, compute): a new instance goes in service (and a refresh
+  #   goes on to the next batch) only once the roll controller sees its node Ready; one that is
+  #   not within half an hour is abandoned (terminated), which fails a refresh instead of
+  #   replacing good nodes with broken ones.
+  lifecycle_hooks = merge(
+    { for layer in keys(local.node_layers) : "${layer}/kubeplat-drain" => {
+      layer   = layer, transition = "autoscaling:EC2_INSTANCE_TERMINATING", result = "CONTINUE",
+      timeout = var.node_drain_timeout + 300
+    } },
+    { for layer in keys(local.node_layers) : "${layer}/kubeplat-etcd-leave" => {
+      layer   = layer, transition = "autoscaling:EC2_INSTANCE_TERMINATING", result = "CONTINUE",
+      timeout = 600
+    } if layer == "secure" },
+    { for layer in keys(local.node_layers) : "${layer}/kubeplat-node-ready" => {
+      layer   = layer, transition = "autoscaling:EC2_INSTANCE_LAUNCHING", result = "ABANDON",
+      timeout = 1800
+    } if layer != "secure" },
+  )
+}
+
+resource "aws_autoscaling_lifecycle_hook" "node" {
+  for_each               = local.lifecycle_hooks
+  name                   = split("/", each.key)[1]
+  autoscaling_group_name = aws_autoscaling_group.node[each.value.layer].name
+  lifecycle_transition   = each.value.transition
+  default_result         = each.value.result
+  heartbeat_timeout      = each.value.timeout
 
   lifecycle {
     # No notification: the controller asks the group. The sandbox's emulator answers with a
     # queue and a role of its own; ignoring them keeps an unchanged run a no-op there.
     ignore_changes = [notification_target_arn, role_arn]
-  }
-}
-
-# An etcd member's instance leaving the secure group waits until the etcd leader has removed its
-# member (kubeplat-etcd-watch), so the members left are all alive: of two members one of which
-# is gone, none has quorum; one removed first leaves a working cluster.
-resource "aws_autoscaling_lifecycle_hook" "etcd_leave" {
-  for_each               = { for name, layer in local.node_layers : name => layer if name == "secure" }
-  name                   = "kubeplat-etcd-leave"
-  autoscaling_group_name = aws_autoscaling_group.node[each.key].name
-  lifecycle_transition   = "autoscaling:EC2_INSTANCE_TERMINATING"
-  default_result         = "CONTINUE"
-  heartbeat_timeout      = 600
-
-  lifecycle {
-    ignore_changes = [notification_target_arn, role_arn] # as for the drain hook
-  }
-}
-
-# A new control-plane or compute instance goes in service (and a refresh goes on to the next batch) only once
-# the roll controller sees its node Ready; one that is not within half an hour is abandoned
-# (terminated), which fails a refresh instead of replacing good nodes with broken ones.
-resource "aws_autoscaling_lifecycle_hook" "ready" {
-  for_each               = { for name, layer in local.node_layers : name => layer if name != "secure" }
-  name                   = "kubeplat-node-ready"
-  autoscaling_group_name = aws_autoscaling_group.node[each.key].name
-  lifecycle_transition   = "autoscaling:EC2_INSTANCE_LAUNCHING"
-  default_result         = "ABANDON"
-  heartbeat_timeout      = 1800
-
-  lifecycle {
-    ignore_changes = [notification_target_arn, role_arn] # as for the drain hook
   }
 }

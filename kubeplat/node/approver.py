@@ -22,14 +22,12 @@ may run: the API server takes the first approval and refuses a second (a conflic
 
 from __future__ import annotations
 
-import argparse
 import base64
 import functools
 import ipaddress
 import json
 import logging
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -272,22 +270,17 @@ def approve_once(api: Api, instances: Callable[[], list[Instance]]) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kubeplat-node csr-approver",
-        description="Approve kubelet serving certificates of the environment's own nodes.",
-    )
-    parser.add_argument("--environment", required=True)
-    parser.add_argument("--region", default="")
-    parser.add_argument("--api", default="https://127.0.0.1:6443")
-    parser.add_argument("--ca", default="/etc/kubernetes/pki/ca.crt")
-    parser.add_argument("--cert", default="/etc/kubernetes/pki/apiserver-kubelet-client.crt")
-    parser.add_argument("--key", default="/etc/kubernetes/pki/apiserver-kubelet-client.key")
-    parser.add_argument("--interval", type=float, default=10.0)
-    parser.add_argument("--once", action="store_true", help="one pass, then exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     from . import aws
-    from .passes import forever
+    from .passes import arguments, forever, parse
+
+    args = parse(
+        arguments(
+            "kubeplat-node csr-approver",
+            "Approve kubelet serving certificates of the environment's own nodes.",
+            interval=10.0,
+        ),
+        argv,
+    )
 
     ec2: list[Any] = []
 

@@ -5,10 +5,35 @@ Python 3.9 compatible (node images ship 3.9 to 3.12).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
+import sys
 import time
 from typing import Callable
+
+
+def arguments(prog: str, description: str, interval: float) -> argparse.ArgumentParser:
+    """The options every such program takes: its environment and region, the API server it
+    talks to as the control plane's addons identity (renewed in place by the agent), and its
+    pace."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--environment", required=True)
+    parser.add_argument("--region", default="")
+    parser.add_argument("--api", default="https://127.0.0.1:6443")
+    parser.add_argument("--ca", default="/etc/kubernetes/pki/ca.crt")
+    parser.add_argument("--cert", default="/etc/kubernetes/pki/apiserver-kubelet-client.crt")
+    parser.add_argument("--key", default="/etc/kubernetes/pki/apiserver-kubelet-client.key")
+    parser.add_argument("--interval", type=float, default=interval)
+    parser.add_argument("--once", action="store_true", help="one pass, then exit")
+    return parser
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The parsed options, with the journal's log format set up."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    return args
 
 
 def forever(do_pass: Callable[[], list[str]], log: logging.Logger, interval: float,

@@ -24,10 +24,8 @@ Python 3.9 compatible (node images ship 3.9 to 3.12).
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -284,15 +282,23 @@ class Controller:
             for item in page["AutoScalingGroups"]:
                 tags = {t["Key"]: t["Value"] for t in item.get("Tags") or []}
                 spec = item.get("LaunchTemplate") or {}
-                hooks = self.autoscaling.describe_lifecycle_hooks(
-                    AutoScalingGroupName=item["AutoScalingGroupName"]
-                ).get("LifecycleHooks", [])
+                instances = list(item.get("Instances") or [])
+                # Hooks matter only to an instance in a lifecycle wait: asked of AWS only then,
+                # not on every pass of every group.
+                waits = any(str(i.get("LifecycleState", "")).endswith(":Wait") for i in instances)
+                hooks = (
+                    self.autoscaling.describe_lifecycle_hooks(
+                        AutoScalingGroupName=item["AutoScalingGroupName"]
+                    ).get("LifecycleHooks", [])
+                    if waits
+                    else []
+                )
                 found.append(
                     Group(
                         item["AutoScalingGroupName"],
                         tags.get("Layer", ""),
                         (str(spec.get("LaunchTemplateId", "")), str(spec.get("Version", ""))),
-                        list(item.get("Instances") or []),
+                        instances,
                         tags,
                         frozenset(h["LifecycleHookName"] for h in hooks),
                     )
@@ -392,24 +398,17 @@ class Controller:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="kubeplat-node roller",
-        description="Order an environment's instance refreshes and drain leaving nodes.",
-    )
-    parser.add_argument("--environment", required=True)
-    parser.add_argument("--region", default="")
-    parser.add_argument("--api", default="https://127.0.0.1:6443")
-    parser.add_argument("--ca", default="/etc/kubernetes/pki/ca.crt")
-    parser.add_argument("--cert", default="/etc/kubernetes/pki/apiserver-kubelet-client.crt")
-    parser.add_argument("--key", default="/etc/kubernetes/pki/apiserver-kubelet-client.key")
-    parser.add_argument("--drain-timeout", type=float, default=600.0)
-    parser.add_argument("--interval", type=float, default=15.0)
-    parser.add_argument("--once", action="store_true", help="one pass, then exit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     from . import aws
     from .approver import Api
-    from .passes import forever
+    from .passes import arguments, forever, parse
+
+    parser = arguments(
+        "kubeplat-node roller",
+        "Order an environment's instance refreshes and drain leaving nodes.",
+        interval=15.0,
+    )
+    parser.add_argument("--drain-timeout", type=float, default=600.0)
+    args = parse(parser, argv)
 
     made: list[Controller] = []
 
