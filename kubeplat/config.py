@@ -70,6 +70,8 @@ _RANGES: dict[str, tuple[int, int, int]] = {
     "audit_log_max_age_days": (1, 3650, 30),
     # An instance refresh replaces at most this share of the compute layer at once (0: all).
     "compute_roll_min_healthy": (0, 100, 90),
+    # Surge: the refresh may launch new instances first, up to this share (AWS: 100 to 200).
+    "compute_roll_max_healthy": (100, 200, 100),
     # An hour: longer keeps a roll waiting on one pod whose budget never allows it to go.
     "node_drain_timeout": (0, 3600, 600),
     "audit_log_max_backups": (1, 1000, 10),
@@ -175,6 +177,7 @@ class Environment:
     audit_log: bool = True
     audit_log_max_age_days: int = 30
     compute_roll_min_healthy: int = 90
+    compute_roll_max_healthy: int = 100
     node_drain_timeout: int = 600
     audit_log_max_backups: int = 10
     audit_log_max_size_mb: int = 100
@@ -1071,6 +1074,15 @@ def _check_sizes(values: Mapping[str, Any]) -> Iterator[_Finding]:
                 (f"make {layer}_asg_min at most {layer}_asg_max"),
                 False,
             )
+    low, high = values.get("compute_roll_min_healthy"), values.get("compute_roll_max_healthy")
+    if isinstance(low, int) and isinstance(high, int) and high - low > 100:
+        # AWS refuses an instance refresh whose two percentages are more than 100 apart.
+        yield (
+            "compute_roll_max_healthy",
+            f"{high} is more than 100 above compute_roll_min_healthy ({low})",
+            f"make compute_roll_max_healthy at most {low + 100}, or raise compute_roll_min_healthy",
+            False,
+        )
     for name in ("secure_asg_min", "secure_asg_max"):
         count = values.get(name)
         if isinstance(count, int) and count > 0 and count % 2 == 0:

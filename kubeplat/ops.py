@@ -452,6 +452,7 @@ def _report(
             sandbox=prepared.aws.sandbox,
             stacked=env.topology == "stacked",
             compute_min_healthy=env.compute_roll_min_healthy,
+            compute_max_healthy=env.compute_roll_max_healthy,
         )
     return PlanReport(
         prepared.account,
@@ -503,6 +504,7 @@ def _rehearse(
         running=running,
         grace=env.compute_asg_grace_period,
         compute_min_healthy=env.compute_roll_min_healthy,
+        compute_max_healthy=env.compute_roll_max_healthy,
         stacked=env.topology == "stacked",
         sandbox=prepared.aws.sandbox,
         target=env.kubernetes_version,

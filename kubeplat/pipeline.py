@@ -714,6 +714,10 @@ _PACE = {
     "control-plane": "at least half of them in service throughout",
     "compute": "at least {pct}% of them in service throughout",
 }
+_SURGE = (
+    "at least {pct}% of them in service and at most {surge}% running throughout "
+    "(new ones launched first)"
+)
 
 
 def roll_order(
@@ -723,6 +727,7 @@ def roll_order(
     sandbox: bool,
     stacked: bool,
     compute_min_healthy: int = 90,
+    compute_max_healthy: int = 100,
 ) -> list[str]:
     """In words, how each rolling group will be replaced; `running` holds (layer, instance id)
     of the instances that run now."""
@@ -746,10 +751,14 @@ def roll_order(
                 "and only then is the next one replaced"
             )
         else:
-            pace = _PACE.get(layer, "its own pace").format(pct=compute_min_healthy)
+            pace = _PACE.get(layer, "its own pace")
+            if layer == "compute" and compute_max_healthy > 100:
+                pace = _SURGE
+            pace = pace.format(pct=compute_min_healthy, surge=compute_max_healthy)
             found.append(
                 f"{layer}: {which} replaced with {pace}, each leaving node drained first and "
                 "each new one in service once its node is Ready"
+                + (" and its API server answers /readyz" if layer == "control-plane" else "")
             )
     if len(found) > 1 and not sandbox:
         found.append(

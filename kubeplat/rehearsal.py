@@ -25,10 +25,10 @@ from typing import Any
 from kubeplat.node import roll
 from kubeplat.node.roll import OK, RED, WARN, Check
 
-# How each layer's instance refresh goes, as terraform/secure.tf and compute.tf set it:
-# (minimum healthy percentage, grace period in seconds or None for the environment's own).
+# How each layer's instance refresh goes, as terraform/secure.tf and compute.tf set it.
 # Each layer's instance refresh: (minimum healthy percentage, warm-up seconds); None: the
-# environment's (compute_roll_min_healthy, compute_asg_grace_period).
+# environment's (compute_roll_min_healthy, compute_asg_grace_period, and its surge,
+# compute_roll_max_healthy; the other layers launch none first).
 REFRESH: dict[str, tuple[int | None, int | None]] = {
     "secure": (100, 300),
     "control-plane": (50, 300),
@@ -82,6 +82,7 @@ def rehearse(
     running: Sequence[tuple[str, str]],
     grace: int,
     compute_min_healthy: int = 90,
+    compute_max_healthy: int = 100,
     stacked: bool,
     sandbox: bool,
     target: str,
@@ -113,6 +114,7 @@ def rehearse(
                 ids,
                 compute_min_healthy if min_healthy is None else min_healthy,
                 grace if layer_grace is None else layer_grace,
+                compute_max_healthy if min_healthy is None else 100,
             )
         )
     found.steps = [s for s in roll.steps(groups, rolling, stacked=stacked) if s.batches]

@@ -9,6 +9,7 @@ locals {
       public       = true
       subnets      = aws_subnet.public[*].id
       min_healthy  = var.compute_roll_min_healthy
+      max_healthy  = var.compute_roll_max_healthy
       target_group = []
     }
   }

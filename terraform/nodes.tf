@@ -214,10 +214,12 @@ resource "aws_autoscaling_group" "node" {
   }
 
   # What the roll controller reads from the group itself (so changing them rolls no node): the
-  # refresh's minimum healthy percentage and warm-up, and how long a leaving node is drained.
+  # refresh's minimum and maximum healthy percentages and warm-up, and how long a leaving node
+  # is drained.
   dynamic "tag" {
     for_each = {
       "kubeplat:min-healthy"     = tostring(each.value.min_healthy)
+      "kubeplat:max-healthy"     = tostring(each.value.max_healthy)
       "kubeplat:instance-warmup" = tostring(each.value.grace)
       "kubeplat:drain-timeout"   = tostring(var.node_drain_timeout)
     }

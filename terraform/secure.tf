@@ -12,6 +12,7 @@ locals {
       # etcd members are replaced one at a time (AWS: 100% limits an instance refresh to one
       # instance at a time), each only after the one before joined (the launch hook).
       min_healthy  = 100
+      max_healthy  = 100
       target_group = concat([aws_lb_target_group.etcd.arn], local.stacked ? local.api_target_groups : [])
     }
     control-plane = {
@@ -22,6 +23,7 @@ locals {
       public       = false
       subnets      = aws_subnet.private[*].id
       min_healthy  = 50
+      max_healthy  = 100
       target_group = local.stacked ? [] : local.api_target_groups
     }
   }

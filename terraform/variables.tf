@@ -366,6 +366,22 @@ variable "compute_roll_min_healthy" {
   }
 }
 
+variable "compute_roll_max_healthy" {
+  type        = number
+  default     = 100
+  description = "Percentage of the compute layer a roll may run at once, new instances launched before old ones go (the instance refresh's maximum healthy percentage: 100 launches none first; 110 launches a tenth first; at most compute_roll_min_healthy + 100). Example: 110."
+
+  validation {
+    condition     = var.compute_roll_max_healthy >= 100 && var.compute_roll_max_healthy <= 200 && floor(var.compute_roll_max_healthy) == var.compute_roll_max_healthy
+    error_message = "compute_roll_max_healthy must be a whole percentage, from 100 to 200."
+  }
+
+  validation {
+    condition     = var.compute_roll_max_healthy - var.compute_roll_min_healthy <= 100
+    error_message = "compute_roll_max_healthy may be at most 100 above compute_roll_min_healthy (AWS refuses a wider instance refresh)."
+  }
+}
+
 variable "node_drain_timeout" {
   type        = number
   default     = 600

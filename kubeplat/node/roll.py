@@ -60,6 +60,7 @@ class Group:
     instances: tuple[str, ...]
     min_healthy: int  # the instance refresh's minimum healthy percentage
     grace: int  # seconds a new instance is given to become healthy (the group's grace period)
+    max_healthy: int = 100  # its maximum: above 100, new instances are launched first (surge)
 
 
 @dataclass(frozen=True)
@@ -85,8 +86,8 @@ class Step:
 GATES = {
     "secure": "its etcd member has joined and been promoted, every member answers endpoint "
     "health{api}",
-    "control-plane": "its node reports Ready (the roll controller admits it) and the one it "
-    "replaces is drained",
+    "control-plane": "its node reports Ready and its API server answers /readyz (the roll "
+    "controller admits it) and the one it replaces is drained",
     "compute": "its node reports Ready (the roll controller admits it) and the one it replaces "
     "is drained",
 }
@@ -95,12 +96,13 @@ GATES = {
 TERMINATE_S = 60
 
 
-def batch_size(count: int, min_healthy: int) -> int:
-    """Instances an instance refresh replaces at once: as many as leave `min_healthy` percent
-    of the group in service, and at least one (AWS: 100% means one at a time)."""
+def batch_size(count: int, min_healthy: int, max_healthy: int = 100) -> int:
+    """Instances an instance refresh replaces at once: as many as keep between `min_healthy`
+    and `max_healthy` percent of the group running (above 100: the new ones are launched
+    before the old ones go), and at least one (AWS: 100 and 100 mean one at a time)."""
     if count <= 0:
         return 0
-    return max(1, count - math.ceil(count * min_healthy / 100))
+    return max(1, math.floor(count * max_healthy / 100) - math.ceil(count * min_healthy / 100))
 
 
 def steps(groups: Iterable[Group], rolling: Iterable[str], *, stacked: bool) -> list[Step]:
@@ -112,7 +114,7 @@ def steps(groups: Iterable[Group], rolling: Iterable[str], *, stacked: bool) -> 
         if group.layer not in wanted:
             continue
         ids = tuple(sorted(group.instances))
-        size = batch_size(len(ids), group.min_healthy)
+        size = batch_size(len(ids), group.min_healthy, group.max_healthy)
         batches = tuple(ids[i : i + size] for i in range(0, len(ids), size)) if size else ()
         gate = GATES.get(group.layer, GATES["compute"])
         gate = gate.format(api=" and its API server answers /readyz" if stacked else "")

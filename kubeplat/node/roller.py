@@ -15,7 +15,11 @@ on when the CI job or laptop that started it has gone:
   the instance goes anyway and the controller says which pods were left and why.
 - Ready. An instance entering the compute group waits in Pending:Wait (`kubeplat-node-ready`)
   until its Node reports Ready; one that never does is abandoned by the hook's timeout, which
-  fails the refresh rather than replacing a good node with a broken one.
+  fails the refresh rather than replacing a good node with a broken one. An instance entering
+  a control-plane layer of its own also waits until its API server answers `/readyz`, as its
+  node agent reports it (`status/control-plane/INSTANCE/manifests.json`, `ready`): a kubelet
+  can be Ready beside an API server that is not. (A stacked secure member's launch hook is its
+  etcd watch's, which asks its API server itself.)
 
 Every decision is taken again from AWS and the API server on each pass: nothing is kept here
 that a restarted controller (or a second one, on another control-plane node) would need.
@@ -42,8 +46,11 @@ ORDER = ("secure", "control-plane", "compute")
 STARTED_BY_TERRAFORM = ("secure",)
 ROLL_TAG = "kubeplat:roll-requested"  # an ISO time: `kubeplat roll` asked for a roll then
 MIN_HEALTHY_TAG = "kubeplat:min-healthy"  # the refresh's minimum healthy percentage
+MAX_HEALTHY_TAG = "kubeplat:max-healthy"  # its maximum (above 100: launch new ones first)
 WARMUP_TAG = "kubeplat:instance-warmup"  # seconds
 DRAIN_TAG = "kubeplat:drain-timeout"  # seconds a leaving node is drained (node_drain_timeout)
+# Layers of their own whose nodes run API servers: a new one must answer /readyz too.
+API_LAYERS = frozenset(("control-plane",))
 ACTIVE = frozenset(("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"))
 MIRROR = "kubernetes.io/config.mirror"
 
@@ -268,8 +275,10 @@ class Controller:
         environment: str,
         drain_timeout: float,
         clock: Callable[[], float] = time.monotonic,
+        reports: Callable[[str, str], dict[str, Any] | None] = lambda layer, instance: None,
     ) -> None:
         self.autoscaling, self.ec2, self.api = autoscaling, ec2, api
+        self.reports = reports  # (layer, instance) → its agent's manifests report, or None
         self.environment, self.drain_timeout, self.clock = environment, drain_timeout, clock
         self.draining: dict[str, float] = {}  # instance → when its drain started (this process)
 
@@ -306,9 +315,12 @@ class Controller:
         return found
 
     def newest(self, group: Group) -> Refresh | None:
-        found = self.autoscaling.describe_instance_refreshes(
-            AutoScalingGroupName=group.name, MaxRecords=1
-        ).get("InstanceRefreshes", [])
+        try:
+            found = self.autoscaling.describe_instance_refreshes(
+                AutoScalingGroupName=group.name, MaxRecords=1
+            ).get("InstanceRefreshes", [])
+        except Exception as exc:  # the journal says which call of the pass failed
+            raise RuntimeError(f"reading {group.name}'s instance refreshes: {exc}") from exc
         if not found:
             return None
         item = found[0]
@@ -365,9 +377,15 @@ class Controller:
                     self.draining.pop(instance, None)
                     said.append(f"{instance}: leaves {group.name} ({DRAIN_HOOK} completed)")
             for instance in entering:
-                if node_ready(api, instance):
-                    self.complete(group, READY_HOOK, instance, "CONTINUE")
-                    said.append(f"{instance}: its node is Ready; in service in {group.name}")
+                if not node_ready(api, instance):
+                    continue
+                if group.layer in API_LAYERS and not self.api_ready(group.layer, instance):
+                    said.append(
+                        f"{instance}: its node is Ready; waiting for its API server's /readyz"
+                    )
+                    continue
+                self.complete(group, READY_HOOK, instance, "CONTINUE")
+                said.append(f"{instance}: its node is Ready; in service in {group.name}")
         for gone in set(self.draining) - {i["InstanceId"] for g in groups for i in g.instances}:
             self.draining.pop(gone, None)
         starts, waits = decide_refreshes(
@@ -380,11 +398,18 @@ class Controller:
             said.append(f"{start.group}: instance refresh started ({start.why})")
         return said
 
+    def api_ready(self, layer: str, instance: str) -> bool:
+        """Whether the instance's own agent last reported its API server answering /readyz."""
+        report = self.reports(layer, instance) or {}
+        return report.get("ready") is True
+
     def start(self, group: Group, start: Start) -> None:
         preferences: dict[str, Any] = {
             "MinHealthyPercentage": int(group.tags.get(MIN_HEALTHY_TAG, "90")),
             "SkipMatching": start.skip_matching,
         }
+        if group.tags.get(MAX_HEALTHY_TAG):
+            preferences["MaxHealthyPercentage"] = int(group.tags[MAX_HEALTHY_TAG])
         if group.tags.get(WARMUP_TAG):
             preferences["InstanceWarmup"] = int(group.tags[WARMUP_TAG])
         try:
@@ -408,13 +433,28 @@ def main(argv: list[str] | None = None) -> int:
         interval=15.0,
     )
     parser.add_argument("--drain-timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--bucket", default="", help="the secrets bucket: where control-plane nodes say /readyz"
+    )
     args = parse(parser, argv)
 
     made: list[Controller] = []
 
     def do_pass() -> list[str]:
         if not made:  # the instance role's credentials may take a while at boot
+            from .health import Reporter
+
             region = args.region or aws.Identity.read().region
+            reader = aws.Identity("", region, "", "")  # reads other nodes' reports, writes none
+            readers: dict[str, Reporter] = {}
+
+            def reports(layer: str, instance: str) -> dict[str, Any] | None:
+                if not args.bucket:
+                    return None
+                if layer not in readers:
+                    readers[layer] = Reporter(args.bucket, args.environment, layer, reader)
+                return readers[layer].read(instance, "manifests")
+
             made.append(
                 Controller(
                     aws.client("autoscaling", region),
@@ -423,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
                     functools.partial(Api, args.api, args.ca, args.cert, args.key),
                     args.environment,
                     args.drain_timeout,
+                    reports=reports,
                 )
             )
         return made[0].pass_once()

@@ -199,12 +199,15 @@ def test_every_group_has_the_drain_and_ready_hooks_and_the_roll_settings(
     ]
     tags = {t["Key"]: (t["Value"], t["PropagateAtLaunch"]) for t in group["Tags"]}
     assert tags["kubeplat:min-healthy"] == ("90", False)
+    assert tags["kubeplat:max-healthy"] == ("100", False)
     assert tags["kubeplat:drain-timeout"] == ("600", False)
     assert tags["kubeplat:instance-warmup"] == ("60", False)  # the example's grace period
 
-    # A shorter drain and a smaller share kept in service change the hook and tags, and roll
-    # no node.
-    set_vars(user, node_drain_timeout=120, compute_roll_min_healthy=50)
+    # A shorter drain, a smaller share kept in service and a surge change the hook and tags,
+    # and roll no node.
+    set_vars(
+        user, node_drain_timeout=120, compute_roll_min_healthy=50, compute_roll_max_healthy=120
+    )
     before = template_versions(user)
     changed = kubeplat(user, "up", "-e", "example", "--auto-approve")
     assert changed.returncode == 0, changed.stderr[-3000:]
@@ -214,7 +217,8 @@ def test_every_group_has_the_drain_and_ready_hooks_and_the_roll_settings(
         "AutoScalingGroups"
     ]
     tags = {t["Key"]: t["Value"] for t in group["Tags"]}
-    assert (tags["kubeplat:min-healthy"], tags["kubeplat:drain-timeout"]) == ("50", "120")
+    assert (tags["kubeplat:min-healthy"], tags["kubeplat:max-healthy"]) == ("50", "120")
+    assert tags["kubeplat:drain-timeout"] == "120"
 
 
 def test_roll_asks_the_controller_through_the_groups(user: dict[str, str]) -> None:

@@ -355,6 +355,30 @@ def etcd_started(node: Node) -> int:
     return int(shown.stdout.strip().partition("=")[2] or 0)
 
 
+def test_the_roll_controller_runs_on_every_control_plane_node(cluster: Cluster) -> None:
+    """kubeplat-roller.service, as the secure nodes' cloud-config installs it, starts, gets the
+    instance role's credentials and reads the environment's groups and their lifecycle hooks
+    through the node role. The emulator has no instance refreshes (it answers 500), so its pass
+    ends there, and the controller says so once, as a warning, and keeps running
+    (what it decides is tested in tests/unit/test_node_roller.py). Compute nodes run none."""
+    for node in cluster.layer("secure"):
+        deadline = time.monotonic() + 180
+        journal = ""
+        while time.monotonic() < deadline:
+            journal = node.journal("kubeplat-roller.service")
+            if "instance refreshes:" in journal:
+                break
+            time.sleep(3)
+        assert "pass failed: RuntimeError: reading boot-kube-" in journal, journal[-3000:]
+        assert "Traceback" not in journal, journal[-3000:]
+        said = [line for line in journal.splitlines() if "instance refreshes:" in line]
+        assert len(said) == 1, journal[-3000:]  # a pass that fails the same way is said once
+        active = node.run("systemctl", "is-active", "kubeplat-roller.service")
+        assert active.stdout.strip() == "active", journal[-3000:]
+    for node in cluster.layer("compute"):
+        assert node.run("systemctl", "cat", "kubeplat-roller.service").returncode != 0
+
+
 def test_a_reissued_etcd_certificate_reaches_every_member_in_turn(cluster: Cluster) -> None:
     """Issue 15, delivery: the bucket gets a reissued etcd/server and etcd/peer certificate (the
     objects `kubeplat certs --rotate` writes). Every secure node's agent writes them (keys 0600)

@@ -104,6 +104,16 @@ def problems_of(environments: Path, text: str, name: str = "dev") -> list[str]:
             {"secure_asg_min": "5", "secure_asg_max": "3"},
             r"secure_asg_min: 5 is above secure_asg_max \(3\)",
         ),
+        # a roll's surge: AWS refuses percentages more than 100 apart, and a maximum under 100
+        (
+            {"compute_roll_min_healthy": "50", "compute_roll_max_healthy": "160"},
+            r"compute_roll_max_healthy: 160 is more than 100 above compute_roll_min_healthy "
+            r"\(50\) \(hint: make compute_roll_max_healthy at most 150",
+        ),
+        (
+            {"compute_roll_max_healthy": "90"},
+            r"compute_roll_max_healthy: .*90.* 100",
+        ),
         # bucket names
         (
             {"secrets_bucket_name": '"My_Bucket"'},

@@ -57,6 +57,8 @@ def test_every_number_has_a_range_with_both_ends_included(environments: Path, na
         both = (
             {f"{layer.group(1)}_asg_{end}": str(inside) for end in ("min", "max")} if layer else {}
         )
+        if name == "compute_roll_max_healthy":  # at most 100 above compute_roll_min_healthy
+            both = {"compute_roll_min_healthy": "100"}
         write(environments, with_value(name, str(inside), **both))
         assert getattr(config.load("example"), name) == inside
     for outside in (low - 1, high + 1):

@@ -30,7 +30,7 @@ from kubeplat.node.approver import Api
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-TEMPLATES = {"secure": "lt-secure", "compute": "lt-compute"}
+TEMPLATES = {"secure": "lt-secure", "control-plane": "lt-control-plane", "compute": "lt-compute"}
 
 
 class FakeApi(http.server.ThreadingHTTPServer):
@@ -241,10 +241,10 @@ def controller(
     )
 
 
-def started(asg: AutoScaling) -> list[tuple[str, bool, int]]:
+def started(asg: AutoScaling) -> list[tuple[str, bool, int, int | None]]:
     return [
         (c["AutoScalingGroupName"], c["Preferences"]["SkipMatching"],
-         c["Preferences"]["MinHealthyPercentage"])
+         c["Preferences"]["MinHealthyPercentage"], c["Preferences"].get("MaxHealthyPercentage"))
         for name, c in asg.calls if name == "start_instance_refresh"
     ]  # fmt: skip
 
@@ -266,26 +266,27 @@ def test_compute_rolls_only_after_the_secure_layer_runs_its_new_template(fake_ap
     asg.group("secure", "2", {"i-s0": ("InService", "2"), "i-s1": ("InService", "1"),
                               "i-s2": ("InService", "1")})  # fmt: skip
     asg.group("compute", "5", {"i-c0": ("InService", "4"), "i-c1": ("InService", "4")},
-              kubeplat_min_healthy="50")  # fmt: skip
+              kubeplat_min_healthy="50", kubeplat_max_healthy="150")  # fmt: skip
     asg.refreshes["dev-kube-secure"] = [{"Status": "InProgress", "StartTime": NOW}]
     lines = controller(asg, api).pass_once()
     assert started(asg) == []
     assert "dev-kube-secure: instance refresh inprogress; later layers wait" in lines
 
     # The secure refresh succeeded and every member runs version 2: compute's turn, with its
-    # own minimum healthy percentage, replacing only instances on the older template.
+    # own minimum and maximum healthy percentages (the surge: new ones launched first),
+    # replacing only instances on the older template.
     asg.refreshes["dev-kube-secure"] = [{"Status": "Successful", "StartTime": NOW}]
     for instance in asg.groups["dev-kube-secure"]["Instances"]:
         instance["LaunchTemplate"]["Version"] = "2"
     lines = controller(asg, api).pass_once()
-    assert started(asg) == [("dev-kube-compute", True, 50)]
+    assert started(asg) == [("dev-kube-compute", True, 50, 150)]
     assert (
         "dev-kube-compute: instance refresh started (2 instance(s) on an older launch template)"
         in lines
     )
     # A second controller (another control-plane node) in the same pass changes nothing.
     controller(asg, api).pass_once()
-    assert started(asg) == [("dev-kube-compute", True, 50)]
+    assert started(asg) == [("dev-kube-compute", True, 50, 150)]
 
 
 def test_a_secure_layer_left_behind_holds_compute(fake_api: Any) -> None:
@@ -323,7 +324,7 @@ def test_a_failed_refresh_is_not_retried_for_the_same_template_but_resumed_on_re
     tags = asg.groups["dev-kube-compute"]["Tags"]
     tags.append({"Key": roller.ROLL_TAG, "Value": (NOW + timedelta(minutes=5)).isoformat()})
     controller(asg, api, ec2).pass_once()
-    assert started(asg) == [("dev-kube-compute", False, 90)]
+    assert started(asg) == [("dev-kube-compute", False, 90, None)]
 
 
 def test_a_new_template_after_a_failed_refresh_starts_again(fake_api: Any) -> None:
@@ -333,7 +334,7 @@ def test_a_new_template_after_a_failed_refresh_starts_again(fake_api: Any) -> No
     asg.refreshes["dev-kube-compute"] = [{"Status": "Failed", "StartTime": NOW}]
     ec2.made[("lt-compute", "6")] = NOW + timedelta(minutes=10)  # the fix, applied after
     controller(asg, api, ec2).pass_once()
-    assert started(asg) == [("dev-kube-compute", True, 90)]
+    assert started(asg) == [("dev-kube-compute", True, 90, None)]
 
 
 def test_an_old_roll_request_is_not_repeated(fake_api: Any) -> None:
@@ -443,6 +444,27 @@ def test_an_entering_instance_goes_in_service_once_its_node_is_ready(fake_api: A
     lines = roll.pass_once()
     assert completed(asg) == [("i-c2", roller.READY_HOOK, "CONTINUE")]
     assert "i-c2: its node is Ready; in service in dev-kube-compute" in lines
+
+
+def test_a_new_control_plane_node_waits_for_its_api_server(fake_api: Any) -> None:
+    """A control-plane layer of its own: Node Ready is not enough; the instance's agent must
+    report its API server answering /readyz (its manifests report's `ready`)."""
+    server, api = fake_api
+    asg = AutoScaling()
+    asg.group("control-plane", "3", {"i-p4": ("Pending:Wait", "3")}, hooks=(roller.READY_HOOK,))
+    server.nodes = {"ip-10-0-2-4": node("ip-10-0-2-4", "i-p4")}
+    reports: dict[tuple[str, str], dict[str, Any]] = {}
+    roll = controller(asg, api, reports=lambda layer, i: reports.get((layer, i)))
+    lines = roll.pass_once()
+    assert completed(asg) == []  # no report yet
+    assert "i-p4: its node is Ready; waiting for its API server's /readyz" in lines
+    reports[("control-plane", "i-p4")] = {"digest": "abc", "ready": False}
+    roll.pass_once()
+    assert completed(asg) == []  # its agent says the API server is not ready
+    reports[("control-plane", "i-p4")]["ready"] = True
+    lines = roll.pass_once()
+    assert completed(asg) == [("i-p4", roller.READY_HOOK, "CONTINUE")]
+    assert "i-p4: its node is Ready; in service in dev-kube-control-plane" in lines
 
 
 def test_the_roller_is_a_node_command() -> None:

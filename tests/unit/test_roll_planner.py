@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_layers_roll_secure_then_control_plane_then_compute() -> None:
     assert secure.batches == (("i-s0",), ("i-s1",), ("i-s2",))
     assert "joined and been promoted" in secure.gate and "/readyz" not in secure.gate
     assert control_plane.batches == (("i-p0",), ("i-p1",))  # 50% of 2: one at a time
-    assert "Ready (the roll controller admits it)" in control_plane.gate
+    assert "Ready and its API server answers /readyz (the roll controller" in control_plane.gate
     assert compute.batches == (("i-c0",), ("i-c1",), ("i-c2",), ("i-c3",))
     assert secure.seconds == 3 * (300 + roll.TERMINATE_S)
     assert roll.duration(found, concurrent=False) == sum(s.seconds for s in found)
@@ -60,6 +61,34 @@ def test_only_the_rolling_layers_are_planned() -> None:
 )  # fmt: skip
 def test_batch_size_keeps_the_minimum_healthy(count: int, min_healthy: int, size: int) -> None:
     assert roll.batch_size(count, min_healthy) == size
+
+
+@pytest.mark.parametrize(
+    ("count", "min_healthy", "max_healthy", "size"),
+    # 100/110: a tenth launched first; 90/110: a fifth at a time; 100/200: all launched first
+    [(10, 100, 110, 1), (20, 100, 110, 2), (10, 90, 110, 2), (4, 100, 200, 4),
+     (3, 100, 110, 1), (0, 90, 150, 0)],
+)  # fmt: skip
+def test_batch_size_with_a_surge(count: int, min_healthy: int, max_healthy: int, size: int) -> None:
+    assert roll.batch_size(count, min_healthy, max_healthy) == size
+
+
+def test_the_rehearsal_plans_the_compute_surge() -> None:
+    """compute_roll_max_healthy reaches the rehearsal's batches (the other layers surge none)."""
+    running = [("compute", f"i-c{n}") for n in range(10)] + [
+        ("secure", f"i-s{n}") for n in range(3)
+    ]
+    kwargs: dict[str, Any] = dict(
+        environment="dev", rolls=["secure", "compute"], running=running, grace=60,
+        compute_min_healthy=90, stacked=True, sandbox=True, target="1.33.5", held={},
+        etcd=None, files={},
+    )  # fmt: skip
+    plain = {s.layer: len(s.batches) for s in rehearsal.rehearse(**kwargs).steps}
+    surged = {
+        s.layer: len(s.batches) for s in rehearsal.rehearse(**kwargs, compute_max_healthy=110).steps
+    }
+    assert plain == {"secure": 3, "compute": 10}
+    assert surged == {"secure": 3, "compute": 5}
 
 
 @pytest.mark.parametrize(

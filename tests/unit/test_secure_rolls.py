@@ -65,6 +65,10 @@ def test_plan_says_how_the_secure_layer_rolls_and_in_which_order() -> None:
     assert together.startswith("the groups roll in this order: each later group's refresh starts")
     (half,) = roll_order(["compute"], running, sandbox=False, stacked=True, compute_min_healthy=50)
     assert "at least 50% of them in service" in half
+    (surge,) = roll_order(["compute"], running, sandbox=False, stacked=True,
+                          compute_min_healthy=100, compute_max_healthy=110)  # fmt: skip
+    assert "at least 100% of them in service and at most 110% running throughout (new ones " \
+        "launched first)" in surge  # fmt: skip
     # The sandbox has no instance refresh: it says so instead of promising one.
     (sandboxed,) = roll_order(["secure"], running, sandbox=True, stacked=False)
     assert "the sandbox has no instance refresh" in sandboxed
