@@ -1191,12 +1191,15 @@ def roll(
     env: str, layers: Sequence[str] = (), env_dir: str | None = None, *, sandbox: bool = False
 ) -> RollReport:
     """`kubeplat roll`: ask the roll controller to replace every instance of the named layers
-    (all when none is named) through the gated path: a tag on each group with the time asked,
-    which the controller (kubeplat/node/roller.py) compares with the group's last instance
-    refresh, starting one layer's refresh after another. Nothing else changes; asking again
-    while a roll runs asks for one more afterwards."""
-    from kubeplat import pipeline
-    from kubeplat.aws import errors
+    (all when none is named) through the gated path: an object per layer in the secrets
+    bucket (ENV/rolls/LAYER.json), whose time the controller (kubeplat/node/roller.py) compares
+    with the group's last instance refresh, starting one layer's refresh after another. Not a
+    tag of the group: Terraform owns those and the next apply would take it away (and `health`
+    call it drift). Nothing else changes; asking again while a roll runs asks for one more
+    afterwards."""
+    import json
+
+    from kubeplat import pipeline, rotation
     from kubeplat.node import roller
 
     deployed = pipeline.deployed(env, env_dir, sandbox)
@@ -1219,19 +1222,10 @@ def roll(
         )
     chosen = sorted(set(layers) or set(found), key=_layer_rank)
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    with errors("tagging the autoscaling groups", deployed.aws):
-        deployed.aws.client("autoscaling").create_or_update_tags(
-            Tags=[
-                {
-                    "ResourceId": found[layer],
-                    "ResourceType": "auto-scaling-group",
-                    "Key": roller.ROLL_TAG,
-                    "Value": when,
-                    "PropagateAtLaunch": False,
-                }
-                for layer in chosen
-            ]
-        )
+    for layer in chosen:
+        asked = {"layer": layer, "group": found[layer], "requested": when, "by": rotation.who()}
+        body = json.dumps(asked, indent=1, sort_keys=True).encode() + b"\n"
+        deployed.store.put(f"{roller.ROLLS}{layer}.json", body)
     return RollReport(name, [found[layer] for layer in chosen], when, deployed.aws.sandbox)
 
 

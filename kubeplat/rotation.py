@@ -130,7 +130,8 @@ def _save_record(
     store.put(RECORD, (json.dumps(document, indent=1, sort_keys=True) + "\n").encode())
 
 
-def _who() -> str:
+def who() -> str:
+    """Who runs this: user@host, for the records an operator leaves in the bucket."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
@@ -148,7 +149,7 @@ def begin(
     files = pipeline.sync_pki(env, store, write=True, now=moment)
     result = pki.begin(env, files, names_for(rotate), moment)
     phases = pki.staged(result.files)
-    by = _who()
+    by = who()
     # The record first: a run stopped before the PKI is written leaves a record that does not
     # match the bucket, which the next run replaces (`step`).
     _save_record(store, list(phases), phases, moment, by)
@@ -183,7 +184,7 @@ def step(
         _forget(store, write)
         return None
     record = _record(store)
-    by = str(record.get("by") or _who())
+    by = str(record.get("by") or who())
     rotated = [str(n) for n in record.get("rotating") or []] or sorted(phases)
     since = str(record.get("since", ""))
     if record.get("steps") != phases:

@@ -300,6 +300,22 @@ data "aws_iam_policy_document" "node" {
   }
 
   dynamic "statement" {
+    # The roll controller sees `kubeplat roll`'s requests by listing ENV/rolls/ (each object's
+    # time is the request's); it reads none of them.
+    for_each = each.key == local.api_layer ? [1] : []
+    content {
+      sid       = "SeeRollRequests"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      condition {
+        test     = "StringEquals"
+        variable = "s3:prefix"
+        values   = ["${var.environment}/rolls/"]
+      }
+    }
+  }
+
+  dynamic "statement" {
     # The pinned binaries, when the environment's artifact mirror is a bucket.
     for_each = length(local.mirror_arns) > 0 ? [1] : []
     content {

@@ -44,7 +44,10 @@ READY_HOOK = "kubeplat-node-ready"
 ORDER = ("secure", "control-plane", "compute")
 # The layers whose refresh Terraform starts itself (the first to roll needs no one to wait for).
 STARTED_BY_TERRAFORM = ("secure",)
-ROLL_TAG = "kubeplat:roll-requested"  # an ISO time: `kubeplat roll` asked for a roll then
+# `kubeplat roll` asks by writing ENV/rolls/LAYER.json in the secrets bucket; the object's
+# LastModified (S3's clock, like the refreshes' start times) is when. Not a tag of the group:
+# Terraform manages the groups' tags and would take it away on the next apply.
+ROLLS = "rolls/"
 MIN_HEALTHY_TAG = "kubeplat:min-healthy"  # the refresh's minimum healthy percentage
 MAX_HEALTHY_TAG = "kubeplat:max-healthy"  # its maximum (above 100: launch new ones first)
 WARMUP_TAG = "kubeplat:instance-warmup"  # seconds
@@ -65,6 +68,7 @@ class Group:
     instances: list[dict[str, Any]]
     tags: dict[str, str]
     hooks: frozenset[str] = frozenset()
+    asked: datetime | None = None  # when `kubeplat roll` last asked to replace the layer
 
     def outdated(self) -> list[str]:
         """Instances launched from another template or version than the group's."""
@@ -133,7 +137,7 @@ def decide_refreshes(
                 f"{group.name}: instance refresh {refresh.status.lower()}; later layers wait"
             )
             return [], said
-        asked = _time(group.tags.get(ROLL_TAG))
+        asked = group.asked
         last = refresh.started if refresh is not None else None
         if asked is not None and (last is None or asked > last):
             return [
@@ -276,14 +280,17 @@ class Controller:
         drain_timeout: float,
         clock: Callable[[], float] = time.monotonic,
         reports: Callable[[str, str], dict[str, Any] | None] = lambda layer, instance: None,
+        requests: Callable[[], dict[str, datetime]] = dict,
     ) -> None:
         self.autoscaling, self.ec2, self.api = autoscaling, ec2, api
         self.reports = reports  # (layer, instance) → its agent's manifests report, or None
+        self.requests = requests  # layer → when `kubeplat roll` last asked (roll_requests)
         self.environment, self.drain_timeout, self.clock = environment, drain_timeout, clock
         self.draining: dict[str, float] = {}  # instance → when its drain started (this process)
 
     def groups(self) -> list[Group]:
         found = []
+        asked = self.requests()
         pages = self.autoscaling.get_paginator("describe_auto_scaling_groups").paginate(
             Filters=[{"Name": "tag:Environment", "Values": [self.environment]}]
         )
@@ -310,6 +317,7 @@ class Controller:
                         instances,
                         tags,
                         frozenset(h["LifecycleHookName"] for h in hooks),
+                        asked.get(tags.get("Layer", "")),
                     )
                 )
         return found
@@ -422,6 +430,20 @@ class Controller:
                 raise
 
 
+def roll_requests(s3: Any, bucket: str, environment: str) -> dict[str, datetime]:
+    """Layer → when `kubeplat roll` last asked for it: the objects under ENV/rolls/, by their
+    LastModified (a listing: the node role reads none of them, and needs no key to decrypt)."""
+    found: dict[str, datetime] = {}
+    prefix = f"{environment}/{ROLLS}"
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents") or []:
+            layer = item["Key"][len(prefix) :].rsplit(".json", 1)[0]
+            when = _time(item.get("LastModified"))
+            if layer and "/" not in layer and when is not None:
+                found[layer] = when
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import aws
     from .approver import Api
@@ -434,7 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument(
-        "--bucket", default="", help="the secrets bucket: where control-plane nodes say /readyz"
+        "--bucket",
+        default="",
+        help="the secrets bucket: roll requests, and control-plane nodes' /readyz reports",
     )
     args = parse(parser, argv)
 
@@ -447,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             region = args.region or aws.Identity.read().region
             reader = aws.Identity("", region, "", "")  # reads other nodes' reports, writes none
             readers: dict[str, Reporter] = {}
+            s3 = aws.client("s3", region)
 
             def reports(layer: str, instance: str) -> dict[str, Any] | None:
                 if not args.bucket:
@@ -464,6 +489,9 @@ def main(argv: list[str] | None = None) -> int:
                     args.environment,
                     args.drain_timeout,
                     reports=reports,
+                    requests=lambda: (
+                        roll_requests(s3, args.bucket, args.environment) if args.bucket else {}
+                    ),
                 )
             )
         return made[0].pass_once()

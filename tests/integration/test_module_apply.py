@@ -366,6 +366,14 @@ def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workd
             assert allowed(policy, action, theirs) == (layer == "secure")
             stranger = group.format(env.aws_region, "0c1d", f"other-{env.platform}-{layer}")
             assert not allowed(policy, action, stranger)
+    # `kubeplat roll`'s requests: the roll controller (API layer) lists them, reads none, writes
+    # none; no other layer sees them.
+    rolls = f"{env.environment}/rolls/"
+    assert allowed(secure, "s3:ListBucket", bucket, prefix=rolls)
+    assert not allowed(compute, "s3:ListBucket", bucket, prefix=rolls)
+    assert not allowed(secure, "s3:ListBucket", bucket, prefix=f"{env.environment}/")
+    assert not allowed(secure, "s3:GetObject", f"{obj}/rolls/compute.json")
+    assert not allowed(secure, "s3:PutObject", f"{obj}/rolls/compute.json")
     # The etcd members' formation record: the secure layer reads and writes it, nobody else.
     record = f"{obj}/etcd/formation.json"
     assert allowed(secure, "s3:PutObject", record) and allowed(secure, "s3:GetObject", record)

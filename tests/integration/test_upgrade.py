@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kubeplat import artifacts
+from kubeplat.node import roller
 from tests.integration.sandbox_user import clients, kubeplat, make_user, stop_sandbox
 
 pytestmark = pytest.mark.integration
@@ -222,27 +223,33 @@ def test_every_group_has_the_drain_and_ready_hooks_and_the_roll_settings(
 
 
 def test_roll_asks_the_controller_through_the_groups(user: dict[str, str]) -> None:
-    asg = clients(user, "autoscaling")["autoscaling"]
+    s3 = clients(user, "s3")["s3"]
+    groups = {"secure": "example-kube-secure", "compute": "example-kube-compute"}
 
     def asked() -> dict[str, str]:
-        found = asg.describe_auto_scaling_groups(  # type: ignore[attr-defined]
-            AutoScalingGroupNames=["example-kube-secure", "example-kube-compute"]
-        )["AutoScalingGroups"]
-        return {
-            g["AutoScalingGroupName"]: t["Value"]
-            for g in found
-            for t in g["Tags"]
-            if t["Key"] == "kubeplat:roll-requested"
-        }
+        """What the roll controller sees, read as it reads it (a listing of ENV/rolls/)."""
+        found = roller.roll_requests(s3, "kubeplat-example-secrets", "example")
+        return {groups[layer]: when.isoformat() for layer, when in found.items()}
 
     one = kubeplat(user, "roll", "-e", "example", "--layer", "compute")
     assert one.returncode == 0, one.stderr[-3000:]
     assert list(asked()) == ["example-kube-compute"]
     assert re.search(r"roll asked of example-kube-compute at \d{4}-\d\d-\d\dT", one.stderr)
     assert "the sandbox runs no roll controller" in one.stderr  # and says nothing happens here
+    # The request is no change of Terraform's: the next plan changes nothing (a tag on the
+    # group would be taken away by the next apply) and health finds no drift.
+    plan = kubeplat(user, "plan", "-e", "example", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stdout[-2000:] + plan.stderr[-2000:]
+    assert "roll-requested" not in plan.stdout + plan.stderr
+    well = kubeplat(user, "health", "-e", "example", "-o", "json")
+    (report,) = json.loads(well.stdout)
+    (drift,) = [item for item in report["checks"] if item["check"] == "drift"]
+    assert drift["level"] == "ok", drift
+    first = asked()["example-kube-compute"]
     every = kubeplat(user, "roll", "-e", "example")
     assert every.returncode == 0, every.stderr[-3000:]
     assert set(asked()) == {"example-kube-secure", "example-kube-compute"}
+    assert asked()["example-kube-compute"] >= first  # asked again: a newer request
     assert every.stderr.index("example-kube-secure") < every.stderr.index("example-kube-compute")
 
     wrong = kubeplat(user, "roll", "-e", "example", "--layer", "workers")

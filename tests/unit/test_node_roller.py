@@ -319,11 +319,10 @@ def test_a_failed_refresh_is_not_retried_for_the_same_template_but_resumed_on_re
         "dev-kube-compute: its last instance refresh ended failed: i-c9 was abandoned; not started "
         "again for the same launch template (resume with kubeplat roll); later layers wait"
     ) in lines
-    # `kubeplat roll -e dev --layer compute` asks (a tag newer than the failure): started, and
-    # every instance replaced (a roll on demand: a kernel update, say).
-    tags = asg.groups["dev-kube-compute"]["Tags"]
-    tags.append({"Key": roller.ROLL_TAG, "Value": (NOW + timedelta(minutes=5)).isoformat()})
-    controller(asg, api, ec2).pass_once()
+    # `kubeplat roll -e dev --layer compute` asks (a request newer than the failure): started,
+    # and every instance replaced (a roll on demand: a kernel update, say).
+    asked = {"compute": NOW + timedelta(minutes=5)}
+    controller(asg, api, ec2, requests=lambda: asked).pass_once()
     assert started(asg) == [("dev-kube-compute", False, 90, None)]
 
 
@@ -340,10 +339,10 @@ def test_a_new_template_after_a_failed_refresh_starts_again(fake_api: Any) -> No
 def test_an_old_roll_request_is_not_repeated(fake_api: Any) -> None:
     _server, api = fake_api
     asg = AutoScaling()
-    asg.group("compute", "5", {"i-c0": ("InService", "5")},
-              kubeplat_roll_requested=(NOW - timedelta(hours=1)).isoformat())  # fmt: skip
+    asg.group("compute", "5", {"i-c0": ("InService", "5")})
     asg.refreshes["dev-kube-compute"] = [{"Status": "Successful", "StartTime": NOW}]
-    assert controller(asg, api).pass_once() == [] and started(asg) == []
+    asked = {"compute": NOW - timedelta(hours=1)}
+    assert controller(asg, api, requests=lambda: asked).pass_once() == [] and started(asg) == []
 
 
 # -- drain ------------------------------------------------------------------------------------
