@@ -198,3 +198,48 @@ def ssh_identity(command: str) -> Path:
 
     word = next(w for w in shlex.split(command) if w.startswith("IdentityFile="))
     return Path(word.partition("=")[2].strip('"'))
+
+
+# -- skips ------------------------------------------------------------------------------------
+# A skipped test proves nothing, so CI (.ci/run sets KUBEPLAT_SKIPS=strict) fails on any skip
+# whose reason is not here, with why it may stand. Every run lists its skips at the end.
+ALLOWED_SKIPS = {
+    "root reads any file; the check cannot be provoked as root": (
+        "as root (CI) no file is unreadable; the same error path runs as any other user"
+    ),
+}
+_STRICT = os.environ.get("KUBEPLAT_SKIPS") == "strict"
+_skipped: list[tuple[str, str]] = []
+
+
+def skip_reason(report: pytest.TestReport) -> str:
+    """The reason a skipped report gives ("Skipped: " and the location taken away)."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and not hasattr(report, "wasxfail"):
+        _skipped.append((report.nodeid, skip_reason(report)))
+
+
+def unallowed_skips(skipped: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(test, reason) for test, reason in skipped if reason not in ALLOWED_SKIPS]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _skipped:
+        return
+    terminalreporter.section("skips")
+    for test, reason in _skipped:
+        why = ALLOWED_SKIPS.get(reason)
+        mark = f"allowed: {why}" if why else "NOT ALLOWED" if _STRICT else "not in ALLOWED_SKIPS"
+        terminalreporter.write_line(f"{test}: {reason} ({mark})")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if hasattr(session.config, "workerinput"):  # an xdist worker: the controller judges
+        return
+    if _STRICT and unallowed_skips(_skipped) and exitstatus == 0:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
