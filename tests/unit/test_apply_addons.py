@@ -66,6 +66,18 @@ def script(environments: Path) -> tuple[str, dict[str, bytes]]:
 
 
 def run(text: str, root: Path, files: dict[str, bytes]) -> list[dict[str, object]]:
+    done = launch(text, root, files)
+    assert done.returncode == 0, done.stderr
+    return calls_of(root)
+
+
+def calls_of(root: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (root / "kubectl.log").read_text().splitlines()]
+
+
+def launch(
+    text: str, root: Path, files: dict[str, bytes], kubectl: str = KUBECTL
+) -> subprocess.CompletedProcess[str]:
     pki_dir = root / "etc/kubernetes/pki"
     pki_dir.mkdir(parents=True, exist_ok=True)
     for name in ("bootstrap-token", "bootstrap-token-expiration"):
@@ -84,16 +96,17 @@ def run(text: str, root: Path, files: dict[str, bytes]) -> list[dict[str, object
             "/opt/kubeplat/bin/kubeplat-node", str(node_program)
         )
     )
-    (bin_dir / "kubectl").write_text(KUBECTL.replace("PYTHON", sys.executable))
+    (bin_dir / "kubectl").write_text(kubectl.replace("PYTHON", sys.executable))
     os.chmod(bin_dir / "kubectl", 0o755)
+    # sleep: a RECORDING stand-in that returns at once (the script's wait is bounded in tries).
+    (bin_dir / "sleep").write_text('#!/bin/sh\necho "$*" >> "$KUBECTL_LOG.sleeps"\n')
+    os.chmod(bin_dir / "sleep", 0o755)
     log = root / "kubectl.log"
     log.unlink(missing_ok=True)
     environment = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "KUBECTL_LOG": str(log)}
-    done = subprocess.run(
+    return subprocess.run(
         ["sh", str(program)], env=environment, capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 0, done.stderr
-    return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 def applied_secret(calls: list[dict[str, object]]) -> dict[str, object]:
@@ -173,3 +186,23 @@ def test_the_agent_runs_it_again_when_the_token_changes(
         "tokenFile: /etc/kubernetes/pki/bootstrap-token"
         in units["/etc/kubeplat/bootstrap-kubelet.conf"]
     )
+
+
+def test_an_api_that_never_answers_ends_it_with_an_error(
+    script: tuple[str, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """30 minutes of asking (360 tries, 5 s apart), then a clear error and a failed unit
+    (systemd restarts it): nothing is applied to an API server that is not there."""
+    text, files = script
+    down = KUBECTL.replace(
+        'if args[:4] == ["-n", "kube-system", "create", "configmap"]:',
+        'if args[:1] == ["get"]:\n    sys.exit(1)\n'
+        'if args[:4] == ["-n", "kube-system", "create", "configmap"]:',
+    )
+    done = launch(text, tmp_path, files, kubectl=down)
+    assert done.returncode == 1
+    assert "apply-addons: the API did not become ready" in done.stderr
+    asked = [c for c in calls_of(tmp_path) if c["args"] == ["get", "--raw=/readyz"]]
+    assert len(asked) == 360
+    assert (tmp_path / "kubectl.log.sleeps").read_text().splitlines() == ["5"] * 359
+    assert all(c["args"][:1] == ["get"] for c in calls_of(tmp_path))  # type: ignore[index]

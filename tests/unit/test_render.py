@@ -14,6 +14,7 @@ import yaml
 
 from kubeplat import config, pki, render
 from kubeplat.errors import KubeplatError
+from tests.conftest import REPO
 
 
 @pytest.fixture
@@ -60,6 +61,12 @@ def test_userdata_small_and_secret_free(env: config.Environment, files: dict[str
         assert len(data) < render.USERDATA_LIMIT
         assert b"PRIVATE KEY" not in data
         assert files["bootstrap-token"] not in data
+    # What the README says of its size holds (to the nearest kilobyte).
+    readme = (REPO / "README.md").read_text()
+    said = re.search(r"the stub each instance boots with \(about (\d+) KB\)", readme)
+    assert said, "README.md no longer says how big the stub is"
+    for layer in ("secure", "compute"):
+        assert round(len(out[f"userdata/{layer}"]) / 1000) == int(said.group(1)), layer
         assert data.startswith(b"#!/bin/sh\n")
 
 
