@@ -14,7 +14,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -99,34 +98,30 @@ def ensure() -> Sandbox:
                 "the sandbox needs the AWS emulator, which is not installed",
                 "install it: pip install 'kubeplat[sandbox]'",
             )
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
         log = state_dir() / "sandbox.log"
+        # The emulator binds a port of the kernel's choosing itself and says which: a port
+        # chosen here could be taken by another program (another user's sandbox) before the
+        # emulator bound it, and that program's emulator would then answer as this one.
+        port_file = state_dir() / "sandbox.port"
+        port_file.unlink(missing_ok=True)
         with log.open("ab") as handle:
             child = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kubeplat.sandbox_world",
-                    "-H",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                ],
+                [sys.executable, "-m", "kubeplat.sandbox_world", "--port-file", str(port_file)],
                 stdin=subprocess.DEVNULL,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # outlives this command; Ctrl-C here does not reach it
             )
-        box = Sandbox(child.pid, port)
         deadline = time.monotonic() + 30
-        while not _answers(box.endpoint):
+        box = None
+        while box is None or not _answers(box.endpoint):
             if child.poll() is not None or time.monotonic() > deadline:
                 child.kill()
                 raise KubeplatError(
                     "the sandbox did not start", f"see {log}; then: kubeplat sandbox start"
                 )
+            if box is None and port_file.exists():
+                box = Sandbox(child.pid, int(port_file.read_text()))
             time.sleep(0.1)
         _record().write_text(json.dumps({"pid": box.pid, "port": box.port}))
         return box

@@ -7,14 +7,18 @@ that name their latest ones (`/aws/service/debian/…`, `/aws/service/canonical/
 its image in the sandbox exactly as it does on AWS. The images are records (nothing boots in the
 emulator); their ids are kubeplat's own, recognisable by their `0deb12…` and `0ab2404…` digits.
 
-Run by `kubeplat.sandbox` as `python -m kubeplat.sandbox_world -H 127.0.0.1 -p PORT`; any
-argument is moto's server's own.
+Run by `kubeplat.sandbox` as `python -m kubeplat.sandbox_world --port-file PATH`: it listens on
+a loopback port the kernel picks (bound here, in the process that serves it, so that no other
+program can take it between a choice and a bind, and no caller mistakes another emulator that
+answers on a port it chose for its own) and writes that port to PATH once it listens. With
+other arguments, moto's server's own (`-H 127.0.0.1 -p PORT`).
 """
 
 from __future__ import annotations
 
 import sys
 from datetime import UTC
+from pathlib import Path
 from typing import Any
 
 # (SSM parameter, image): the publishers' naming, kubeplat's ids.
@@ -115,12 +119,40 @@ def publish() -> None:
     ssm.ParameterDict._check_loading_status = check_loading_status  # type: ignore[method-assign]
 
 
+def serve(port_file: Path) -> None:
+    """moto's server (as `moto.server.main` serves it) on a loopback port of the kernel's
+    choosing; the port is written to `port_file` (whole, atomically) once it listens."""
+    import os
+    import signal
+
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    app = DomainDispatcherApplication(create_backend_app)
+    app.debug = True  # type: ignore[attr-defined]
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    os.environ["MOTO_PORT"] = str(server.port)  # what moto's own URLs name
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    partial = port_file.with_name(port_file.name + ".partial")
+    partial.write_text(f"{server.port}\n")
+    partial.replace(port_file)
+    server.serve_forever()
+
+
 def main(argv: list[str] | None = None) -> None:
     """moto's server, after `publish`."""
     from moto import server
 
+    args = sys.argv[1:] if argv is None else argv
     publish()
-    server.main(sys.argv[1:] if argv is None else argv)
+    if len(args) == 2 and args[0] == "--port-file":
+        serve(Path(args[1]))
+        return
+    server.main(args)
 
 
 if __name__ == "__main__":

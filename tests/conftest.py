@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -93,20 +93,25 @@ def start_emulator(log: Path | None = None) -> tuple[subprocess.Popen[bytes], st
     """The sandbox's emulator (moto's server with the publishers' images) on a free loopback
     port, answering; (its process, its endpoint). The caller terminates it."""
     pytest.importorskip("moto.server", reason="the sandbox extra (moto[server]) is not installed")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    # The emulator binds a port of the kernel's choosing and writes it here (kubeplat.sandbox
+    # does the same): no other test's emulator can answer in its place.
+    port_file = Path(tempfile.mkdtemp(prefix="kubeplat-emulator-")) / "port"
     with open(log or os.devnull, "wb") as handle:
         server = subprocess.Popen(
-            [sys.executable, "-m", "kubeplat.sandbox_world", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, "-m", "kubeplat.sandbox_world", "--port-file", str(port_file)],
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = ""
     deadline = time.monotonic() + 30
     while True:
         try:
+            if not endpoint and port_file.exists():
+                endpoint = f"http://127.0.0.1:{int(port_file.read_text())}"
+            if not endpoint:
+                raise OSError("not listening yet")
             urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            shutil.rmtree(port_file.parent, ignore_errors=True)
             return server, endpoint
         except OSError:
             if time.monotonic() > deadline or server.poll() is not None:

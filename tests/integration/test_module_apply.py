@@ -17,6 +17,7 @@ import boto3
 import pytest
 
 from kubeplat import config, pki, render, terraform
+from tests import iam_evaluator
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
@@ -64,6 +65,7 @@ def test_apply_builds_both_layers_then_destroys(applied) -> None:  # type: ignor
     env, workdir, files = applied
     check_groups_and_instances(workdir, files)
     check_node_roles_read_their_own_prefixes_only(env, workdir)
+    check_the_bucket_matrix(env, workdir)
     check_the_ebs_drivers_own_role(env, workdir)
 
 
@@ -213,13 +215,24 @@ def allowed(
     prefix: str | None = None,
     context: dict[str, str] | None = None,
 ) -> bool:
-    """IAM evaluation for the statements our policies use: an explicit Deny wins, else an Allow.
-    A condition holds only when the request has its key (`prefix` is `s3:prefix`, `context`
-    the others) and the value matches; an operator this evaluator does not know fails the test
-    rather than being skipped."""
+    """Whether `policy` allows the request (`prefix` is `s3:prefix`, `context` the other keys).
+
+    A role's permissions go through AWS's evaluation as a maintained library implements it
+    (tests/iam_evaluator.py). A trust policy (its statements name a Principal) goes through the
+    small evaluator below: the library takes only the condition keys of the OpenID Connect
+    providers it knows, not an account's own provider's (`ISSUER:sub`, `ISSUER:aud`)."""
     known = dict(context or {})
     if prefix is not None:
         known["s3:prefix"] = prefix
+    if not any("Principal" in s for s in policy["Statement"]):
+        return iam_evaluator.allowed(policy, action, resource, known)
+    return trust_allows(policy, action, resource, known)
+
+
+def trust_allows(policy: dict[str, Any], action: str, resource: str, known: dict[str, str]) -> bool:
+    """A trust policy's evaluation: an explicit Deny wins, else an Allow. A condition holds only
+    when the request has its key and the value matches; an operator this evaluator does not
+    know fails the test rather than being skipped."""
 
     def listed(value: Any) -> list[str]:
         return value if isinstance(value, list) else [value]
@@ -257,6 +270,79 @@ def allowed(
     if any(s["Effect"] == "Deny" and matches(s) for s in statements):
         return False
     return any(s["Effect"] == "Allow" and matches(s) for s in statements)
+
+
+# Each node role × each object of the secrets bucket × each action: what it may do (G get,
+# P put, D delete), by AWS's evaluation. Everything not listed is refused.
+OBJECTS: dict[str, dict[str, str]] = {
+    "cloudconfig/master": {"secure": "G"},
+    "cloudconfig/worker": {"compute": "G"},
+    "pki/common/ca.crt": {"secure": "G", "compute": "G"},
+    "pki/secure/etcd/peer.key": {"secure": "G"},
+    "pki/secure/encryption-config.yaml": {"secure": "G"},
+    "pki/compute/bootstrap-token": {"compute": "G"},
+    "pki/locked/ca.key": {},
+    "pki/locked/encryption/secretbox.key": {},
+    "pki-staging/0a1b/pki/secure/apiserver.key": {},
+    "manifests/secure/kube-apiserver.yaml": {"secure": "G"},
+    "manifests/compute/kube-proxy.yaml": {"compute": "G"},
+    "status/secure/i-0123/bootstrap.json": {"secure": "GP"},
+    "status/compute/i-0123/bootstrap.json": {"compute": "GP"},
+    "etcd/formation.json": {"secure": "GP"},
+    "etcd/backup-done.json": {"secure": "GP"},
+    "etcd/backup-request.json": {"secure": "G"},
+    "etcd/restore/1.db": {"secure": "G"},
+    "etcd/other.json": {},
+    "etcd-backups/20261202T120000Z-i-0a.db": {"secure": "PD"},
+    "rolls/compute.json": {},
+    f"staged/{'0' * 64}": {},
+    "other/x": {},
+}
+# …and each prefix listed (s3:ListBucket with s3:prefix).
+LISTINGS: dict[str, set[str]] = {
+    "pki/common/": {"secure", "compute"},
+    "pki/secure/": {"secure"},
+    "pki/compute/": {"compute"},
+    "manifests/secure/": {"secure"},
+    "manifests/compute/": {"compute"},
+    "status/secure/": {"secure"},
+    "status/compute/": {"compute"},
+    "etcd/formation.json": {"secure"},
+    "etcd-backups/": {"secure"},
+    "rolls/": {"secure"},  # the roll controller (the API layer, stacked here)
+    "pki/locked/": set(),
+    "pki/": set(),
+    "staged/": set(),
+    "": set(),
+}
+
+
+def check_the_bucket_matrix(env: config.Environment, workdir: Path) -> None:
+    output = tf(workdir, "output", "-json", "node_policies")
+    policies = {layer: json.loads(doc) for layer, doc in json.loads(output.stdout).items()}
+    assert set(policies) == {"secure", "compute"}
+    bucket = f"arn:aws:s3:::{env.secrets_bucket_name}"
+    actions = {"G": "s3:GetObject", "P": "s3:PutObject", "D": "s3:DeleteObject"}
+    found, wanted = {}, {}
+    for name, expected in OBJECTS.items():
+        for layer, policy in policies.items():
+            for letter, action in actions.items():
+                key = (name, layer, action)
+                resource = f"{bucket}/{env.environment}/{name}"
+                found[key] = allowed(policy, action, resource)
+                wanted[key] = letter in expected.get(layer, "")
+                # Another environment's object of the same name: never.
+                elsewhere = f"{bucket}/prod/{name}"
+                assert not allowed(policy, action, elsewhere), (name, layer, action)
+    for prefix, layers in LISTINGS.items():
+        for layer, policy in policies.items():
+            key = (f"list {prefix or '(everything)'}", layer, "s3:ListBucket")
+            found[key] = allowed(
+                policy, "s3:ListBucket", bucket, prefix=f"{env.environment}/{prefix}"
+            )
+            wanted[key] = layer in layers
+    wrong = sorted(k for k in found if found[k] != wanted[k])
+    assert not wrong, [(*k, "allowed" if found[k] else "refused") for k in wrong]
 
 
 def check_node_roles_read_their_own_prefixes_only(env: config.Environment, workdir: Path) -> None:

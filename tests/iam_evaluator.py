@@ -1,0 +1,106 @@
+"""AWS's IAM policy evaluation, as a maintained library implements it: @cloud-copilot/iam-simulate
+(npm; every condition operator, explicit deny over allow, resource and action matching), run by
+tests/iam/evaluate.mjs in one long-lived `node` process for the whole test session.
+
+Its packages are installed with `npm ci --prefix tests/iam` (`.ci/run` does it). Without node or
+them, a test that needs the evaluator skips, saying so (not allowed in CI)."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent / "iam"
+ACCOUNT = "123456789012"
+_process: list[subprocess.Popen[str]] = []
+# A KMS key authorizes by its own key policy first: the default one, which lets the account's
+# IAM policies decide (as the environment's key has it).
+DEFAULT_KEY_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Sid": "Enable IAM User Permissions",
+            "Effect": "Allow",
+            "Principal": {"AWS": f"arn:aws:iam::{ACCOUNT}:root"},
+            "Action": "kms:*",
+            "Resource": "*",
+        }
+    ],
+}
+
+
+def _evaluator() -> subprocess.Popen[str]:
+    if _process and _process[0].poll() is None:
+        return _process[0]
+    node = shutil.which("node")
+    if node is None or not (HERE / "node_modules" / "@cloud-copilot" / "iam-simulate").is_dir():
+        pytest.skip("the IAM evaluator needs node and its packages: npm ci --prefix tests/iam")
+    started = subprocess.Popen(
+        [node, str(HERE / "evaluate.mjs")],
+        cwd=HERE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    _process[:] = [started]
+    atexit.register(started.kill)
+    return started
+
+
+# A condition key the library does not take: KMS's encryption context keys
+# (`kms:EncryptionContext:KEY`; it matches a key's variable part only after a `/`). S3's is
+# renamed to a global key with a variable part, the same way in the policy and in the request:
+# a condition operator compares values whatever the key is called, so the decision is the same.
+RENAMED = {"kms:EncryptionContext:aws:s3:arn": "aws:PrincipalTag/kms-encryption-context-s3-arn"}
+
+
+def _renamed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {RENAMED.get(k, k): _renamed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_renamed(v) for v in value]
+    return value
+
+
+def decide(
+    identity: dict[str, Any] | None,
+    action: str,
+    resource: str,
+    context: dict[str, str] | None = None,
+    principal: str = f"arn:aws:iam::{ACCOUNT}:role/node",
+) -> str:
+    """ "Allowed", "ImplicitlyDenied" or "ExplicitlyDenied" for one request under `identity` (the
+    principal's policy). An input the evaluator rejects (an unknown action, a context key the
+    action does not take, a malformed policy) fails the test: it would otherwise read as a
+    denial."""
+    process = _evaluator()
+    asked = {
+        "identity": _renamed(identity),
+        "resourcePolicy": DEFAULT_KEY_POLICY if action.startswith("kms:") else None,
+        "principal": principal,
+        "action": action,
+        "resource": resource,
+        "account": ACCOUNT,
+        "context": _renamed(context or {}),
+    }
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(json.dumps(asked) + "\n")
+    process.stdin.flush()
+    line = process.stdout.readline()
+    assert line, "the IAM evaluator (node tests/iam/evaluate.mjs) stopped"
+    answer = json.loads(line)
+    assert "error" not in answer, (asked, answer["error"])
+    assert not answer.get("ignored"), (asked, f"context keys {answer['ignored']} not evaluated")
+    return str(answer["result"])
+
+
+def allowed(
+    identity: dict[str, Any], action: str, resource: str, context: dict[str, str] | None = None
+) -> bool:
+    return decide(identity, action, resource, context) == "Allowed"
