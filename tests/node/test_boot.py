@@ -379,25 +379,6 @@ def test_the_roll_controller_runs_on_every_control_plane_node(cluster: Cluster) 
         assert node.run("systemctl", "cat", "kubeplat-roller.service").returncode != 0
 
 
-def test_a_stacked_member_waits_for_the_api_server_beside_it(cluster: Cluster) -> None:
-    """kubeplat-etcd-watch.service, as the secure nodes' cloud-config installs it, completes the
-    member's launch hook only once the API server beside it answers /readyz. No API server runs
-    here (the kubelet is a stand-in), so each member, once etcd is healthy, says it waits for
-    exactly that URL (a unit template once glued `Restart=always` onto it)."""
-    wanted = "etcd ready; waiting for this node's API server (https://127.0.0.1:6443/readyz)"
-    for node in cluster.layer("secure"):
-        deadline = time.monotonic() + 300
-        journal = ""
-        while time.monotonic() < deadline:
-            journal = node.journal("kubeplat-etcd-watch.service")
-            if "waiting for this node's API server" in journal:
-                break
-            time.sleep(3)
-        assert wanted in journal, journal[-3000:]
-        shown = node.run("systemctl", "show", "-p", "Restart", "kubeplat-etcd-watch.service")
-        assert shown.stdout.strip() == "Restart=always", shown.stdout
-
-
 def test_a_reissued_etcd_certificate_reaches_every_member_in_turn(cluster: Cluster) -> None:
     """Issue 15, delivery: the bucket gets a reissued etcd/server and etcd/peer certificate (the
     objects `kubeplat certs --rotate` writes). Every secure node's agent writes them (keys 0600)
