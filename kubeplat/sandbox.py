@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubeplat.errors import KubeplatError
 
@@ -87,6 +88,36 @@ def current() -> Sandbox | None:
     return box if _answers(box.endpoint) else None
 
 
+class NotStarted(RuntimeError):
+    """The emulator exited, or did not answer in time."""
+
+
+def launch(port_file: Path, output: Any, *, detached: bool) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the emulator (kubeplat.sandbox_world) and wait, bounded, until it answers; (its
+    process, its port). It binds a port of the kernel's choosing itself and writes it to
+    `port_file`: a port chosen here could be taken by another program (another user's sandbox)
+    before the emulator bound it, and that program's emulator would then answer as this one.
+    `detached`: in a session of its own, outliving the caller (Ctrl-C there does not reach it)."""
+    port_file.unlink(missing_ok=True)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "kubeplat.sandbox_world", "--port-file", str(port_file)],
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=detached,
+    )
+    deadline = time.monotonic() + 30
+    port = 0
+    while not port or not _answers(f"http://127.0.0.1:{port}"):
+        if child.poll() is not None or time.monotonic() > deadline:
+            child.kill()
+            raise NotStarted()
+        if not port and port_file.exists():
+            port = int(port_file.read_text())
+        time.sleep(0.1)
+    return child, port
+
+
 def ensure() -> Sandbox:
     """The running sandbox, started in the background when there is none."""
     with _locked():
@@ -99,30 +130,14 @@ def ensure() -> Sandbox:
                 "install it: pip install 'kubeplat[sandbox]'",
             )
         log = state_dir() / "sandbox.log"
-        # The emulator binds a port of the kernel's choosing itself and says which: a port
-        # chosen here could be taken by another program (another user's sandbox) before the
-        # emulator bound it, and that program's emulator would then answer as this one.
-        port_file = state_dir() / "sandbox.port"
-        port_file.unlink(missing_ok=True)
-        with log.open("ab") as handle:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "kubeplat.sandbox_world", "--port-file", str(port_file)],
-                stdin=subprocess.DEVNULL,
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives this command; Ctrl-C here does not reach it
-            )
-        deadline = time.monotonic() + 30
-        box = None
-        while box is None or not _answers(box.endpoint):
-            if child.poll() is not None or time.monotonic() > deadline:
-                child.kill()
-                raise KubeplatError(
-                    "the sandbox did not start", f"see {log}; then: kubeplat sandbox start"
-                )
-            if box is None and port_file.exists():
-                box = Sandbox(child.pid, int(port_file.read_text()))
-            time.sleep(0.1)
+        try:
+            with log.open("ab") as handle:
+                child, port = launch(state_dir() / "sandbox.port", handle, detached=True)
+        except NotStarted:
+            raise KubeplatError(
+                "the sandbox did not start", f"see {log}; then: kubeplat sandbox start"
+            ) from None
+        box = Sandbox(child.pid, port)
         _record().write_text(json.dumps({"pid": box.pid, "port": box.port}))
         return box
 

@@ -136,11 +136,17 @@ def serve(port_file: Path) -> None:
     app.debug = True  # type: ignore[attr-defined]
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     os.environ["MOTO_PORT"] = str(server.port)  # what moto's own URLs name
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # SIGTERM (`kubeplat sandbox stop`, a test's terminate) ends the serving loop like Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     partial = port_file.with_name(port_file.name + ".partial")
     partial.write_text(f"{server.port}\n")
     partial.replace(port_file)
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,9 +6,7 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from kubeplat import terraform
+from kubeplat import sandbox, terraform
 from kubeplat.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -93,32 +91,16 @@ def start_emulator(log: Path | None = None) -> tuple[subprocess.Popen[bytes], st
     """The sandbox's emulator (moto's server with the publishers' images) on a free loopback
     port, answering; (its process, its endpoint). The caller terminates it."""
     pytest.importorskip("moto.server", reason="the sandbox extra (moto[server]) is not installed")
-    # The emulator binds a port of the kernel's choosing and writes it here (kubeplat.sandbox
-    # does the same): no other test's emulator can answer in its place.
-    port_file = Path(tempfile.mkdtemp(prefix="kubeplat-emulator-")) / "port"
-    with open(log or os.devnull, "wb") as handle:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "kubeplat.sandbox_world", "--port-file", str(port_file)],
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = ""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if not endpoint and port_file.exists():
-                endpoint = f"http://127.0.0.1:{int(port_file.read_text())}"
-            if not endpoint:
-                raise OSError("not listening yet")
-            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
-            shutil.rmtree(port_file.parent, ignore_errors=True)
-            return server, endpoint
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                output = log.read_text()[-2000:] if log else ""
-                raise RuntimeError(f"moto server did not start: {output}") from None
-            time.sleep(0.1)
+    folder = Path(tempfile.mkdtemp(prefix="kubeplat-emulator-"))
+    try:
+        with open(log or os.devnull, "wb") as handle:
+            server, port = sandbox.launch(folder / "port", handle, detached=False)
+    except sandbox.NotStarted:
+        output = log.read_text()[-2000:] if log else ""
+        raise RuntimeError(f"moto server did not start: {output}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return server, f"http://127.0.0.1:{port}"
 
 
 def emulator_clients(
