@@ -8,6 +8,7 @@ botocore of Debian 12 and Amazon Linux 2023 predates the variable and would igno
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
 from typing import Any
 
@@ -16,6 +17,30 @@ TIMEOUT_S = 5.0
 ATTEMPTS = 3
 
 _session: Any = None
+
+
+class Activity:
+    """What this process is waiting on now (an AWS call, a command) and since when, so that
+    a loop that stalls can say on what (`kubeplat-etcd watch`). "" while it waits on nothing."""
+
+    what = ""
+    since = 0.0
+
+    @classmethod
+    def enter(cls, what: str) -> None:
+        cls.what, cls.since = what, time.monotonic()
+
+    @classmethod
+    def leave(cls) -> None:
+        cls.what = ""
+
+
+def _calling(model: Any, **_: Any) -> None:
+    Activity.enter(f"AWS {model.service_model.service_name} {model.name}")
+
+
+def _called(**_: Any) -> None:
+    Activity.leave()
 
 
 class NoCredentials(RuntimeError):
@@ -117,4 +142,8 @@ def client(service: str, region: str) -> Any:
     endpoint = os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         options["endpoint_url"] = endpoint
-    return session().client(service, **options)
+    made = session().client(service, **options)
+    made.meta.events.register("before-call", _calling)  # before the first attempt
+    made.meta.events.register("after-call", _called)  # after the last (retries included)
+    made.meta.events.register("after-call-error", _called)
+    return made

@@ -49,6 +49,7 @@ import secrets
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -270,12 +271,15 @@ class Etcdctl:
             "--command-timeout=10s",
             *args,
         ]
+        aws.Activity.enter(f"etcdctl {' '.join(a for a in args if not a.startswith('-'))}")
         try:
             return subprocess.run(
                 command, capture_output=True, text=True, timeout=timeout, check=False
             )
         except subprocess.TimeoutExpired:
             return subprocess.CompletedProcess(command, 124, "", "etcdctl timed out")
+        finally:
+            aws.Activity.leave()
 
     def members(self, endpoints: list[str]) -> list[Member] | None:
         if not endpoints:
@@ -604,16 +608,44 @@ def watch(args: argparse.Namespace, rounds: int | None = None) -> int:
     instance is gone (etcd refuses a removal that would lose quorum)."""
     node: Node | None = None  # made in the loop: the metadata service may not answer at first
     done = 0
+    round_started = [0.0]  # 0 between rounds
+    threading.Thread(target=_watchdog, args=(round_started,), daemon=True).start()
     while rounds is None or done < rounds:
         done += 1
+        round_started[0] = time.monotonic()
         try:
             node = node or Node(args)
             _watch_round(node)
         except Exception as exc:
             say(f"watch: {type(exc).__name__}: {exc}")
+        round_started[0] = 0.0
         if rounds is None or done < rounds:
             time.sleep(args.interval)
     return 0
+
+
+def _watchdog(round_started: list[float], after_s: float = 60.0, every_s: float = 5.0) -> None:
+    """Say when a round of the watch has run for `after_s` (and each `after_s` after that)
+    and what it waits on: a round that stalls holds back what only the leader does (removing
+    leaving members, backups, its status report), and its journal should say why."""
+    warned = (0.0, 0)
+    while True:
+        time.sleep(every_s)
+        started = round_started[0]
+        if not started:
+            continue
+        ran = time.monotonic() - started
+        step = int(ran // after_s)
+        if step < 1 or warned == (started, step):
+            continue
+        warned = (started, step)
+        what, since = aws.Activity.what, aws.Activity.since
+        doing = (
+            f"waiting on {what} for {time.monotonic() - since:.0f}s"
+            if what
+            else "not waiting on a call"
+        )
+        say(f"watch: this round has run {ran:.0f}s; {doing}")
 
 
 def _watch_round(node: Node) -> None:

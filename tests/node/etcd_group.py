@@ -34,7 +34,7 @@ import pytest
 import yaml
 
 from kubeplat import config, pki, render
-from kubeplat.node.etcd import LIFECYCLE_HOOK
+from kubeplat.node.etcd import LEAVE_HOOK, LIFECYCLE_HOOK
 from tests.conftest import emulator_clients, start_emulator
 from tests.node.harness import Host, NodeSpec, World
 from tests.node.mirror import _etcd_binaries
@@ -66,13 +66,24 @@ terraform_bucket_name    = "kubeplat-members-terraform"
 """
 
 
+# AWS's answer to CompleteLifecycleAction when no action of that hook waits for the instance.
+NO_ACTION = (
+    b'<ErrorResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/"><Error>'
+    b"<Type>Sender</Type><Code>ValidationError</Code><Message>No active Lifecycle Action found "
+    b"with instance ID %s</Message></Error><RequestId>kubeplat-stand-in</RequestId>"
+    b"</ErrorResponse>"
+)
+
+
 class LifecycleStandIn:
     """A stand-in for what the emulator lacks: moto has no lifecycle actions (no instance
     waits in Pending:Wait or Terminating:Wait, and CompleteLifecycleAction is not implemented).
     This relay answers CompleteLifecycleAction itself, recording who completed which hook and
     when; shows the instances in `leaving` as AWS shows an instance its terminate hooks hold
-    (LifecycleState Terminating:Wait in DescribeAutoScalingGroups) until a terminate hook is
-    completed for it; and passes every other call to the emulator unchanged."""
+    (LifecycleState Terminating:Wait in DescribeAutoScalingGroups) until its terminate hook is
+    completed for it (any other hook named for it then gets AWS's ValidationError: a launch hook
+    completed late does not let a leaving instance go); and passes every other call to the
+    emulator unchanged."""
 
     def __init__(self, emulator: str) -> None:
         self.upstream = urlsplit(emulator)
@@ -101,10 +112,19 @@ class LifecycleStandIn:
                 body = self._body()
                 form = urllib.parse.parse_qs(body.decode(errors="replace"))
                 if form.get("Action") == ["CompleteLifecycleAction"]:
+                    instance = form.get("InstanceId", [""])[0]
+                    hook = form.get("LifecycleHookName", [""])[0]
+                    if instance in stand_in.leaving and hook != LEAVE_HOOK:
+                        # As AWS: a leaving instance waits on its terminate hooks only (its
+                        # launch hook, completed late by a watch, holds nothing any more).
+                        self._answer(
+                            400, [("Content-Type", "text/xml")], NO_ACTION % instance.encode()
+                        )
+                        return
                     stand_in.completed.append(
                         {k: v[0] for k, v in form.items()} | {"at": f"{time.time():.3f}"}
                     )
-                    stand_in.leaving.discard(form.get("InstanceId", [""])[0])
+                    stand_in.leaving.discard(instance)
                     answer = (
                         b'<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws'
                         b'.com/doc/2011-01-01/"><CompleteLifecycleActionResult/>'
@@ -515,7 +535,7 @@ class Group:
 
     def explain(self) -> str:
         return "\n".join(
-            f"--- {iid}\n{m.journal()[-1500:]}\n{(m.host.dir / 'etcd.log').read_text(errors='replace')[-1500:] if (m.host.dir / 'etcd.log').exists() else ''}"
+            f"--- {iid}\n{m.journal()[-3000:]}\n{(m.host.dir / 'etcd.log').read_text(errors='replace')[-1500:] if (m.host.dir / 'etcd.log').exists() else ''}"
             for iid, m in self.members.items()
         )
 

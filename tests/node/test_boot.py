@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,6 +191,15 @@ def cluster(
     user["KUBEPLAT_TEST_PINS"] = str(mirror_root.parent / "pins.json")
     try:
         up = pinned(user, "up", "-e", "boot", "--auto-approve")
+        if up.returncode != 0 and "operation error" in up.stderr:
+            # The emulator refused a call of the provider's (once in many CI runs, under the
+            # tier's load: a security group's default egress rule found gone as it was revoked).
+            # This tier is about what the nodes do; `up` converging is the integration tier's.
+            # So, as kubeplat's own hint says, run it again, once, and say so.
+            warnings.warn(
+                f"the first up failed; running it again: {up.stderr[-600:]}", stacklevel=1
+            )
+            up = pinned(user, "up", "-e", "boot", "--auto-approve")
         assert up.returncode == 0, up.stderr[-4000:]
         endpoint = kubeplat(user, "sandbox", "status").stdout.strip()
         port = int(re.fullmatch(r"http://127\.0\.0\.1:(\d+)", endpoint)[1])  # type: ignore[index]
@@ -564,7 +574,10 @@ def test_etcd_backup_and_restore_through_the_sandbox(cluster: Cluster, tmp_path:
     secure = cluster.layer("secure")
     assert etcdctl(secure[0], "put", "/kubeplat-test/backup", "before").returncode == 0
     backup = kubeplat(cluster.user, "etcd", "backup", "-e", "boot", "--timeout", "180", timeout=240)
-    assert backup.returncode == 0, backup.stderr + explain(secure[0])
+    assert backup.returncode == 0, backup.stderr + "".join(
+        f"\n--- {n.spec.instance_id}\n{n.journal('kubeplat-etcd-watch.service')[-2500:]}"
+        for n in secure
+    )
     key = backup.stdout.strip()
     # A real etcd snapshot: etcd's own tool reads it.
     saved = tmp_path / "snapshot.db"

@@ -367,3 +367,82 @@ def test_the_last_member_is_never_removed_and_a_refused_removal_holds_the_instan
     etcd._release_leaving(refused, two, [])  # type: ignore[arg-type]
     assert refused.calls == [("member", "remove", "b2")]
     assert refused.autoscaling.completed == []  # held: the next round tries again
+
+
+def test_a_stalled_watch_round_says_what_it_waits_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A round of the watch that stalls (the bucket slow to answer) holds back what only the
+    leader does; its journal says so, naming the call it waits on, while it waits."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from kubeplat.node import aws
+
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            release.wait(20)
+            body = b"{}"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setattr(aws, "_session", None)
+    s3 = aws.client("s3", "us-east-1")
+    call = threading.Thread(target=lambda: s3.get_object(Bucket="b", Key="k"), daemon=True)
+    round_started = [time.monotonic()]
+    try:
+        call.start()
+        threading.Thread(
+            target=etcd._watchdog, args=(round_started, 0.3, 0.05), daemon=True
+        ).start()
+        deadline = time.monotonic() + 10
+        said = ""
+        while "waiting on" not in said and time.monotonic() < deadline:
+            time.sleep(0.05)
+            said += capsys.readouterr().out
+        assert "kubeplat etcd: watch: this round has run" in said
+        assert "waiting on AWS s3 GetObject for" in said
+    finally:
+        release.set()
+        call.join(10)
+        server.shutdown()
+    assert aws.Activity.what == ""  # the call returned: it waits on nothing now
+    round_started[0] = 0.0  # between rounds: nothing to say
+    capsys.readouterr()
+    time.sleep(0.4)
+    assert "this round" not in capsys.readouterr().out
+
+
+def test_etcdctl_says_what_it_runs_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeplat.node import aws
+
+    seen: list[str] = []
+    fake = tmp_path / "etcdctl"
+    fake.write_text("#!/bin/sh\nexit 0\n")
+    fake.chmod(0o755)
+    runner = etcd.Etcdctl(tmp_path, str(fake))
+    original = aws.Activity.enter
+
+    def enter(what: str) -> None:
+        seen.append(what)
+        original(what)
+
+    monkeypatch.setattr(aws.Activity, "enter", enter)
+    runner(["https://h:2379"], "member", "remove", "8e9e05c52164694d")
+    assert seen == ["etcdctl member remove 8e9e05c52164694d"]
+    assert aws.Activity.what == ""
