@@ -60,7 +60,14 @@ def test_a_new_instance_goes_in_service_only_once_it_has_joined(group: Group) ->
     until(lambda: stand_in.who() >= first, SETTLE, "the first members' hooks", group)
     old = next(iter(group.members.values()))
     (new,) = group.replace(old)
-    until(lambda: new.instance_id in stand_in.who(), SETTLE, "the new one's hook", group)
+    # The stand-in records the completion as the request arrives; the watch says "ready" once
+    # the answer is back: wait for both (CI once read the journal in between).
+    until(
+        lambda: new.instance_id in stand_in.who() and "ready: a voting member" in new.journal(),
+        SETTLE,
+        "the new one's hook",
+        group,
+    )
     journal = new.journal()
     assert journal.index("promoted to a voting member") < journal.index("ready: a voting member")
     assert_settled_with_the_data(group, cluster)

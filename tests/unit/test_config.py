@@ -317,3 +317,50 @@ def test_node_os_and_artifact_mirror_are_read(environments: Path) -> None:
         "",
         "",
     )
+
+
+def located(environments: Path, text: str) -> list[config.Problem]:
+    write_env(environments, "dev", text)
+    with pytest.raises(config.ConfigError) as info:
+        config.load("dev")
+    return [p for p in info.value.problems if not p.warning]
+
+
+def test_a_problem_is_located_at_its_variable_s_line(environments: Path) -> None:
+    """The line a user is sent to is the one that sets the variable (an editor jumps there)."""
+    text = variant(secure_asg_min="4")
+    line = text.splitlines().index("secure_asg_min = 4") + 1
+    (problem,) = located(environments, text)
+    assert (problem.variable, problem.line) == ("secure_asg_min", line)
+    assert str(problem).startswith(f"environments/dev.tfvars:{line}: secure_asg_min: 4 ")
+
+
+def test_a_variable_set_twice_is_reported_at_its_second_line(environments: Path) -> None:
+    text = variant() + "\nsecure_asg_min = 3\n"
+    lines = text.splitlines()
+    first = next(n for n, line in enumerate(lines, 1) if line.startswith("secure_asg_min "))
+    second = len(lines)
+    (problem,) = located(environments, text)
+    assert problem.message == f"set more than once (lines {first}, {second})"
+    assert (problem.variable, problem.line, problem.hint) == ("secure_asg_min", second, "keep one")
+
+
+def test_a_syntax_error_names_its_line_and_column(environments: Path) -> None:
+    text = variant() + "\nsandbox = = true\n"
+    (problem,) = located(environments, text)
+    assert problem.line == len(text.splitlines()) and problem.variable is None
+    assert problem.message == "not a valid tfvars file: unexpected input at column 11"
+
+
+def test_terraform_gets_every_variable_of_the_module_with_the_file_s_values(
+    environments: Path,
+) -> None:
+    write_env(environments, "dev", variant(compute_asg_max="5", topology=None))
+    env = config.load("dev")
+    given = env.tfvars()
+    declared = re.findall(
+        r'^variable "([a-z0-9_]+)"', (REPO / "terraform" / "variables.tf").read_text(), re.MULTILINE
+    )
+    assert list(given) == declared  # every one, in the module's order
+    assert given["compute_asg_max"] == 5 and given["environment"] == "dev"
+    assert given["topology"] == "stacked"  # a default the file leaves out
