@@ -574,10 +574,13 @@ def test_etcd_backup_and_restore_through_the_sandbox(cluster: Cluster, tmp_path:
     secure = cluster.layer("secure")
     assert etcdctl(secure[0], "put", "/kubeplat-test/backup", "before").returncode == 0
     backup = kubeplat(cluster.user, "etcd", "backup", "-e", "boot", "--timeout", "180", timeout=240)
-    assert backup.returncode == 0, backup.stderr + "".join(
-        f"\n--- {n.spec.instance_id}\n{n.journal('kubeplat-etcd-watch.service')[-2500:]}"
-        for n in secure
-    )
+    if backup.returncode != 0:  # what the members reported, as the operator reads it
+        shown = kubeplat(cluster.user, "etcd", "status", "-e", "boot", "-o", "json")
+        journals = "".join(
+            f"\n--- {n.spec.instance_id}\n{n.journal('kubeplat-etcd-watch.service')[-2500:]}"
+            for n in secure
+        )
+        raise AssertionError(f"{backup.stderr}\n{shown.stdout}{shown.stderr}{journals}")
     key = backup.stdout.strip()
     # A real etcd snapshot: etcd's own tool reads it.
     saved = tmp_path / "snapshot.db"
