@@ -23,11 +23,18 @@ from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# mutmut's exit codes of a mutant's test run (mutmut/stats.py), as this score counts them.
-KILLED = {1, 3, 36, 24, -24, 152, 255, 37}  # a test failed, pytest failed, timed out, mypy
-SURVIVED = {0}
-NO_TESTS = {5, 33}
-SKIPPED = {34}  # mutmut was told to skip it (`# pragma: no mutate`): not counted
+# mutmut's statuses of a mutant (mutmut.stats.status_by_exit_code), as this score counts them:
+# a test failed, the run timed out or the type checker refused it: killed; skipped (`# pragma:
+# no mutate`) and not yet checked: not counted.
+COUNTED_AS = {
+    "killed": "killed",
+    "timeout": "killed",
+    "caught by type check": "killed",
+    "survived": "survived",
+    "no tests": "no_tests",
+    "skipped": "skipped",
+    "not checked": "not_checked",
+}
 
 
 def modules() -> list[str]:
@@ -41,19 +48,10 @@ def tally(module: str) -> Counter[str]:
     counts: Counter[str] = Counter()
     if not meta.exists():
         return counts
+    from mutmut.stats import status_by_exit_code
+
     for code in json.loads(meta.read_text()).get("exit_code_by_key", {}).values():
-        if code in KILLED:
-            counts["killed"] += 1
-        elif code in SURVIVED:
-            counts["survived"] += 1
-        elif code in NO_TESTS:
-            counts["no_tests"] += 1
-        elif code in SKIPPED:
-            counts["skipped"] += 1
-        elif code is None:
-            counts["not_checked"] += 1
-        else:
-            counts["other"] += 1
+        counts[COUNTED_AS.get(status_by_exit_code[code], "other")] += 1
     return counts
 
 

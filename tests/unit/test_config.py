@@ -53,11 +53,16 @@ def test_defaults_fill_optional_variables(environments: Path) -> None:
     assert (env.topology, env.sandbox, env.compute_flavor) == ("stacked", False, "t3.small")
 
 
-def problems_of(environments: Path, text: str, name: str = "dev") -> list[str]:
+def located(environments: Path, text: str, name: str = "dev") -> list[config.Problem]:
+    """The errors (not the warnings) `text` as environment `name` has, as problems."""
     write_env(environments, name, text)
     with pytest.raises(config.ConfigError) as info:
         config.load(name)
-    return [str(p) for p in info.value.problems if not p.warning]
+    return [p for p in info.value.problems if not p.warning]
+
+
+def problems_of(environments: Path, text: str, name: str = "dev") -> list[str]:
+    return [str(p) for p in located(environments, text, name)]
 
 
 @pytest.mark.parametrize(
@@ -317,13 +322,6 @@ def test_node_os_and_artifact_mirror_are_read(environments: Path) -> None:
         "",
         "",
     )
-
-
-def located(environments: Path, text: str) -> list[config.Problem]:
-    write_env(environments, "dev", text)
-    with pytest.raises(config.ConfigError) as info:
-        config.load("dev")
-    return [p for p in info.value.problems if not p.warning]
 
 
 def test_a_problem_is_located_at_its_variable_s_line(environments: Path) -> None:
