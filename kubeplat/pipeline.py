@@ -116,8 +116,13 @@ def _environment(
             "the sandbox is not running, so the sandbox environment has nothing to show",
             f"start it and build the environment: kubeplat up -e {env_name}",
         )
-    console.status(f"sandbox: AWS emulator at {box.endpoint}", "dim")
+    if box.endpoint not in _announced:  # once per command (health reads it more than once)
+        _announced.add(box.endpoint)
+        console.status(f"sandbox: AWS emulator at {box.endpoint}", "dim")
     return env, sandbox.environ(box, env.aws_region)
+
+
+_announced: set[str] = set()  # the sandbox endpoints this process has named
 
 
 def _session(env: config.Environment, sandbox_env: dict[str, str] | None) -> Connected:

@@ -397,6 +397,7 @@ class Node:
         self.restart_asked: tuple[int, float] = (0, -1e9)
         self.ready_told = False  # the group's launch hook is completed (or there is none)
         self.last_problem = ""
+        self.status_said = ""  # what the watch last said of the local etcd (said on a change)
         self.group = ""  # this instance's autoscaling group, once known
         self.released: set[str] = set()  # leaving instances whose terminate hook it completed
 
@@ -624,6 +625,15 @@ def watch(args: argparse.Namespace, rounds: int | None = None) -> int:
     return 0
 
 
+def _say_on_change(node: Node, key: str, message: str) -> None:
+    """Say how the local etcd answers when that changes (it went down, came back, another
+    member leads): the journal then tells why this member's reports look as they do, without
+    a line every round."""
+    if key != node.status_said:
+        node.status_said = key
+        say(message)
+
+
 def _watchdog(round_started: list[float], after_s: float = 60.0, every_s: float = 5.0) -> None:
     """Say when a round of the watch has run for `after_s` (and each `after_s` after that)
     and what it waits on: a round that stalls holds back what only the leader does (removing
@@ -654,11 +664,16 @@ def _watch_round(node: Node) -> None:
     local = [f"https://{node.host}:{CLIENT_PORT}"]
     status = node.etcdctl(local, "endpoint", "status", "-w", "json")
     if status.returncode != 0:
+        lines = (status.stderr or "").strip().splitlines()
+        why = lines[-1][-200:] if lines else "no output"
+        _say_on_change(node, "down", f"watch: etcd does not answer here ({why}); reported so")
         _publish(node, {"member": "", "answers": False})
         return  # etcd is not up (yet)
     found = json.loads(status.stdout)[0]["Status"]
     mine = format(int(found["header"]["member_id"]), "x")
     leader = format(int(found.get("leader", 0)), "x")
+    leading = "this member" if leader == mine else leader
+    _say_on_change(node, f"leader {leader}", f"watch: etcd answers here; the leader is {leading}")
     report: dict[str, Any] = {
         "answers": True,
         "member": mine,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from kubeplat import config, pki, render
+from kubeplat.node import etcd as node_etcd
 from kubeplat.pkistore import LocalStore
 from tests.integration import etcd_cluster
 
@@ -42,28 +45,29 @@ def test_rendered_etcd_configuration_forms_a_tls_cluster(
     assert "--config-file=/etc/etcd/etcd.conf.yml" in unit
 
     members = etcd_cluster.members(3)
-    initial = ",".join(f"{m.name}=https://127.0.0.1:{m.peer_port}" for m in members)
+    cluster = {m.name: f"https://127.0.0.1:{m.peer_port}" for m in members}
+    decision = node_etcd.Decision("start", "", "new", cluster, token="kubeplat-0123456789abcdef")
     processes = []
     try:
         for m in members:
-            # What kubeplat-etcd-member does on a node, with this machine's addresses and ports
-            # (tests/node/test_etcd_members.py runs the program itself).
-            text = (
-                template.replace("@NAME@", m.name)
-                .replace("@HOST@", "127.0.0.1")
-                .replace("@INITIAL_CLUSTER@", initial)
-                .replace("@STATE@", "new")
-                .replace("@TOKEN@", "kubeplat-0123456789abcdef")
-                .replace("0.0.0.0", "127.0.0.1")
+            # This machine's addresses, ports and folders instead of a node's; then what
+            # kubeplat-etcd-member does on a node: its own substitution of the placeholders
+            # (tests/node/test_etcd_members.py runs the whole program).
+            local = tmp_path / f"{m.name}.yml.tmpl"
+            local.write_text(
+                template.replace("0.0.0.0", "127.0.0.1")
                 .replace(":2379", f":{m.client_port}")
                 .replace(":2380", f":{m.peer_port}")
                 .replace("/etc/kubernetes/pki", str(node_pki))
                 .replace("/var/lib/etcd", str(tmp_path / m.name))
             )
-            conf = tmp_path / f"{m.name}.yml"
-            conf.write_text(text)
+            args = SimpleNamespace(template=local, output=tmp_path / f"{m.name}.yml")
+            node_etcd.write_config(args, m.name, "127.0.0.1", decision)  # type: ignore[arg-type]
+            assert not re.search(r"@[A-Z_]+@", args.output.read_text())  # every one filled
             processes.append(
-                etcd_cluster.start(["etcd", f"--config-file={conf}"], tmp_path / f"{m.name}.log")
+                etcd_cluster.start(
+                    ["etcd", f"--config-file={args.output}"], tmp_path / f"{m.name}.log"
+                )
             )
         endpoints = [f"https://127.0.0.1:{m.client_port}" for m in members]
         # Clients as the control plane uses them: the apiserver's etcd client certificate.
@@ -77,5 +81,12 @@ def test_rendered_etcd_configuration_forms_a_tls_cluster(
             "m1",
             "m2",
         ]
+        # The membership program's own reading of the members (etcdctl's JSON gives decimal
+        # ids): the ids it passes to `member remove` and `member promote` are etcd's own.
+        program = node_etcd.Etcdctl(node_pki).members(endpoints)
+        assert program is not None
+        assert sorted((m.id, m.name) for m in program) == sorted(
+            (line.split(", ")[0], line.split(", ")[2]) for line in listed.stdout.splitlines()
+        )
     finally:
         etcd_cluster.stop(processes)

@@ -446,3 +446,68 @@ def test_etcdctl_says_what_it_runs_while_it_runs(
     runner(["https://h:2379"], "member", "remove", "8e9e05c52164694d")
     assert seen == ["etcdctl member remove 8e9e05c52164694d"]
     assert aws.Activity.what == ""
+
+
+def test_the_watch_says_when_its_etcd_stops_answering_and_who_leads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The watch's journal says, once per change, that the local etcd stopped answering (with
+    etcdctl's reason) or answers again and which member leads: a member whose reports say
+    `answers: false`, or whose leader moved, is then explained by its journal. etcdctl and the
+    bucket are recorded stand-ins (one round's logic; the node tier runs real etcd)."""
+    import json
+
+    answer = {"rc": 1, "leader": 0xA}
+    published: list[dict[str, object]] = []
+
+    class Etcdctl:
+        def __call__(self, _endpoints: list[str], *args: str) -> SimpleNamespace:
+            assert args == ("endpoint", "status", "-w", "json")
+            status = {"header": {"member_id": 0xB, "cluster_id": 0xC}, "leader": answer["leader"]}
+            if answer["rc"]:
+                stderr = "warn\nError: context deadline exceeded\n"
+                return SimpleNamespace(returncode=1, stdout="", stderr=stderr)
+            return SimpleNamespace(returncode=0, stdout=json.dumps([{"Status": status}]))
+
+        def quorum(self, _endpoints: list[str]) -> bool:
+            return True
+
+        def members(self, _endpoints: list[str]) -> list[Member]:
+            return [Member("b", "i-b", ["https://10.0.0.2:2380"])]
+
+    node = SimpleNamespace(
+        host="127.0.0.1", etcdctl=Etcdctl(), status_said="", ready_told=True, reported=("", 0.0),
+        me="i-b", environment="dev",  # the leader's round goes on only while its instance runs:
+        ec2=SimpleNamespace(get_paginator=lambda _: SimpleNamespace(paginate=lambda **_: [])),
+        formation=SimpleNamespace(read=lambda: None),
+        reporter=SimpleNamespace(publish=lambda _what, report: published.append(report) or True),
+        args=SimpleNamespace(data_dir=tmp_path / "data", pki=tmp_path / "pki"),
+    )  # fmt: skip
+
+    def rounds(n: int) -> list[str]:
+        for _ in range(n):
+            etcd._watch_round(node)  # type: ignore[arg-type]
+        return capsys.readouterr().out.splitlines()
+
+    assert rounds(3) == [
+        "kubeplat etcd: watch: etcd does not answer here (Error: context deadline exceeded);"
+        " reported so"
+    ]
+    assert published[-1]["answers"] is False
+    answer["rc"] = 0
+    assert rounds(3) == ["kubeplat etcd: watch: etcd answers here; the leader is a"]
+    assert published[-1]["answers"] is True and published[-1]["leader"] == "a"
+    answer["leader"] = 0xB
+    assert rounds(2) == ["kubeplat etcd: watch: etcd answers here; the leader is this member"]
+    answer["rc"] = 1
+    assert len(rounds(2)) == 1
+
+
+def test_a_member_as_etcdctl_lists_it_in_json() -> None:
+    """etcdctl's JSON gives ids as decimal numbers; `member remove` and `member promote` take
+    them in hexadecimal, as its table shows them (10276657743932975437 is 8e9e05c52164694d,
+    the id of etcd's default single member). A member added but not started has no name.
+    tests/integration/test_etcd_rendered.py compares the two against real etcd."""
+    listed = {"ID": 10276657743932975437, "name": "i-0a", "peerURLs": [url(A)], "isLearner": True}
+    assert Member.parse(listed) == Member("8e9e05c52164694d", "i-0a", [url(A)], True)
+    assert Member.parse({"ID": 255, "peerURLs": [url(B)]}) == Member("ff", "", [url(B)], False)
