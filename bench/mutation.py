@@ -1,15 +1,22 @@
 """Mutation score of the modules where a silent change would hurt users most.
 
-    python bench/mutation.py [--json] [--max-children N] [--only PATH ...]
+    python bench/mutation.py [--json] [--max-children N] [--only PATH ...] [--survivors]
+    python bench/mutation.py --no-run [--json] [--list]
 
 Runs `mutmut run` over the modules `[tool.mutmut] only_mutate` names (pyproject.toml): mutmut
 changes one thing at a time in them (a comparison, a constant, a condition, a return value) and
 runs the unit tests that reach the changed function; a mutant the tests notice is killed. Then
 prints, per module and in all, how many were killed and the score: killed / every mutant checked
-(a mutant no test reaches counts against, as one that survives does). Survivors are listed by
-`mutmut results`; `mutmut show NAME` shows one. Results are kept in `mutants/` (git-ignored), so
-a second run checks only what changed. Needs the dev extra; about an hour on two cores from
-nothing.
+(a mutant no test reaches counts against, as one that survives does).
+
+A whole run takes hours (over 10,000 mutants), so it is done in parts and the results are kept
+in the repository: bench/mutation-record.json holds each mutant's last result with the hash of
+the function it changes. Before a run, mutmut's own results (`mutants/`, git-ignored) are seeded
+from it, so only mutants of changed functions, and those never checked, run again; after it,
+the record is written back. `--survivors` checks again every mutant the record has surviving
+(after new tests). `--list` prints the survivors with the reason bench/mutation-survivors.toml
+gives for keeping one (an equivalent mutant, a message only subprocess tests read); `mutmut show
+NAME` shows one (after a run has made `mutants/`).
 """
 
 from __future__ import annotations
@@ -20,9 +27,13 @@ import subprocess
 import sys
 import tomllib
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+RECORD = REPO / "bench" / "mutation-record.json"
+REASONS = REPO / "bench" / "mutation-survivors.toml"
 # mutmut's statuses of a mutant (mutmut.stats.status_by_exit_code), as this score counts them:
 # a test failed, the run timed out or the type checker refused it: killed; skipped (`# pragma:
 # no mutate`) and not yet checked: not counted.
@@ -42,9 +53,83 @@ def modules() -> list[str]:
     return list(config["only_mutate"])
 
 
+def _meta(module: str) -> Path:
+    return REPO / "mutants" / f"{module}.meta"
+
+
+def _prefix(module: str) -> str:
+    return module.removesuffix(".py").replace("/", ".")
+
+
+def seed() -> None:
+    """mutmut's results of a module from the record, where mutants/ has none (a fresh clone):
+    mutmut keeps a result while the hash of its function stays the same."""
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    for module, functions in record.items():
+        meta = _meta(module)
+        if meta.exists() or module not in modules():
+            continue
+        codes = {
+            f"{_prefix(module)}.{function}__mutmut_{n}": code
+            for function, (_hash, results) in functions.items()
+            for n, code in enumerate(results, start=1)
+        }
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(
+            json.dumps(
+                {
+                    "exit_code_by_key": codes,
+                    "hash_by_function_name": {f: h for f, (h, _r) in functions.items()},
+                    "type_check_error_by_key": {},
+                    "durations_by_key": {},
+                    "estimated_durations_by_key": {},
+                }
+            )
+        )
+
+
+def save_record() -> None:
+    """The record from mutmut's results: per module, per function, its hash and each mutant's
+    exit code in mutmut's order (null: not checked)."""
+    record: dict[str, dict[str, list[Any]]] = {}
+    for module in modules():
+        meta = _meta(module)
+        if not meta.exists():
+            continue
+        found = json.loads(meta.read_text())
+        functions: dict[str, list[Any]] = {}
+        for key, code in found["exit_code_by_key"].items():
+            function, _, number = key.removeprefix(_prefix(module) + ".").rpartition("__mutmut_")
+            results = functions.setdefault(
+                function, [found["hash_by_function_name"].get(function, ""), []]
+            )[1]
+            results.extend([None] * (int(number) - len(results)))
+            results[int(number) - 1] = code
+        record[module] = dict(sorted(functions.items()))
+    RECORD.write_text(json.dumps(record, indent=0, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def survivors() -> list[str]:
+    """Every mutant the results have surviving or reached by no test."""
+    from mutmut.stats import status_by_exit_code
+
+    names = []
+    for module in modules():
+        meta = _meta(module)
+        if meta.exists():
+            for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                if COUNTED_AS.get(status_by_exit_code[code]) in ("survived", "no_tests"):
+                    names.append(key)
+    return sorted(names)
+
+
+def reasons() -> dict[str, str]:
+    return tomllib.loads(REASONS.read_text()) if REASONS.exists() else {}
+
+
 def tally(module: str) -> Counter[str]:
     """Killed / survived / no tests / skipped / other for one module, from mutmut's record."""
-    meta = REPO / "mutants" / f"{module}.meta"
+    meta = _meta(module)
     counts: Counter[str] = Counter()
     if not meta.exists():
         return counts
@@ -74,16 +159,33 @@ def main() -> int:
         "--only", nargs="+", default=[], metavar="PATH",
         help="run only these modules' mutants (e.g. kubeplat/pki.py); the report shows all",
     )  # fmt: skip
+    parser.add_argument(
+        "--survivors", action="store_true", help="check again every mutant that survived"
+    )
+    parser.add_argument("--list", action="store_true", help="list the survivors and reasons")
     args = parser.parse_args()
     unknown = sorted(set(args.only) - set(modules()))
     if unknown:
         parser.error(f"--only {unknown[0]}: not a module [tool.mutmut] only_mutate names")
+    seed()
     if not args.no_run:
+        names = [mutant_pattern(m) for m in args.only]
+        if args.survivors:  # of the modules --only names, if it names any
+            names = [n for n in survivors() if not names or any(fnmatch(n, p) for p in names)]
+            if not names:
+                print("no survivor to check again")
+                return 0
         command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
-        ran = subprocess.run([*command, *map(mutant_pattern, args.only)], cwd=REPO, check=False)
+        ran = subprocess.run([*command, *names], cwd=REPO, check=False)
+        save_record()
         if ran.returncode != 0:
             print(f"mutmut run failed (exit {ran.returncode})", file=sys.stderr)
             return ran.returncode
+    if args.list:
+        why = reasons()
+        for name in survivors():
+            print(f"{name}  {why.get(name, '(no reason recorded: kill it or give one)')}")
+        return 0
     rows = {module: tally(module) for module in modules()}
     total: Counter[str] = Counter()
     for counts in rows.values():

@@ -68,6 +68,19 @@ def _renamed(value: Any) -> Any:
     return value
 
 
+def _ask(asked: dict[str, Any]) -> str:
+    process = _evaluator()
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(json.dumps(asked) + "\n")
+    process.stdin.flush()
+    line = process.stdout.readline()
+    assert line, "the IAM evaluator (node tests/iam/evaluate.mjs) stopped"
+    answer = json.loads(line)
+    assert "error" not in answer, (asked, answer["error"])
+    assert not answer.get("ignored"), (asked, f"context keys {answer['ignored']} not evaluated")
+    return str(answer["result"])
+
+
 def decide(
     identity: dict[str, Any] | None,
     action: str,
@@ -79,25 +92,64 @@ def decide(
     principal's policy). An input the evaluator rejects (an unknown action, a context key the
     action does not take, a malformed policy) fails the test: it would otherwise read as a
     denial."""
-    process = _evaluator()
-    asked = {
-        "identity": _renamed(identity),
-        "resourcePolicy": DEFAULT_KEY_POLICY if action.startswith("kms:") else None,
-        "principal": principal,
-        "action": action,
-        "resource": resource,
-        "account": ACCOUNT,
-        "context": _renamed(context or {}),
-    }
-    assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(json.dumps(asked) + "\n")
-    process.stdin.flush()
-    line = process.stdout.readline()
-    assert line, "the IAM evaluator (node tests/iam/evaluate.mjs) stopped"
-    answer = json.loads(line)
-    assert "error" not in answer, (asked, answer["error"])
-    assert not answer.get("ignored"), (asked, f"context keys {answer['ignored']} not evaluated")
-    return str(answer["result"])
+    return _ask(
+        {
+            "identity": _renamed(identity),
+            "resourcePolicy": DEFAULT_KEY_POLICY if action.startswith("kms:") else None,
+            "principal": principal,
+            "action": action,
+            "resource": resource,
+            "account": ACCOUNT,
+            "context": _renamed(context or {}),
+        }
+    )
+
+
+# A web identity token's claims as an account's own OpenID Connect provider passes them
+# (`ISSUER:sub`, `ISSUER:aud`; ISSUER its host and path) are not keys the library takes for
+# sts:AssumeRoleWithWebIdentity: it knows only the providers AWS lists, and would drop them
+# unevaluated. They are renamed to the same claims of a provider it knows, in the trust policy and
+# in the request alike (as RENAMED above).
+KNOWN_PROVIDER = "accounts.google.com"
+
+
+def _claims_renamed(value: Any, names: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        for key in value:
+            assert key not in names.values(), f"{key} is the renamed claims' name already"
+        return {names.get(k, k): _claims_renamed(v, names) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_claims_renamed(v, names) for v in value]
+    return value
+
+
+def decide_trust(
+    trust: dict[str, Any],
+    principal: str,
+    action: str,
+    role: str,
+    context: dict[str, str] | None = None,
+) -> str:
+    """ "Allowed", "ImplicitlyDenied" or "ExplicitlyDenied": whether `principal` (an OpenID
+    Connect provider's ARN for a web identity token, or a service such as ec2.amazonaws.com) may
+    assume the role `role` (its ARN) under the role's trust policy `trust`, with a token's claims
+    in `context`. AWS evaluates a trust policy as the role's resource policy: a principal it names
+    needs no policy of its own (none is given here), one it does not name is refused. A rejected
+    input fails the test, as for `decide`."""
+    issuer = principal.partition(":oidc-provider/")[2]
+    claims = ("sub", "aud") if issuer else ()
+    names = {f"{issuer}:{claim}": f"{KNOWN_PROVIDER}:{claim}" for claim in claims}
+    return _ask(
+        {
+            "identity": None,
+            "resourcePolicy": _claims_renamed(trust, names),
+            "principal": principal,
+            "action": action,
+            "resource": role,
+            "account": ACCOUNT,
+            "context": _claims_renamed(context or {}, names),
+        }
+    )
 
 
 def allowed(

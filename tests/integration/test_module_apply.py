@@ -6,7 +6,6 @@ job's test). Instances are emulated: moto records them as running but boots noth
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import shutil
 import subprocess
@@ -101,21 +100,23 @@ def check_the_ebs_drivers_own_role(env: config.Environment, workdir: Path) -> No
          "ebs_trust": role["trust"]}
     )  # fmt: skip
     issuer = "kubeplat-example-secrets-oidc.s3.eu-west-1.amazonaws.com/example"
+    provider = f"arn:aws:iam::123456789012:oidc-provider/{issuer}"
     [statement] = trust["Statement"]
-    assert statement["Principal"] == {
-        "Federated": f"arn:aws:iam::123456789012:oidc-provider/{issuer}"
-    }
+    assert statement["Principal"] == {"Federated": provider}
 
-    def assumes(subject: str, audience: str) -> bool:
-        context = {f"{issuer}:sub": subject, f"{issuer}:aud": audience}
-        return allowed(trust, "sts:AssumeRoleWithWebIdentity", "*", context=context)
+    def assumes(subject: str, audience: str, principal: str = provider) -> bool:
+        claims = {f"{issuer}:sub": subject, f"{issuer}:aud": audience}
+        web = "sts:AssumeRoleWithWebIdentity"
+        return iam_evaluator.decide_trust(trust, principal, web, role["arn"], claims) == "Allowed"
 
     own = "system:serviceaccount:kube-system:ebs-csi-controller-sa"
     assert assumes(own, "sts.amazonaws.com")
     assert not assumes("system:serviceaccount:default:app", "sts.amazonaws.com")
     assert not assumes("system:serviceaccount:kube-system:ebs-csi-node-sa", "sts.amazonaws.com")
     assert not assumes(own, "https://kubernetes.default.svc.cluster.local")
-    assert not allowed(trust, "sts:AssumeRole", "*")
+    # The same issuer's provider in another account: its tokens are not this cluster's.
+    assert not assumes(own, "sts.amazonaws.com", provider.replace("123456789012", "210987654321"))
+    assert iam_evaluator.decide_trust(trust, provider, "sts:AssumeRole", role["arn"]) != "Allowed"
     volume = "arn:aws:ec2:eu-west-1:123456789012:volume/vol-1"
     tag = "kubernetes.io/cluster/example-kube"
     assert allowed(policy, "ec2:CreateVolume", volume, context={f"aws:RequestTag/{tag}": "owned"})
@@ -215,61 +216,13 @@ def allowed(
     prefix: str | None = None,
     context: dict[str, str] | None = None,
 ) -> bool:
-    """Whether `policy` allows the request (`prefix` is `s3:prefix`, `context` the other keys).
-
-    A role's permissions go through AWS's evaluation as a maintained library implements it
-    (tests/iam_evaluator.py). A trust policy (its statements name a Principal) goes through the
-    small evaluator below: the library takes only the condition keys of the OpenID Connect
-    providers it knows, not an account's own provider's (`ISSUER:sub`, `ISSUER:aud`)."""
+    """Whether a role's permission policy `policy` allows the request (`prefix` is `s3:prefix`,
+    `context` the other keys), by AWS's evaluation as a maintained library implements it
+    (tests/iam_evaluator.py; a trust policy goes through its decide_trust)."""
     known = dict(context or {})
     if prefix is not None:
         known["s3:prefix"] = prefix
-    if not any("Principal" in s for s in policy["Statement"]):
-        return iam_evaluator.allowed(policy, action, resource, known)
-    return trust_allows(policy, action, resource, known)
-
-
-def trust_allows(policy: dict[str, Any], action: str, resource: str, known: dict[str, str]) -> bool:
-    """A trust policy's evaluation: an explicit Deny wins, else an Allow. A condition holds only
-    when the request has its key and the value matches; an operator this evaluator does not
-    know fails the test rather than being skipped."""
-
-    def listed(value: Any) -> list[str]:
-        return value if isinstance(value, list) else [value]
-
-    def conditions_hold(statement: dict[str, Any]) -> bool:
-        for operator, tests in statement.get("Condition", {}).items():
-            for key, wanted in tests.items():
-                actual = known.get(key)
-                if actual is None:
-                    return False
-                if operator == "StringEquals":
-                    if actual not in listed(wanted):
-                        return False
-                elif operator == "StringLike":
-                    if not any(fnmatch.fnmatchcase(actual, v) for v in listed(wanted)):
-                        return False
-                elif operator == "Bool":
-                    if actual.lower() not in [str(v).lower() for v in listed(wanted)]:
-                        return False
-                else:
-                    raise AssertionError(f"the test's IAM evaluator does not know {operator}")
-        return True
-
-    def matches(statement: dict[str, Any]) -> bool:
-        if not any(fnmatch.fnmatchcase(action, a) for a in listed(statement["Action"])):
-            return False
-        # A trust policy names no resource (the role is the resource).
-        if not any(
-            fnmatch.fnmatchcase(resource, r) for r in listed(statement.get("Resource", "*"))
-        ):
-            return False
-        return conditions_hold(statement)
-
-    statements = policy["Statement"]
-    if any(s["Effect"] == "Deny" and matches(s) for s in statements):
-        return False
-    return any(s["Effect"] == "Allow" and matches(s) for s in statements)
+    return iam_evaluator.allowed(policy, action, resource, known)
 
 
 # Each node role × each object of the secrets bucket × each action: what it may do (G get,

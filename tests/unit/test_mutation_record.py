@@ -1,0 +1,107 @@
+"""The mutation score's record (bench/mutation.py): mutmut's results written to the repository
+and read back into a fresh `mutants/` give the same counts, and mutmut keeps a seeded result only
+while its function's hash is unchanged (so a changed function is checked again)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mutation", REPO / "bench" / "mutation.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "REPO", tmp_path)
+    monkeypatch.setattr(module, "RECORD", tmp_path / "record.json")
+    monkeypatch.setattr(module, "REASONS", tmp_path / "reasons.toml")
+    monkeypatch.setattr(module, "modules", lambda: ["kubeplat/pki.py", "kubeplat/node/etcd.py"])
+    return module
+
+
+def test_the_record_round_trips_into_a_fresh_mutants_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mutation = bench(tmp_path, monkeypatch)
+    meta = {
+        "exit_code_by_key": {
+            "kubeplat.pki.x_ensure__mutmut_1": 1,
+            "kubeplat.pki.x_ensure__mutmut_2": 0,
+            "kubeplat.pki.x_ensure__mutmut_4": None,
+            "kubeplat.pki.xǁResultǁchanged__mutmut_1": 33,
+            "kubeplat.pki.x_ensure__mutmut_3": 36,
+        },
+        "hash_by_function_name": {"x_ensure": "aaa", "xǁResultǁchanged": "bbb"},
+        "type_check_error_by_key": {},
+        "durations_by_key": {"kubeplat.pki.x_ensure__mutmut_1": 0.1},
+        "estimated_durations_by_key": {},
+    }
+    (tmp_path / "mutants" / "kubeplat").mkdir(parents=True)
+    (tmp_path / "mutants" / "kubeplat" / "pki.py.meta").write_text(json.dumps(meta))
+    mutation.save_record()
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record == {
+        "kubeplat/pki.py": {
+            "x_ensure": ["aaa", [1, 0, 36, None]],
+            "xǁResultǁchanged": ["bbb", [33]],
+        }
+    }
+    counts = mutation.tally("kubeplat/pki.py")
+    assert (counts["killed"], counts["survived"], counts["no_tests"]) == (2, 1, 1)
+    assert mutation.survivors() == [
+        "kubeplat.pki.x_ensure__mutmut_2", "kubeplat.pki.xǁResultǁchanged__mutmut_1"
+    ]  # fmt: skip
+    (tmp_path / "reasons.toml").write_text(
+        '"kubeplat.pki.x_ensure__mutmut_2" = "equivalent: the order is sorted later"\n'
+    )
+    monkeypatch.setattr("sys.argv", ["mutation.py", "--no-run", "--list"])
+    assert mutation.main() == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "kubeplat.pki.x_ensure__mutmut_2  equivalent: the order is sorted later",
+        "kubeplat.pki.xǁResultǁchanged__mutmut_1  (no reason recorded: kill it or give one)",
+    ]
+    # A fresh clone: no mutants/ at all. The seed gives mutmut the same results back.
+    (tmp_path / "mutants" / "kubeplat" / "pki.py.meta").unlink()
+    mutation.seed()
+    seeded = json.loads((tmp_path / "mutants" / "kubeplat" / "pki.py.meta").read_text())
+    assert seeded["exit_code_by_key"] == meta["exit_code_by_key"]
+    assert seeded["hash_by_function_name"] == meta["hash_by_function_name"]
+    assert mutation.tally("kubeplat/pki.py") == counts
+    # mutmut's own reading of it (mutmut.mutation.data), as it loads a module's results.
+    from mutmut.mutation.data import SourceFileMutationData
+
+    monkeypatch.chdir(tmp_path)
+    data = SourceFileMutationData(path="kubeplat/pki.py")
+    data.load()
+    assert data.exit_code_by_key == meta["exit_code_by_key"]
+    # Results mutmut has already (a run in progress) are never overwritten by the record.
+    (tmp_path / "mutants" / "kubeplat" / "pki.py.meta").write_text(
+        json.dumps({**meta, "exit_code_by_key": {}})
+    )
+    mutation.seed()
+    assert (
+        json.loads((tmp_path / "mutants" / "kubeplat" / "pki.py.meta").read_text())[
+            "exit_code_by_key"
+        ]
+        == {}
+    )
+
+
+def test_only_names_modules_the_configuration_mutates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mutation = bench(tmp_path, monkeypatch)
+    monkeypatch.setattr("sys.argv", ["mutation.py", "--only", "kubeplat/cli.py"])
+    with pytest.raises(SystemExit):
+        mutation.main()
+    assert "--only kubeplat/cli.py: not a module [tool.mutmut] only_mutate names" in (
+        capsys.readouterr().err
+    )
+    assert mutation.mutant_pattern("kubeplat/node/etcd.py") == "kubeplat.node.etcd.*"

@@ -1,0 +1,197 @@
+"""What kubeplat's PKI checks notice in a stored PKI, and what they tell the user: a leaf another
+CA signed, a damaged or foreign key, the exact edge of the renewal window, a rotation a stopped
+run left a step behind, the rows of `kubeplat certs`. (The mutation run, bench/mutation.py,
+found these unchecked: each test here fails when the check it names is weakened.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from kubeplat import config, pki
+
+
+@pytest.fixture
+def env(environments: Path) -> config.Environment:
+    return config.load("example")
+
+
+def raised(call: object, *args: object, **kwargs: object) -> pki.KubeplatError:
+    with pytest.raises(pki.KubeplatError) as info:
+        call(*args, **kwargs)  # type: ignore[operator]
+    return info.value
+
+
+def test_a_leaf_another_ca_signed_is_refused_and_the_reissue_named(
+    env: config.Environment,
+) -> None:
+    """A leaf whose issuer is another of the cluster's CAs (a file copied to the wrong name)
+    is refused before its signature is even checked, for ECDSA and RSA PKIs alike; the hint
+    is the command that reissues it."""
+    for algorithm in ("ecdsa-p256", "rsa-2048"):
+        files = pki.ensure(dataclasses.replace(env, key_algorithm=algorithm), {}).files
+        wrong = {
+            **files,
+            "admin.crt": files["etcd/server.crt"],
+            "admin.key": files["etcd/server.key"],
+        }
+        error = raised(pki.ensure, env, wrong)
+        assert (error.message, error.hint) == (
+            "admin.crt is not signed by ca.crt",
+            "reissue it: kubeplat certs --rotate admin",
+        ), algorithm
+
+
+def test_an_rsa_pki_is_checked_as_strictly_as_an_ecdsa_one(env: config.Environment) -> None:
+    """With RSA keys a second run verifies every leaf's signature and issues nothing, and a
+    leaf of the same name from another RSA PKI (same issuer name, another key) is refused."""
+    rsa = dataclasses.replace(env, key_algorithm="rsa-2048")
+    files = pki.ensure(rsa, {}).files
+    again = pki.ensure(rsa, files)
+    assert again.issued == [] and again.files == files
+    other = pki.ensure(rsa, {}).files
+    foreign = {
+        **files,
+        "scheduler.crt": other["scheduler.crt"],
+        "scheduler.key": other["scheduler.key"],
+    }
+    assert raised(pki.ensure, rsa, foreign).message == "scheduler.crt is not signed by ca.crt"
+
+
+def test_a_leaf_is_renewed_from_the_first_second_of_its_window(env: config.Environment) -> None:
+    """`cert_renew_days` days before a leaf expires it is renewed, to the second; a second
+    earlier it is kept (no node rolls for nothing)."""
+    issued = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    files = pki.ensure(env, {}, now=issued).files
+    expires = x509.load_pem_x509_certificate(files["apiserver.crt"]).not_valid_after_utc
+    edge = expires - dt.timedelta(days=env.cert_renew_days)
+    kept = pki.ensure(env, files, now=edge - dt.timedelta(seconds=1))
+    assert "apiserver" not in kept.issued
+    renewed = pki.ensure(env, files, now=edge)
+    assert renewed.reasons["apiserver"] == f"expires in {env.cert_renew_days} days"
+
+
+def test_an_expired_leaf_says_zero_days_and_a_missing_one_says_missing(
+    env: config.Environment,
+) -> None:
+    files = pki.ensure(env, {}, now=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)).files
+    later = pki.ensure(env, files, now=dt.datetime(2021, 6, 1, tzinfo=dt.UTC))
+    assert later.reasons["scheduler"] == "expires in 0 days"  # expired: never a negative count
+    partial = {k: v for k, v in files.items() if k != "admin.crt"}
+    assert pki.ensure(env, partial, now=dt.datetime(2020, 1, 2, tzinfo=dt.UTC)).reasons == {
+        "admin": "missing"
+    }
+
+
+def test_damaged_and_foreign_keys_are_named_with_what_to_do(env: config.Environment) -> None:
+    files = pki.ensure(env, {}).files
+    error = raised(pki.ensure, env, {**files, "etcd/peer.key": b"not a key"})
+    assert (error.message, error.hint) == (
+        "etcd/peer.key is not a PEM private key",
+        "restore it, or reissue it: kubeplat certs --rotate etcd/peer",
+    )
+    edwards = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    error = raised(pki.ensure, env, {**files, "admin.key": edwards})
+    assert (error.message, error.hint) == ("admin.key is neither ECDSA nor RSA", "reissue it")
+    error = raised(pki.ensure, env, {**files, "admin.crt": b"garbage"})
+    assert (error.message, error.hint) == (
+        "admin.crt is not a PEM certificate",
+        "reissue it: kubeplat certs --rotate admin",
+    )
+
+
+def test_an_environment_that_brings_its_ssh_key_has_none_to_rotate(
+    env: config.Environment,
+) -> None:
+    given = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDx operator@example\n"
+    files = pki.ensure(env, {}, ssh_public_key=given).files
+    now = dt.datetime.now(dt.UTC)
+    for error in (
+        raised(pki.ensure, env, files, rotate="ssh", ssh_public_key=given),
+        raised(pki.begin, env, files, ["ssh"], now),
+    ):
+        assert (error.message, error.hint) == (
+            "this environment brings its own SSH key (ssh_public_key): kubeplat holds no "
+            "private key to rotate",
+            "put the new public key in the file ssh_public_key names; kubeplat up installs it "
+            "on every node",
+        )
+
+
+def test_a_rotation_left_a_step_behind_catches_up_first(env: config.Environment) -> None:
+    """A stopped run can leave one rotation at `trust` while another is at `reissue`: the next
+    step moves the one behind (whatever order the CAs come in) and leaves the other alone."""
+    now = dt.datetime.now(dt.UTC)
+    files = pki.ensure(env, {}, now=now).files
+    ahead = pki.advance(env, pki.begin(env, files, ["ca"], now).files, now).files
+    assert pki.staged(ahead) == {"ca": pki.REISSUE}
+    both = pki.begin(env, {k: v for k, v in ahead.items() if k != "ca.prev.crt"}, ["etcd/ca"], now)
+    mixed = {**both.files, "ca.prev.crt": ahead["ca.prev.crt"]}
+    assert pki.staged(mixed) == {"ca": pki.REISSUE, "etcd/ca": pki.TRUST}
+    stepped = pki.advance(env, mixed, now).files
+    assert pki.staged(stepped) == {"ca": pki.REISSUE, "etcd/ca": pki.REISSUE}
+    assert stepped["etcd/ca.crt"] == mixed["etcd/ca.next.crt"]
+    assert stepped["ca.prev.crt"] == mixed["ca.prev.crt"]
+
+
+def test_a_rotation_step_issues_at_the_time_it_is_given(env: config.Environment) -> None:
+    """`advance` issues the leaves the new CA signs at the clock it is given (a run's one
+    clock, as the certificates-over-time tests inject it), not the machine's."""
+    then = dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)
+    files = pki.ensure(env, {}, now=then).files
+    stepped = pki.advance(env, pki.begin(env, files, ["front-proxy-ca"], then).files, then).files
+    leaf = x509.load_pem_x509_certificate(stepped["front-proxy-client.crt"])
+    assert leaf.not_valid_before_utc == then - dt.timedelta(minutes=5)
+
+
+def test_the_bootstrap_token_row_of_kubeplat_certs(env: config.Environment) -> None:
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+    files = pki.ensure(env, {}, now=now).files
+    token_id = files[pki.BOOTSTRAP_TOKEN].decode().split(".")[0]
+    row = pki.describe(files, now)[-1]
+    assert (row.name, row.subject, row.issuer, row.fingerprint) == (
+        pki.BOOTSTRAP_TOKEN,
+        f"token id {token_id}",
+        "-",
+        "",
+    )
+    assert row.days_left == (row.expires - now).days > 0
+    # A token whose expiry was never recorded (a PKI from before it was) has no row.
+    unstamped = {k: v for k, v in files.items() if k != pki.TOKEN_EXPIRATION}
+    assert [r.name for r in pki.describe(unstamped, now)][-1] != pki.BOOTSTRAP_TOKEN
+
+
+def test_the_first_certificate_of_a_bundle(env: config.Environment) -> None:
+    files = pki.ensure(env, {}).files
+    bundle = files["ca.crt"] + files["etcd/ca.crt"]
+    assert pki.first_certificate(bundle) == files["ca.crt"]
+    assert pki.first_certificate(b"no certificate here") == b"no certificate here"
+
+
+def test_a_staged_rotation_begins_saying_what_it_issued_and_why(env: config.Environment) -> None:
+    """`kubeplat certs rotation` prints what the first step issued and why; a second rotation
+    while one is staged is refused, naming each one and its step."""
+    now = dt.datetime.now(dt.UTC)
+    files = pki.ensure(env, {}, now=now).files
+    began = pki.begin(env, files, ["ssh", "encryption", "sa", "etcd/ca"], now)
+    assert began.issued == ["ssh.next", "encryption.next", "sa.next", "etcd/ca.next"]
+    assert began.reasons == {
+        "ssh.next": "new, authorized beside the old one",
+        "encryption.next": "new, decrypts beside the old one",
+        "sa.next": "new, trusted beside the old one",
+        "etcd/ca.next": "new, trusted beside the old one",
+    }
+    error = raised(pki.begin, env, began.files, ["ca"], now)
+    assert (error.message, error.hint) == (
+        "a rotation is already in progress: encryption (trust), etcd/ca (trust), sa (trust), "
+        "ssh (trust)",
+        "finish it first: kubeplat certs rotation -e ENV",
+    )
