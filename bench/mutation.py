@@ -15,14 +15,21 @@ the function it changes. Before a run, mutmut's own results (`mutants/`, git-ign
 from it, so only mutants of changed functions, and those never checked, run again; after it,
 the record is written back. `--survivors` checks again every mutant the record has surviving
 (after new tests). `--list` prints the survivors with the reason bench/mutation-survivors.toml
-gives for keeping one (an equivalent mutant, a message only subprocess tests read); `mutmut show
-NAME` shows one (after a run has made `mutants/`).
+gives for keeping one (an equivalent mutant, a message only subprocess tests read).
+
+mutmut runs in two copies of the repository (`.mutation/operator`, `.mutation/node`,
+git-ignored), each mutating one group: the node programs apart from the operator's modules. The
+renderer embeds the node programs' source in every node's configuration, and mutated they are
+fifty times their size: beside them, every rendering test would parse megabytes of YAML and run
+fifteen times slower. `cd .mutation/GROUP && mutmut show NAME` shows a mutant.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -34,6 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "bench" / "mutation-record.json"
 REASONS = REPO / "bench" / "mutation-survivors.toml"
+WORK = REPO / ".mutation"
 # mutmut's statuses of a mutant (mutmut.stats.status_by_exit_code), as this score counts them:
 # a test failed, the run timed out or the type checker refused it: killed; skipped (`# pragma:
 # no mutate`) and not yet checked: not counted.
@@ -53,8 +61,47 @@ def modules() -> list[str]:
     return list(config["only_mutate"])
 
 
+def group_of(module: str) -> str:
+    return "node" if module.startswith("kubeplat/node/") else "operator"
+
+
 def _meta(module: str) -> Path:
-    return REPO / "mutants" / f"{module}.meta"
+    return WORK / group_of(module) / "mutants" / f"{module}.meta"
+
+
+def prepare(group: str, mine: list[str]) -> Path:
+    """The group's copy of the repository (the files git would commit, changed ones copied
+    again with their times, so mutmut regenerates only what changed), its pyproject mutating
+    only `mine`: mutmut then checks their mutants it has no result for, and no other."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, check=True,
+    ).stdout.decode().split("\0")  # fmt: skip
+    copy = WORK / group
+    wanted = set()
+    for name in filter(None, listed):
+        source, target = REPO / name, copy / name
+        if not source.is_file():
+            continue
+        wanted.add(target)
+        stat = source.stat()
+        if target.exists() and (target.stat().st_mtime, target.stat().st_size) == (
+            stat.st_mtime,
+            stat.st_size,
+        ):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    for old in [*copy.glob("kubeplat/**/*.py"), *copy.glob("tests/**/*.py")]:
+        if old not in wanted:
+            old.unlink()  # deleted from the repository since
+    pyproject = (REPO / "pyproject.toml").read_text()
+    only = "only_mutate = [\n" + "".join(f'  "{m}",\n' for m in mine) + "]"
+    pyproject = re.sub(r"(?ms)^only_mutate = \[.*?^\]", lambda _: only, pyproject, count=1)
+    target = copy / "pyproject.toml"
+    if not target.exists() or target.read_text() != pyproject:
+        target.write_text(pyproject)
+    return copy
 
 
 def _prefix(module: str) -> str:
@@ -169,18 +216,24 @@ def main() -> int:
         parser.error(f"--only {unknown[0]}: not a module [tool.mutmut] only_mutate names")
     seed()
     if not args.no_run:
-        names = [mutant_pattern(m) for m in args.only]
-        if args.survivors:  # of the modules --only names, if it names any
-            names = [n for n in survivors() if not names or any(fnmatch(n, p) for p in names)]
+        names: list[str] = []  # named mutants are checked again whatever their last result
+        if args.survivors:
+            names = survivors()
             if not names:
                 print("no survivor to check again")
                 return 0
         command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children)]
-        ran = subprocess.run([*command, *names], cwd=REPO, check=False)
-        save_record()
-        if ran.returncode != 0:
-            print(f"mutmut run failed (exit {ran.returncode})", file=sys.stderr)
-            return ran.returncode
+        chosen = args.only or modules()
+        for group in sorted({group_of(m) for m in chosen}):
+            mine = [m for m in chosen if group_of(m) == group]
+            again = [n for n in names if any(fnmatch(n, mutant_pattern(m)) for m in mine)]
+            if args.survivors and not again:
+                continue
+            ran = subprocess.run([*command, *again], cwd=prepare(group, mine), check=False)
+            save_record()
+            if ran.returncode != 0:
+                print(f"mutmut run failed in {group} (exit {ran.returncode})", file=sys.stderr)
+                return ran.returncode
     if args.list:
         why = reasons()
         for name in survivors():

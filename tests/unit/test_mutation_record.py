@@ -1,6 +1,5 @@
 """The mutation score's record (bench/mutation.py): mutmut's results written to the repository
-and read back into a fresh `mutants/` give the same counts, and mutmut keeps a seeded result only
-while its function's hash is unchanged (so a changed function is checked again)."""
+and read back into a fresh `mutants/` give the same counts, as mutmut itself reads them."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(module, "REPO", tmp_path)
+    monkeypatch.setattr(module, "WORK", tmp_path)
     monkeypatch.setattr(module, "RECORD", tmp_path / "record.json")
     monkeypatch.setattr(module, "REASONS", tmp_path / "reasons.toml")
     monkeypatch.setattr(module, "modules", lambda: ["kubeplat/pki.py", "kubeplat/node/etcd.py"])
@@ -43,8 +42,8 @@ def test_the_record_round_trips_into_a_fresh_mutants_folder(
         "durations_by_key": {"kubeplat.pki.x_ensure__mutmut_1": 0.1},
         "estimated_durations_by_key": {},
     }
-    (tmp_path / "mutants" / "kubeplat").mkdir(parents=True)
-    (tmp_path / "mutants" / "kubeplat" / "pki.py.meta").write_text(json.dumps(meta))
+    (tmp_path / "operator" / "mutants" / "kubeplat").mkdir(parents=True)
+    (tmp_path / "operator" / "mutants" / "kubeplat" / "pki.py.meta").write_text(json.dumps(meta))
     mutation.save_record()
     record = json.loads((tmp_path / "record.json").read_text())
     assert record == {
@@ -68,26 +67,28 @@ def test_the_record_round_trips_into_a_fresh_mutants_folder(
         "kubeplat.pki.xǁResultǁchanged__mutmut_1  (no reason recorded: kill it or give one)",
     ]
     # A fresh clone: no mutants/ at all. The seed gives mutmut the same results back.
-    (tmp_path / "mutants" / "kubeplat" / "pki.py.meta").unlink()
+    (tmp_path / "operator" / "mutants" / "kubeplat" / "pki.py.meta").unlink()
     mutation.seed()
-    seeded = json.loads((tmp_path / "mutants" / "kubeplat" / "pki.py.meta").read_text())
+    seeded = json.loads(
+        (tmp_path / "operator" / "mutants" / "kubeplat" / "pki.py.meta").read_text()
+    )
     assert seeded["exit_code_by_key"] == meta["exit_code_by_key"]
     assert seeded["hash_by_function_name"] == meta["hash_by_function_name"]
     assert mutation.tally("kubeplat/pki.py") == counts
     # mutmut's own reading of it (mutmut.mutation.data), as it loads a module's results.
     from mutmut.mutation.data import SourceFileMutationData
 
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path / "operator")
     data = SourceFileMutationData(path="kubeplat/pki.py")
     data.load()
     assert data.exit_code_by_key == meta["exit_code_by_key"]
     # Results mutmut has already (a run in progress) are never overwritten by the record.
-    (tmp_path / "mutants" / "kubeplat" / "pki.py.meta").write_text(
+    (tmp_path / "operator" / "mutants" / "kubeplat" / "pki.py.meta").write_text(
         json.dumps({**meta, "exit_code_by_key": {}})
     )
     mutation.seed()
     assert (
-        json.loads((tmp_path / "mutants" / "kubeplat" / "pki.py.meta").read_text())[
+        json.loads((tmp_path / "operator" / "mutants" / "kubeplat" / "pki.py.meta").read_text())[
             "exit_code_by_key"
         ]
         == {}
