@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from kubeplat import config, pki
 
@@ -195,3 +195,105 @@ def test_a_staged_rotation_begins_saying_what_it_issued_and_why(env: config.Envi
         "ssh (trust)",
         "finish it first: kubeplat certs rotation -e ENV",
     )
+
+
+def test_a_new_service_account_key_has_the_environments_algorithm(env: config.Environment) -> None:
+    rsa_env = dataclasses.replace(env, key_algorithm="rsa-2048")
+    now = dt.datetime.now(dt.UTC)
+    began = pki.begin(rsa_env, pki.ensure(rsa_env, {}, now=now).files, ["sa"], now)
+    key = serialization.load_pem_private_key(began.files["sa.next.key"], password=None)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+
+
+def test_an_encryption_keys_name_never_changes() -> None:
+    """The API server writes a key's name into every Secret it encrypts and finds the key to
+    decrypt one by that name: a kubeplat that named the same key otherwise would leave a
+    cluster unable to read its Secrets after an upgrade. (sha256 of "secret" begins 2bb80d53.)"""
+    assert pki.encryption_key_name(b"secret\n") == "key-2bb80d537b1da3e3"
+    assert pki.encryption_key_name(b"  secret") == pki.encryption_key_name(b"secret")
+
+
+def test_a_lost_or_half_ca_is_never_replaced_silently(env: config.Environment) -> None:
+    files = pki.ensure(env, {}).files
+    gone = {k: v for k, v in files.items() if k not in ("front-proxy-ca.crt", "front-proxy-ca.key")}
+    error = raised(pki.ensure, env, gone)
+    assert (error.message, error.hint) == (
+        "front-proxy-ca.crt and front-proxy-ca.key are missing but front-proxy-client exist, "
+        "signed by that CA",
+        "restore front-proxy-ca.crt and front-proxy-ca.key, or start a new CA: kubeplat certs "
+        "--rotate ca",
+    )
+    two = {k: v for k, v in files.items() if k not in ("etcd/ca.crt", "etcd/ca.key")}
+    assert raised(pki.ensure, env, two).message == (
+        "etcd/ca.crt and etcd/ca.key are missing but apiserver-etcd-client, "
+        "etcd/healthcheck-client, etcd/server, etcd/peer exist, signed by that CA"
+    )
+    half = {k: v for k, v in files.items() if k != "etcd/ca.key"}
+    error = raised(pki.ensure, env, half)
+    assert (error.message, error.hint) == (
+        "etcd/ca.key is missing but its other half exists; kubeplat will not replace a CA silently",
+        "restore etcd/ca.key, or start a new CA (every node then needs new certificates): "
+        "kubeplat certs --rotate etcd/ca",
+    )
+    error = raised(pki.ensure, env, {**files, "etcd/ca.crt": b"garbage"})
+    assert (error.message, error.hint) == (
+        "etcd/ca.crt is not a PEM certificate",
+        "reissue it: kubeplat certs --rotate etcd/ca",
+    )
+
+
+# DSA is the one OpenSSH key type cryptography still reads that kubeplat does not use (it warns
+# that it will stop reading it; then the check this provokes can no longer be reached).
+@pytest.mark.filterwarnings("ignore:.*DSA:cryptography.utils.CryptographyDeprecationWarning")
+def test_a_damaged_or_foreign_ssh_key_is_named(env: config.Environment) -> None:
+    from cryptography.hazmat.primitives.asymmetric import dsa
+
+    files = pki.ensure(env, {}).files
+    error = raised(pki.ensure, env, {**files, pki.SSH_KEY: b"not a key"})
+    assert (error.message, error.hint) == (
+        "ssh/id_ed25519 is not an OpenSSH private key",
+        "restore it, or delete ssh/id_ed25519",
+    )
+    foreign = dsa.generate_private_key(1024).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )  # fmt: skip
+    error = raised(pki.ensure, env, {**files, pki.SSH_KEY: foreign})
+    assert (error.message, error.hint) == (
+        "ssh/id_ed25519 is not a key kubeplat uses",
+        "restore it, or delete ssh/id_ed25519",
+    )
+    # The next key of a staged SSH rotation, damaged: named, as nodes' trust is built from it.
+    staged = {**files, pki.SSH_NEXT: b"not a key"}
+    assert raised(pki.trust_bundle, staged, "ssh").message == (
+        "ssh/id_ed25519.next.key is not an OpenSSH private key"
+    )
+
+
+def test_the_bootstrap_tokens_renewal(env: config.Environment) -> None:
+    """The token is replaced when missing, not a token, its expiry unreadable, or from the
+    first second of the renewal window (an expired one says 0 days, never less)."""
+    issued = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    files = pki.ensure(env, {}, now=issued).files
+    expires = pki.token_expiry(files)
+    assert expires is not None
+    edge = expires - dt.timedelta(days=env.cert_renew_days)
+
+    def reason(stored: dict[str, bytes], now: dt.datetime = issued) -> str | None:
+        return pki.ensure(env, stored, now=now).reasons.get(pki.BOOTSTRAP_TOKEN)
+
+    assert reason(files, edge - dt.timedelta(seconds=1)) is None
+    assert reason(files, edge) == f"expires in {env.cert_renew_days} days"
+    assert reason(files, expires + dt.timedelta(days=3)) == "expires in 0 days"
+    assert reason({k: v for k, v in files.items() if k != pki.BOOTSTRAP_TOKEN}) == "missing"
+    assert reason({**files, pki.BOOTSTRAP_TOKEN: b"\xff\xfe.not-a-token"}) == (
+        "it is not a bootstrap token"
+    )
+    assert reason({**files, pki.TOKEN_EXPIRATION: b"someday"}) == "its expiry is unreadable"
+
+
+def test_what_nodes_trust_for_the_service_account_key(env: config.Environment) -> None:
+    files = pki.ensure(env, {}).files
+    assert pki.trust_bundle(files, "sa") == files["sa.pub"]  # nothing staged: the key alone
+    staged = {**files, "sa.next.key": b"garbage"}
+    assert raised(pki.trust_bundle, staged, "sa").message == "sa.next.key is not a PEM private key"
