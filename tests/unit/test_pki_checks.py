@@ -297,3 +297,52 @@ def test_what_nodes_trust_for_the_service_account_key(env: config.Environment) -
     assert pki.trust_bundle(files, "sa") == files["sa.pub"]  # nothing staged: the key alone
     staged = {**files, "sa.next.key": b"garbage"}
     assert raised(pki.trust_bundle, staged, "sa").message == "sa.next.key is not a PEM private key"
+
+
+@pytest.mark.parametrize("algorithm", ["ecdsa-p256", "rsa-2048"])
+def test_every_certificate_has_kubeadms_profile(env: config.Environment, algorithm: str) -> None:
+    """What TLS clients check, as kubeadm sets it: CAs sign certificates (and CRLs), leaves do
+    not; the constraints and key usages are critical, the extended usages and names are not;
+    an RSA leaf may encipher keys (RSA key exchange), an ECDSA one has nothing to encipher with;
+    a subject's organization comes before its common name; every key has the environment's
+    algorithm."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    files = pki.ensure(dataclasses.replace(env, key_algorithm=algorithm), {}).files
+    kind = rsa.RSAPublicKey if algorithm == "rsa-2048" else ec.EllipticCurvePublicKey
+    cas = {"ca", "front-proxy-ca", "etcd/ca", "kubelet-ca"}
+    names = [n.removesuffix(".crt") for n in files if n.endswith(".crt")]
+    assert cas <= set(names) and len(names) > len(cas)
+    for name in names:
+        cert = x509.load_pem_x509_certificate(files[f"{name}.crt"])
+        is_ca = name in cas
+        assert isinstance(cert.public_key(), kind), name
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+        assert constraints.critical and constraints.value.ca is is_ca, name
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage)
+        assert usage.critical, name
+        assert usage.value.digital_signature, name
+        assert usage.value.key_cert_sign is is_ca and usage.value.crl_sign is is_ca, name
+        assert usage.value.key_encipherment is (not is_ca and algorithm == "rsa-2048"), name
+        for optional in (x509.ExtendedKeyUsage, x509.SubjectAlternativeName):
+            try:
+                assert not cert.extensions.get_extension_for_class(optional).critical, name
+            except x509.ExtensionNotFound:
+                assert is_ca or optional is x509.SubjectAlternativeName, name
+    admin = x509.load_pem_x509_certificate(files["admin.crt"])
+    assert [a.oid for a in admin.subject] == [NameOID.ORGANIZATION_NAME, NameOID.COMMON_NAME]
+
+
+def test_a_leaf_never_outlives_its_ca(env: config.Environment) -> None:
+    """Leaves issued a day and a half before their CA expires live one day, not past it."""
+    now = dt.datetime(2030, 6, 1, tzinfo=dt.UTC)
+    ca_days = x509.load_pem_x509_certificate(pki.ensure(env, {}, now=now).files["ca.crt"])
+    lifetime = ca_days.not_valid_after_utc - now
+    old = pki.ensure(env, {}, now=now - lifetime + dt.timedelta(days=1, hours=12)).files
+    renewed = pki.ensure(env, old, now=now)
+    ca = x509.load_pem_x509_certificate(renewed.files["ca.crt"])
+    assert ca.not_valid_after_utc - now == dt.timedelta(days=1, hours=12)
+    leaf = x509.load_pem_x509_certificate(renewed.files["scheduler.crt"])
+    assert "scheduler" in renewed.issued
+    assert leaf.not_valid_after_utc == now + dt.timedelta(days=1) <= ca.not_valid_after_utc
