@@ -325,6 +325,10 @@ def test_every_certificate_has_kubeadms_profile(env: config.Environment, algorit
         assert usage.value.digital_signature, name
         assert usage.value.key_cert_sign is is_ca and usage.value.crl_sign is is_ca, name
         assert usage.value.key_encipherment is (not is_ca and algorithm == "rsa-2048"), name
+        unused = (usage.value.content_commitment, usage.value.data_encipherment)
+        assert unused == (False, False) and not usage.value.key_agreement, name
+        if algorithm == "rsa-2048":
+            assert cert.public_key().key_size == 2048, name  # type: ignore[union-attr]
         for optional in (x509.ExtendedKeyUsage, x509.SubjectAlternativeName):
             try:
                 assert not cert.extensions.get_extension_for_class(optional).critical, name
@@ -346,3 +350,12 @@ def test_a_leaf_never_outlives_its_ca(env: config.Environment) -> None:
     leaf = x509.load_pem_x509_certificate(renewed.files["scheduler.crt"])
     assert "scheduler" in renewed.issued
     assert leaf.not_valid_after_utc == now + dt.timedelta(days=1) <= ca.not_valid_after_utc
+
+
+def test_a_lost_service_account_key_is_never_replaced_silently(env: config.Environment) -> None:
+    files = pki.ensure(env, {}).files
+    error = raised(pki.ensure, env, {k: v for k, v in files.items() if k != "sa.key"})
+    assert (error.message, error.hint) == (
+        "sa.key is missing but sa.pub exists",
+        "restore sa.key; a new key would invalidate every service account token",
+    )
