@@ -359,3 +359,42 @@ def test_a_lost_service_account_key_is_never_replaced_silently(env: config.Envir
         "sa.key is missing but sa.pub exists",
         "restore sa.key; a new key would invalidate every service account token",
     )
+
+
+def test_a_new_pki_says_what_it_issued_and_why(env: config.Environment) -> None:
+    """The `PKI: issued NAME (REASON)` lines of a first `up`, in their order."""
+    first = pki.ensure(env, {})
+    cas = ["ca", "front-proxy-ca", "etcd/ca", "kubelet-ca"]
+    leaves = {
+        "apiserver": "ca", "apiserver-kubelet-client": "ca", "admin": "ca",
+        "controller-manager": "ca", "scheduler": "ca", "front-proxy-client": "front-proxy-ca",
+        "apiserver-etcd-client": "etcd/ca", "etcd/healthcheck-client": "etcd/ca",
+        "etcd/server": "etcd/ca", "etcd/peer": "etcd/ca",
+    }  # fmt: skip
+    others = ["sa", "encryption", "ssh", "bootstrap-token"]
+    assert first.issued == [*cas, *leaves, *others]
+    assert first.reasons == {
+        **dict.fromkeys(cas, "missing"),
+        **{leaf: f"{ca} is new" for leaf, ca in leaves.items()},
+        **dict.fromkeys(others, "missing"),
+    }
+    rotated = pki.ensure(env, first.files, rotate="encryption")
+    assert (rotated.issued, rotated.reasons) == (["encryption"], {"encryption": "rotated"})
+
+
+def test_a_new_ssh_pair_ends_a_staged_ssh_rotation_and_a_brought_key_drops_kubeplats(
+    env: config.Environment,
+) -> None:
+    now = dt.datetime.now(dt.UTC)
+    files = pki.ensure(env, {}, now=now).files
+    staged = pki.advance(env, pki.begin(env, files, ["ssh"], now).files, now).files
+    assert pki.SSH_PREV in staged
+    mid = {**pki.begin(env, files, ["ssh"], now).files, pki.SSH_PREV: staged[pki.SSH_PREV]}
+    lost = {k: v for k, v in mid.items() if k != pki.SSH_KEY}  # the private key deleted
+    again = pki.ensure(env, lost, now=now)
+    assert again.reasons["ssh"] == "rotated"
+    assert pki.SSH_NEXT not in again.files and pki.SSH_PREV not in again.files
+    given = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDx operator@example"
+    brought = pki.ensure(env, mid, now=now, ssh_public_key=given).files
+    assert brought[pki.SSH_PUB] == given + b"\n"
+    assert not {pki.SSH_KEY, pki.SSH_NEXT, pki.SSH_PREV} & set(brought)
