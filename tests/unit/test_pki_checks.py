@@ -398,3 +398,31 @@ def test_a_new_ssh_pair_ends_a_staged_ssh_rotation_and_a_brought_key_drops_kubep
     brought = pki.ensure(env, mid, now=now, ssh_public_key=given).files
     assert brought[pki.SSH_PUB] == given + b"\n"
     assert not {pki.SSH_KEY, pki.SSH_NEXT, pki.SSH_PREV} & set(brought)
+
+
+def test_every_subject_is_the_name_the_cluster_authorizes(env: config.Environment) -> None:
+    """A client certificate's subject is who it is to the API server: RBAC binds
+    system:kube-scheduler and system:kube-controller-manager, system:masters is the admin
+    group, the API server accepts front-proxy-client as the only request-header client."""
+    files = pki.ensure(env, {}).files
+    subjects = {
+        name.removesuffix(".crt"): x509.load_pem_x509_certificate(data).subject.rfc4514_string()
+        for name, data in files.items()
+        if name.endswith(".crt")
+    }
+    assert subjects == {
+        "ca": "CN=kubernetes",
+        "front-proxy-ca": "CN=front-proxy-ca",
+        "etcd/ca": "CN=etcd-ca",
+        "kubelet-ca": "CN=kubelet-ca",
+        "admin": "CN=kubernetes-admin,O=system:masters",
+        "apiserver": "CN=kube-apiserver",
+        "apiserver-etcd-client": "CN=kube-apiserver-etcd-client",
+        "apiserver-kubelet-client": "CN=kube-apiserver-kubelet-client,O=system:masters",
+        "controller-manager": "CN=system:kube-controller-manager",
+        "scheduler": "CN=system:kube-scheduler",
+        "front-proxy-client": "CN=front-proxy-client",
+        "etcd/healthcheck-client": "CN=kube-etcd-healthcheck-client",
+        "etcd/peer": "CN=etcd-peer",
+        "etcd/server": "CN=etcd-server",
+    }
