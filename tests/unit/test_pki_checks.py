@@ -426,3 +426,33 @@ def test_every_subject_is_the_name_the_cluster_authorizes(env: config.Environmen
         "etcd/peer": "CN=etcd-peer",
         "etcd/server": "CN=etcd-server",
     }
+
+
+@pytest.mark.parametrize(
+    ("region", "internal"),
+    [("us-east-1", "*.ec2.internal"), ("eu-west-1", "*.eu-west-1.compute.internal")],
+)
+def test_etcd_certificates_cover_the_regions_private_dns_names(
+    env: config.Environment, region: str, internal: str
+) -> None:
+    """Members address each other by EC2 private DNS names, which are `ip-….ec2.internal` in
+    us-east-1 and `ip-….REGION.compute.internal` elsewhere: a wrong wildcard and no member
+    can join."""
+    there = dataclasses.replace(env, aws_region=region)
+    assert pki.etcd_names(there) == (
+        internal,
+        f"secure.{env.environment}.{env.dns_zone_name}",
+        "localhost",
+    )
+    files = pki.ensure(there, {}).files
+    for name in ("etcd/peer", "etcd/server"):
+        sans = x509.load_pem_x509_certificate(files[f"{name}.crt"]).extensions
+        names = sans.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert internal in names.get_values_for_type(x509.DNSName), name
+
+
+def test_rotating_the_service_account_key_before_a_cluster_runs(env: config.Environment) -> None:
+    files = pki.ensure(env, {}).files
+    rotated = pki.ensure(env, files, rotate="sa")
+    assert (rotated.issued, rotated.reasons) == (["sa"], {"sa": "rotated"})
+    assert rotated.files["sa.key"] != files["sa.key"] and rotated.files["sa.pub"] != files["sa.pub"]
