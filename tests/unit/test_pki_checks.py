@@ -456,3 +456,15 @@ def test_rotating_the_service_account_key_before_a_cluster_runs(env: config.Envi
     rotated = pki.ensure(env, files, rotate="sa")
     assert (rotated.issued, rotated.reasons) == (["sa"], {"sa": "rotated"})
     assert rotated.files["sa.key"] != files["sa.key"] and rotated.files["sa.pub"] != files["sa.pub"]
+
+
+def test_a_rotated_ca_says_so_for_each_leaf_it_reissues(env: config.Environment) -> None:
+    files = pki.ensure(env, {}).files
+    rotated = pki.ensure(env, files, rotate="etcd/ca")
+    assert rotated.reasons == {
+        "etcd/ca": "rotated",
+        **dict.fromkeys(
+            ["apiserver-etcd-client", "etcd/healthcheck-client", "etcd/server", "etcd/peer"],
+            "etcd/ca rotated",
+        ),
+    }
