@@ -468,3 +468,40 @@ def test_a_rotated_ca_says_so_for_each_leaf_it_reissues(env: config.Environment)
             "etcd/ca rotated",
         ),
     }
+
+
+def test_rotating_one_leaf_says_so_and_an_unknown_name_lists_every_name(
+    env: config.Environment,
+) -> None:
+    files = pki.ensure(env, {}).files
+    assert pki.ensure(env, files, rotate="apiserver").reasons == {"apiserver": "rotated"}
+    error = raised(pki.ensure, env, files, rotate="apiservr")
+    assert (error.message, error.hint) == (
+        "no certificate named 'apiservr'",
+        "one of: admin, apiserver, apiserver-etcd-client, apiserver-kubelet-client, "
+        "bootstrap-token, ca, controller-manager, encryption, etcd/ca, etcd/healthcheck-client, "
+        "etcd/peer, etcd/server, front-proxy-ca, front-proxy-client, kubelet-ca, sa, scheduler, "
+        "ssh",
+    )
+
+
+def test_a_half_written_rotation_step_is_completed_or_undone(env: config.Environment) -> None:
+    """What a run stopped between two writes leaves (kubeplat writes a CA's `prev` copy first,
+    then the new certificate, then its key, and removes `next` last), and what the next run
+    makes of it: half of a new pair is dropped (the rotation had not begun), a promotion that
+    wrote the certificate is completed, one that wrote only `prev` is undone."""
+    now = dt.datetime.now(dt.UTC)
+    files = pki.ensure(env, {}, now=now).files
+    trusting = pki.begin(env, files, ["etcd/ca"], now).files
+    for half in ("etcd/ca.next.crt", "etcd/ca.next.key"):
+        left = {k: v for k, v in trusting.items() if k != half}
+        assert pki.settle(left) == files, half  # as before the rotation began
+    new_crt, new_key = trusting["etcd/ca.next.crt"], trusting["etcd/ca.next.key"]
+    began = {**trusting, "etcd/ca.prev.crt": files["etcd/ca.crt"]}
+    assert pki.settle(began) == trusting  # only `prev` written: still trusting
+    wrote_crt = {**began, "etcd/ca.crt": new_crt}
+    promoted = pki.settle(wrote_crt)
+    assert (promoted["etcd/ca.crt"], promoted["etcd/ca.key"]) == (new_crt, new_key)
+    assert promoted["etcd/ca.prev.crt"] == files["etcd/ca.crt"]
+    assert "etcd/ca.next.crt" not in promoted and "etcd/ca.next.key" not in promoted
+    assert pki.staged(promoted) == {"etcd/ca": pki.REISSUE}
