@@ -84,11 +84,7 @@ def prepare(group: str, mine: list[str]) -> Path:
         if not source.is_file():
             continue
         wanted.add(target)
-        stat = source.stat()
-        if target.exists() and (target.stat().st_mtime, target.stat().st_size) == (
-            stat.st_mtime,
-            stat.st_size,
-        ):
+        if target.exists() and _same_file(source, target):
             continue
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
@@ -102,6 +98,11 @@ def prepare(group: str, mine: list[str]) -> Path:
     if not target.exists() or target.read_text() != pyproject:
         target.write_text(pyproject)
     return copy
+
+
+def _same_file(source: Path, target: Path) -> bool:
+    mine, copied = source.stat(), target.stat()
+    return (mine.st_mtime, mine.st_size) == (copied.st_mtime, copied.st_size)
 
 
 def _prefix(module: str) -> str:
@@ -156,18 +157,25 @@ def save_record() -> None:
     RECORD.write_text(json.dumps(record, indent=0, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-def survivors() -> list[str]:
-    """Every mutant the results have surviving or reached by no test."""
+def results(module: str) -> dict[str, str]:
+    """Each mutant of one module → how the score counts it (COUNTED_AS), from mutmut's record."""
+    meta = _meta(module)
+    if not meta.exists():
+        return {}
     from mutmut.stats import status_by_exit_code
 
-    names = []
-    for module in modules():
-        meta = _meta(module)
-        if meta.exists():
-            for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-                if COUNTED_AS.get(status_by_exit_code[code]) in ("survived", "no_tests"):
-                    names.append(key)
-    return sorted(names)
+    codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+    return {key: COUNTED_AS.get(status_by_exit_code[code], "other") for key, code in codes.items()}
+
+
+def survivors() -> list[str]:
+    """Every mutant the results have surviving or reached by no test."""
+    return sorted(
+        key
+        for module in modules()
+        for key, counted in results(module).items()
+        if counted in ("survived", "no_tests")
+    )
 
 
 def reasons() -> dict[str, str]:
@@ -176,20 +184,12 @@ def reasons() -> dict[str, str]:
 
 def tally(module: str) -> Counter[str]:
     """Killed / survived / no tests / skipped / other for one module, from mutmut's record."""
-    meta = _meta(module)
-    counts: Counter[str] = Counter()
-    if not meta.exists():
-        return counts
-    from mutmut.stats import status_by_exit_code
-
-    for code in json.loads(meta.read_text()).get("exit_code_by_key", {}).values():
-        counts[COUNTED_AS.get(status_by_exit_code[code], "other")] += 1
-    return counts
+    return Counter(results(module).values())
 
 
 def mutant_pattern(module: str) -> str:
     """mutmut's name pattern for every mutant of one module (kubeplat/pki.py: kubeplat.pki.*)."""
-    return module.removesuffix(".py").replace("/", ".") + ".*"
+    return _prefix(module) + ".*"
 
 
 def score(counts: Counter[str]) -> float:

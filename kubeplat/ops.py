@@ -852,12 +852,17 @@ def instances(
     env: str, env_dir: str | None = None, *, sandbox: bool = False, layer: str | None = None
 ) -> list[Any]:
     """The environment's instances, sorted by layer then zone."""
-    from kubeplat import inventory, pipeline
+    from kubeplat import pipeline
 
     connected = pipeline.connect(env, env_dir, sandbox, start=False)
-    aws, environment = connected.aws, connected.env.environment
-    rows = inventory.instances(aws, environment, layer)
-    return inventory.converged(aws, connected.env.secrets_bucket_name, environment, rows)
+    return _instances_of(connected.aws, connected.env, layer)
+
+
+def _instances_of(aws: Any, environment: config.Environment, layer: str | None) -> list[Any]:
+    from kubeplat import inventory
+
+    rows = inventory.instances(aws, environment.environment, layer)
+    return inventory.converged(aws, environment.secrets_bucket_name, environment.environment, rows)
 
 
 def versions(
@@ -1158,9 +1163,9 @@ def health(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> An
     from kubeplat import health as checks
     from kubeplat import pipeline
 
-    environment = config.load(env, env_dir)
-    found = checks.Health(environment.environment)
     deployed = pipeline.deployed(env, env_dir, sandbox)
+    environment = deployed.env
+    found = checks.Health(environment.environment)
     now = dt.datetime.now(dt.UTC)
     found.items += checks.guarded("state lock", lambda: [_lock(deployed, now)])
     found.items += checks.guarded("drift", lambda: [_drift(deployed)])
@@ -1168,7 +1173,7 @@ def health(env: str, env_dir: str | None = None, *, sandbox: bool = False) -> An
     rows: list[Any] = []
 
     def nodes() -> list[Any]:
-        rows.extend(instances(env, env_dir, sandbox=sandbox))
+        rows.extend(_instances_of(deployed.aws, environment, None))  # the same session
         return [checks.convergence(rows)]
 
     found.items += checks.guarded("nodes", nodes)

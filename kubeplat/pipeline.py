@@ -116,7 +116,7 @@ def _environment(
             "the sandbox is not running, so the sandbox environment has nothing to show",
             f"start it and build the environment: kubeplat up -e {env_name}",
         )
-    if box.endpoint not in _announced:  # once per command (health reads it more than once)
+    if box.endpoint not in _announced:  # once per run: `health --all` reads several files
         _announced.add(box.endpoint)
         console.status(f"sandbox: AWS emulator at {box.endpoint}", "dim")
     return env, sandbox.environ(box, env.aws_region)
