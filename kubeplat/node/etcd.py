@@ -1,10 +1,12 @@
 """kubeplat etcd membership: the secure layer's cluster is formed once, members join one at a
 time, and members whose instance is gone are removed while quorum holds.
 
-Three commands, each run by its own systemd unit:
+Four commands, each run by a systemd unit:
 
   etcd-member prepare  (kubeplat-etcd-member.service, before etcd.service): decide how this
                        instance's etcd starts, and write its configuration;
+  etcd-member recheck  (etcd.service's ExecStartPre): before each start of a member that has
+                       never run, decide again from the member list as it is then;
   etcd-member watch    (kubeplat-etcd-watch.service, beside etcd.service): promote this member
                        once it has caught up (it joins as a learner); on the leader remove
                        members whose instance is gone and take the snapshots an operator asks
@@ -18,7 +20,7 @@ instances (EC2), asks the other instances' etcd for the member list and for a qu
 reads the environment's formation record (`<prefix>/etcd/formation.json` in the secrets
 bucket), then decides (`decide`, pure):
 
-- a data directory exists: etcd restarts as the member it was;
+- etcd has run here (its data directory holds a log): etcd restarts as the member it was;
 - a member answers and this instance is one (added before it last stopped): start `existing`;
 - a member answers with quorum: remove the members whose instance is gone, add this one as a
   learner (etcd holds one learner at a time, so joins go one by one; another joiner's learner
@@ -45,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shlex
 import subprocess
@@ -529,9 +532,17 @@ def restore_owed(data_dir: Path) -> int:
     return _read_generation(_restore_owed_file(data_dir))
 
 
+def started(data_dir: Path) -> bool:
+    """etcd has run here as a member: it wrote its log (as etcd itself tells, by a WAL file).
+    A member whose etcd failed before that (a peer gone between `member add` and the start)
+    has only an empty member directory, and must be decided again."""
+    wal = data_dir / "member" / "wal"
+    return wal.is_dir() and any(wal.iterdir())
+
+
 def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.sleep) -> int:
     node: Node | None = None
-    if (args.data_dir / "member").is_dir() and args.output.exists():
+    if started(args.data_dir) and args.output.exists():
         # A reboot or a restart: etcd comes back as the member it was, unless the cluster was
         # restored since. If the bucket cannot be read now, it comes back all the same, unless
         # the watch restarted it for a restore: then it keeps trying (a member that came back
@@ -566,7 +577,19 @@ def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.slee
             f"the cluster was restored (generation {generation(record)}); this member's data "
             f"of generation {here} is kept in {aside}"
         )
-    pause, last = 5.0, ""
+    _decide_and_write(args, node, sleep)
+    return 0
+
+
+def _decide_and_write(
+    args: argparse.Namespace,
+    node: Node | None,
+    sleep: Callable[[float], None],
+    budget_s: float | None = None,
+) -> Decision | None:
+    """Look, decide and act until etcd may start; then write its configuration. None when
+    waiting on would pass `budget_s` seconds of pauses."""
+    pause, last, waited = 5.0, "", 0.0
     while True:
         try:
             node = node or Node(args)  # the metadata service may not answer at first
@@ -579,13 +602,56 @@ def prepare(args: argparse.Namespace, sleep: Callable[[float], None] = time.slee
                 break
         except Exception as exc:  # AWS or etcd unreachable for now: try again
             say(f"{type(exc).__name__}: {exc}; trying again in {pause:.0f}s")
+        if budget_s is not None and waited + pause > budget_s:
+            return None
         sleep(pause)
+        waited += pause
         pause = min(pause * 1.5, 30.0)
     assert node is not None
     write_config(args, node.me, node.host, decision)
     _generation_file(args.data_dir).write_text(f"{generation(seen.record)}\n")
     _restore_owed_file(args.data_dir).unlink(missing_ok=True)
     say(f"{decision.state} cluster {decision.initial_cluster}")
+    return decision
+
+
+def _configured(output: Path, key: str) -> str:
+    """A value of the configuration `prepare` wrote ("" when it is not there)."""
+    try:
+        text = output.read_text()
+    except FileNotFoundError:
+        return ""
+    found = re.search(rf'^{re.escape(key)}:\s*"?([^"\n]*)"?\s*$', text, re.MULTILINE)
+    return found.group(1) if found else ""
+
+
+def recheck(
+    args: argparse.Namespace,
+    sleep: Callable[[float], None] = time.sleep,
+    budget_s: float = 30.0,
+) -> int:
+    """etcd.service's ExecStartPre: before each start of a member that has never run, decide
+    again from the member list as it is now. `prepare` wrote the list it saw when it added this
+    member; if a member was removed since (its instance gone), etcd refuses that list ("member
+    count is unequal") and, started again with it by systemd, would refuse it forever.
+
+    A member that has run, or one forming the cluster from the formation record (fixed for
+    good), starts as configured, without a look. A decision that must wait (quorum lost,
+    another join) gives up after `budget_s` seconds of pauses, so that etcd's start fails within
+    systemd's start timeout (90 s by default, the ExecStartPre's looks and etcd's own start
+    included) and systemd tries again in a few seconds (etcd.service: Restart=always)."""
+    if started(args.data_dir) or _configured(args.output, "initial-cluster-state") == "new":
+        return 0
+    if not args.output.exists():
+        say("no configuration yet: kubeplat-etcd-member.service decides first")
+        return 1
+    before = _configured(args.output, "initial-cluster")
+    decision = _decide_and_write(args, None, sleep, budget_s)
+    if decision is None:
+        say(f"etcd cannot start yet: decided nothing in {budget_s:.0f}s; systemd tries again")
+        return 1
+    if decision.initial_cluster != before:
+        say(f"the members changed since this member was added (it was added to {before})")
     return 0
 
 
@@ -968,7 +1034,10 @@ def expired(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kubeplat-node etcd-member", description=__doc__)
     parser.add_argument(
-        "command", choices=("prepare", "watch", "snapshot"), nargs="?", default="prepare"
+        "command",
+        choices=("prepare", "recheck", "watch", "snapshot"),
+        nargs="?",
+        default="prepare",
     )
     parser.add_argument("--environment", required=True)
     parser.add_argument("--bucket", required=True)
@@ -1002,6 +1071,8 @@ def main(argv: list[str] | None = None) -> int:
         return watch(args)
     if args.command == "snapshot":
         return snapshot(args)
+    if args.command == "recheck":
+        return recheck(args)
     return prepare(args)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -43,6 +44,12 @@ def test_rendered_etcd_configuration_forms_a_tls_cluster(
         if f["path"] == "/etc/systemd/system/etcd.service"
     )
     assert "--config-file=/etc/etcd/etcd.conf.yml" in unit
+    # Before each start, the membership program's `recheck` (a member that never ran decides
+    # again from the members as they are then); run below as the unit runs it.
+    pre = re.search(r"^ExecStartPre=/opt/kubeplat/bin/kubeplat-node (.*)$", unit, re.MULTILINE)
+    assert pre, unit
+    recheck = shlex.split(pre.group(1))
+    assert recheck[:2] == ["etcd-member", "recheck"]
 
     members = etcd_cluster.members(3)
     cluster = {m.name: f"https://127.0.0.1:{m.peer_port}" for m in members}
@@ -88,5 +95,13 @@ def test_rendered_etcd_configuration_forms_a_tls_cluster(
         assert sorted((m.id, m.name) for m in program) == sorted(
             (line.split(", ")[0], line.split(", ")[2]) for line in listed.stdout.splitlines()
         )
+        # etcd restarted (Restart=always): its ExecStartPre lets a member that formed the
+        # cluster start as configured, without a look at AWS (none answers here).
+        for m in members:
+            output = tmp_path / f"{m.name}.yml"
+            before = output.read_text()
+            where = ["--output", str(output), "--data-dir", str(tmp_path / m.name)]
+            assert node_etcd.main(recheck[1:] + where) == 0
+            assert output.read_text() == before
     finally:
         etcd_cluster.stop(processes)

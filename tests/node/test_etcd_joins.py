@@ -1,7 +1,8 @@
 """etcd membership when things go wrong around a join: five formed at once, a member added
 whose instance dies before its etcd starts, `member list` failing for a while, the leader
-killed in the middle of a join, a new instance on a gone member's address (etcd_group.py runs
-them: real etcd, the real program, the emulator's Auto Scaling).
+killed in the middle of a join, a member removed between a join and its start, a new instance
+on a gone member's address (etcd_group.py runs them: real etcd, the real program, the
+emulator's Auto Scaling).
 
 Each asserts one cluster ID throughout, every key written before still readable after, as many
 members as running instances once settled, never two learners at once, and nobody stuck.
@@ -175,6 +176,40 @@ def test_the_leader_killed_during_a_join(group: Group) -> None:
     assert len(group.members) == 4
     assert "promoted to a voting member" in joiner.journal(), group.explain()
     assert "promoted to a voting member" in replacement.journal(), group.explain()
+
+
+def test_a_member_removed_between_a_join_and_its_start(group: Group) -> None:
+    """The joiner's `prepare` added it and wrote the four members it saw; before its etcd
+    started, another instance left the group and the leader removed that member. etcd refuses a
+    list that is not the cluster's ("member count is unequal") and systemd would start it with
+    that list forever: etcd.service's ExecStartPre (`recheck`) writes the list as it is now.
+    (CI once saw this with the leader killed during a join; here it happens every time.)"""
+    cluster = formed(group)
+    group.next_boots.append({"paused": True})  # its etcd waits until the test lets it start
+    (joiner,) = group.scale(4)
+    until(lambda: "existing cluster" in joiner.journal(), SETTLE, "the join's add", group)
+    assert joiner.etcd is None
+    leader = group.leader()
+    leaving = next(m for m in group.members.values() if m not in (leader, joiner))
+    group.aws["autoscaling"].terminate_instance_in_auto_scaling_group(
+        InstanceId=leaving.instance_id, ShouldDecrementDesiredCapacity=True
+    )
+    group.sync()
+
+    def removed() -> bool:
+        listed = leader.etcdctl("member", "list", "-w", "json")
+        if listed.returncode != 0:
+            return False
+        names = {m.get("name", "") for m in json.loads(listed.stdout)["members"]}
+        return leaving.instance_id not in names
+
+    until(removed, SETTLE, "the leaving member's removal", group)
+    joiner.paused = False
+    assert_settled_with_the_data(group, cluster)
+    assert len(group.members) == 3
+    journal = joiner.journal()
+    assert "the members changed since this member was added" in journal, group.explain()
+    assert "promoted to a voting member" in journal, group.explain()
 
 
 def test_a_reused_private_address_is_another_member(group: Group) -> None:

@@ -217,7 +217,8 @@ def test_a_member_restarted_for_a_restore_keeps_trying_to_read_the_record(
     from kubeplat.node import etcd as node_etcd
 
     data = tmp_path / "data"
-    (data / "member").mkdir(parents=True)
+    (data / "member" / "wal").mkdir(parents=True)  # etcd has run here: it wrote its log
+    (data / "member" / "wal" / "0000000000000000-0000000000000000.wal").write_bytes(b"")
     (tmp_path / "etcd.conf.yml").write_text("name: old\n")
     (tmp_path / "data.generation").write_text("1\n")
     failures = {"left": 3}
@@ -511,3 +512,106 @@ def test_a_member_as_etcdctl_lists_it_in_json() -> None:
     listed = {"ID": 10276657743932975437, "name": "i-0a", "peerURLs": [url(A)], "isLearner": True}
     assert Member.parse(listed) == Member("8e9e05c52164694d", "i-0a", [url(A)], True)
     assert Member.parse({"ID": 255, "peerURLs": [url(B)]}) == Member("ff", "", [url(B)], False)
+
+
+TEMPLATE = (
+    'name: "@NAME@"\ninitial-cluster: "@INITIAL_CLUSTER@"\n'
+    'initial-cluster-state: "@STATE@"\ninitial-cluster-token: "@TOKEN@"\n'
+)
+
+
+def _member_files(tmp_path: Path) -> SimpleNamespace:
+    (tmp_path / "data" / "member" / "snap").mkdir(parents=True)  # what a failed etcd leaves
+    (tmp_path / "etcd.conf.yml.tmpl").write_text(TEMPLATE)
+    return SimpleNamespace(
+        data_dir=tmp_path / "data",
+        template=tmp_path / "etcd.conf.yml.tmpl",
+        output=tmp_path / "etcd.conf.yml",
+        environment="dev",
+    )
+
+
+class _Looking:
+    """A Node whose look sees `what` (a Seen, or a callable making one)."""
+
+    def __init__(self, what: object) -> None:
+        self.what, self.me, self.host, self.acted = what, D, HOST[D], []
+
+    def look(self) -> Seen:
+        return self.what() if callable(self.what) else self.what  # type: ignore[return-value]
+
+    def act(self, decision: etcd.Decision, seen: Seen) -> bool:
+        self.acted.append(decision.action)
+        return decision.action in ("start", "join")
+
+
+def test_a_member_whose_etcd_never_ran_starts_with_the_members_as_they_are_now(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """prepare added this member and wrote the four members it saw; one of them was removed
+    (its instance gone) before etcd started. etcd refuses a list that is not the cluster's
+    ("member count is unequal"), and systemd would start it with that list forever: before each
+    start of a member that never ran, etcd.service's `recheck` writes the list as it is now."""
+    args = _member_files(tmp_path)
+    added = {A: url(A), B: url(B), C: url(C), D: url(D)}
+    etcd.write_config(args, D, HOST[D], etcd.Decision("join", "", "existing", added, token="t"))
+    unstarted = Member("d", "", [url(D)], learner=True)
+    now = seen(D, [A, B, D], [member(A, 1), member(B, 2), unstarted], quorum=True)
+    monkeypatch.setattr(etcd, "Node", lambda args: _Looking(now))
+    assert etcd.recheck(args, sleep=lambda s: None) == 0  # type: ignore[arg-type]
+    config = args.output.read_text()
+    assert f'initial-cluster: "{A}={url(A)},{B}={url(B)},{D}={url(D)}"' in config
+    assert 'initial-cluster-state: "existing"' in config
+    said = capsys.readouterr().out
+    assert "the members changed since this member was added" in said, said
+    # The same list: said nothing of a change.
+    assert etcd.recheck(args, sleep=lambda s: None) == 0  # type: ignore[arg-type]
+    assert "changed" not in capsys.readouterr().out
+    # prepare too (a reboot before etcd ever ran) decides again instead of reusing the list.
+    old = etcd.Decision("join", "", "existing", {C: url(C), D: url(D)})
+    etcd.write_config(args, D, HOST[D], old)
+    assert etcd.prepare(args, sleep=lambda s: None) == 0  # type: ignore[arg-type]
+    assert f"{B}={url(B)}" in args.output.read_text()
+
+
+def test_a_member_that_has_run_or_forms_the_cluster_starts_as_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = _member_files(tmp_path)
+
+    def no_look(args: object) -> None:
+        raise AssertionError("looked at the cluster")
+
+    monkeypatch.setattr(etcd, "Node", no_look)
+    # Forming: the formation record fixed the members for good.
+    etcd.write_config(args, D, HOST[D], etcd.Decision("start", "", "new", {D: url(D)}))
+    assert etcd.recheck(args) == 0  # type: ignore[arg-type]
+    # Has run: etcd's log exists; it restarts as the member it was.
+    etcd.write_config(args, D, HOST[D], etcd.Decision("start", "", "existing", {D: url(D)}))
+    (args.data_dir / "member" / "wal").mkdir()
+    (args.data_dir / "member" / "wal" / "0000000000000000-0000000000000000.wal").write_bytes(b"")
+    assert etcd.started(args.data_dir)
+    assert etcd.recheck(args) == 0  # type: ignore[arg-type]
+    before = args.output.read_text()
+    assert etcd.recheck(args) == 0 and args.output.read_text() == before  # type: ignore[arg-type]
+
+
+def test_a_recheck_that_must_wait_fails_the_start_for_systemd_to_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = _member_files(tmp_path)
+    # No configuration yet: the member unit decides first.
+    assert etcd.recheck(args) == 1  # type: ignore[arg-type]
+    assert "kubeplat-etcd-member.service decides first" in capsys.readouterr().out
+    added = etcd.Decision("join", "", "existing", {A: url(A), D: url(D)})
+    etcd.write_config(args, D, HOST[D], added)
+    before = args.output.read_text()
+    lost = seen(D, [A, B, D], [member(A, 1), member(B, 2)], quorum=False)
+    looking = _Looking(lost)
+    monkeypatch.setattr(etcd, "Node", lambda args: looking)
+    slept: list[float] = []
+    assert etcd.recheck(args, sleep=slept.append, budget_s=12) == 1  # type: ignore[arg-type]
+    said = capsys.readouterr().out
+    assert "etcd has lost quorum" in said and "etcd cannot start yet" in said, said
+    assert slept == [5.0]  # 5 s, then 7.5 s would pass the 12 s
+    assert args.output.read_text() == before  # nothing written
