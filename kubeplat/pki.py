@@ -647,10 +647,15 @@ def _parse_key(filename: str, data: bytes) -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        raise PKIError(
-            f"{filename} is not a PEM private key",
-            f"restore it, or reissue it: kubeplat certs --rotate {filename.rsplit('.', 1)[0]}",
-        ) from None
+        stem = filename.rsplit(".", 1)[0]
+        hint = f"restore it, or reissue it: kubeplat certs --rotate {stem}"
+        if stem == "sa.next":  # staged, not yet signing: no node can have trusted it damaged
+            hint = (
+                "restore it (ENV/pki/locked/sa.next.key in the secrets bucket keeps its "
+                "versions), or delete it there and stage the rotation again: "
+                "kubeplat certs --rotate sa"
+            )
+        raise PKIError(f"{filename} is not a PEM private key", hint) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise PKIError(f"{filename} is neither ECDSA nor RSA", "reissue it")
     return key

@@ -296,7 +296,12 @@ def test_what_nodes_trust_for_the_service_account_key(env: config.Environment) -
     files = pki.ensure(env, {}).files
     assert pki.trust_bundle(files, "sa") == files["sa.pub"]  # nothing staged: the key alone
     staged = {**files, "sa.next.key": b"garbage"}
-    assert raised(pki.trust_bundle, staged, "sa").message == "sa.next.key is not a PEM private key"
+    damaged = raised(pki.trust_bundle, staged, "sa")
+    assert damaged.message == "sa.next.key is not a PEM private key"
+    # The hint names a command that exists (`--rotate sa.next` is no certificate's name).
+    assert "kubeplat certs --rotate sa" in damaged.hint and "sa.next.key" in damaged.hint
+    pki._rotation("sa", {})
+    assert "--rotate sa.next" not in damaged.hint
 
 
 @pytest.mark.parametrize("algorithm", ["ecdsa-p256", "rsa-2048"])
