@@ -7,8 +7,9 @@ on when the CI job or laptop that started it has gone:
   template changes, and each new member holds the refresh (its launch hook) until it has joined
   a healthy etcd. A later layer (control plane when separate, then compute) starts its own
   refresh only when every earlier layer runs its group's launch template and no refresh of an
-  earlier layer is under way. A failed refresh is not started again by itself for the same
-  template: the operator resumes it (`kubeplat roll`), or a new template starts a new one.
+  earlier layer is under way, and every earlier layer's last refresh succeeded. A failed
+  refresh is not started again by itself for the same template: the operator resumes it
+  (`kubeplat roll`), or a new template starts a new one; until then later layers wait.
 - Drain. An instance leaving a group (a refresh, a scale-in, `kubeplat roll`) waits in
   Terminating:Wait (the group's `kubeplat-drain` hook) while its node is cordoned and its pods
   evicted through the Eviction API, which honours PodDisruptionBudgets; after the drain timeout
@@ -21,8 +22,10 @@ on when the CI job or laptop that started it has gone:
   can be Ready beside an API server that is not. (A stacked secure member's launch hook is its
   etcd watch's, which asks its API server itself.)
 
-Every decision is taken again from AWS and the API server on each pass: nothing is kept here
-that a restarted controller (or a second one, on another control-plane node) would need.
+Every decision is taken again from AWS and the API server on each pass. The one thing kept
+here is when this process began each drain: a restarted controller (or a second one, on
+another control-plane node) starts a drain's timeout again, and the hook's own timeout (the
+drain timeout plus 5 minutes) still ends it.
 Python 3.9 compatible (node images ship 3.9 to 3.12).
 """
 
@@ -130,7 +133,7 @@ def decide_refreshes(
     only for a newer template, or when `kubeplat roll` asked after the failure)."""
     said: list[str] = []
     ranked = sorted(groups, key=lambda g: ORDER.index(g.layer) if g.layer in ORDER else len(ORDER))
-    for group in ranked:
+    for index, group in enumerate(ranked):
         refresh = newest.get(group.name)
         if refresh is not None and refresh.status in ACTIVE:
             said.append(
@@ -145,6 +148,16 @@ def decide_refreshes(
             ], said
         stale = group.outdated()
         if not stale:
+            if refresh is not None and refresh.status != "Successful" and ranked[index + 1 :]:
+                # Every instance runs the group's template, yet its last refresh did not end
+                # well (a `kubeplat roll` of the layer, which replaces instances on the same
+                # template, failed or was cancelled): what it left is not known to be healthy.
+                said.append(
+                    f"{group.name}: its last instance refresh ended {refresh.status.lower()}"
+                    f"{': ' + refresh.reason if refresh.reason else ''}; later layers wait until "
+                    "a roll of this layer succeeds (resume with kubeplat roll)"
+                )
+                return [], said
             continue
         if group.layer in STARTED_BY_TERRAFORM:
             said.append(

@@ -304,6 +304,35 @@ def test_a_secure_layer_left_behind_holds_compute(fake_api: Any) -> None:
     )
 
 
+def test_a_failed_roll_of_the_secure_layer_holds_compute(fake_api: Any) -> None:
+    """`kubeplat roll` asked for every layer; the secure layer's refresh (every instance
+    replaced on the same template) failed. Its members all run the group's template, yet what
+    the failure left is not known to be healthy: compute waits until a roll of the secure
+    layer succeeds."""
+    _server, api = fake_api
+    asg = AutoScaling()
+    asg.group("secure", "2", {"i-s0": ("InService", "2"), "i-s1": ("InService", "2")},
+              kubeplat_min_healthy="100")  # fmt: skip
+    asg.group("compute", "5", {"i-c0": ("InService", "5")})
+    asked = {"secure": NOW - timedelta(minutes=30), "compute": NOW - timedelta(minutes=30)}
+    asg.refreshes["dev-kube-secure"] = [{"Status": "Failed", "StartTime": NOW - timedelta(minutes=29),
+                                         "StatusReason": "i-s9 was abandoned"}]  # fmt: skip
+    lines = controller(asg, api, requests=lambda: asked).pass_once()
+    assert started(asg) == []
+    assert (
+        "dev-kube-secure: its last instance refresh ended failed: i-s9 was abandoned; later "
+        "layers wait until a roll of this layer succeeds (resume with kubeplat roll)"
+    ) in lines
+    # Resumed (asked again after the failure): the secure layer rolls again; compute waits.
+    asked["secure"] = NOW + timedelta(minutes=5)
+    controller(asg, api, requests=lambda: asked).pass_once()
+    assert started(asg) == [("dev-kube-secure", False, 100, None)]
+    # That roll succeeded: compute's turn.
+    asg.refreshes["dev-kube-secure"][0].update(Status="Successful", StartTime=asked["secure"])
+    controller(asg, api, requests=lambda: asked).pass_once()
+    assert [s[0] for s in started(asg)] == ["dev-kube-secure", "dev-kube-compute"]
+
+
 def test_a_failed_refresh_is_not_retried_for_the_same_template_but_resumed_on_request(
     fake_api: Any,
 ) -> None:
