@@ -643,19 +643,15 @@ def _parse_cert(name: str, data: bytes) -> x509.Certificate:
         ) from None
 
 
-def _parse_key(filename: str, data: bytes) -> PrivateKey:
+def _parse_key(filename: str, data: bytes, hint: str = "") -> PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
-        stem = filename.rsplit(".", 1)[0]
-        hint = f"restore it, or reissue it: kubeplat certs --rotate {stem}"
-        if stem == "sa.next":  # staged, not yet signing: no node can have trusted it damaged
-            hint = (
-                "restore it (ENV/pki/locked/sa.next.key in the secrets bucket keeps its "
-                "versions), or delete it there and stage the rotation again: "
-                "kubeplat certs --rotate sa"
-            )
-        raise PKIError(f"{filename} is not a PEM private key", hint) from None
+        raise PKIError(
+            f"{filename} is not a PEM private key",
+            hint
+            or f"restore it, or reissue it: kubeplat certs --rotate {filename.rsplit('.', 1)[0]}",
+        ) from None
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
         raise PKIError(f"{filename} is neither ECDSA nor RSA", "reissue it")
     return key
@@ -815,7 +811,14 @@ def trust_bundle(files: Mapping[str, bytes], name: str) -> bytes:
     if name == "sa":
         pub = files[SA_PUB]
         if "sa.next.key" in files:
-            return pub + _public_pem(_parse_key("sa.next.key", files["sa.next.key"]))
+            # Staged, not yet signing: no node can have trusted it damaged.
+            staged_key = _parse_key(
+                "sa.next.key",
+                files["sa.next.key"],
+                "restore it (ENV/pki/locked/sa.next.key in the secrets bucket keeps its versions), "
+                "or delete it there and stage the rotation again: kubeplat certs --rotate sa",
+            )
+            return pub + _public_pem(staged_key)
         return pub + files.get("sa.prev.pub", b"")
     crt = files[f"{name}.crt"]
     return crt + files.get(f"{name}.next.crt", files.get(f"{name}.prev.crt", b""))

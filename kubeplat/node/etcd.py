@@ -615,12 +615,8 @@ def _decide_and_write(
     return decision
 
 
-def _configured(output: Path, key: str) -> str:
+def _configured(text: str, key: str) -> str:
     """A value of the configuration `prepare` wrote ("" when it is not there)."""
-    try:
-        text = output.read_text()
-    except FileNotFoundError:
-        return ""
     found = re.search(rf'^{re.escape(key)}:\s*"?([^"\n]*)"?\s*$', text, re.MULTILINE)
     return found.group(1) if found else ""
 
@@ -640,12 +636,16 @@ def recheck(
     another join) gives up after `budget_s` seconds of pauses, so that etcd's start fails within
     systemd's start timeout (90 s by default, the ExecStartPre's looks and etcd's own start
     included) and systemd tries again in a few seconds (etcd.service: Restart=always)."""
-    if started(args.data_dir) or _configured(args.output, "initial-cluster-state") == "new":
+    if started(args.data_dir):
         return 0
-    if not args.output.exists():
+    try:
+        text = args.output.read_text()
+    except FileNotFoundError:
         say("no configuration yet: kubeplat-etcd-member.service decides first")
         return 1
-    before = _configured(args.output, "initial-cluster")
+    if _configured(text, "initial-cluster-state") == "new":
+        return 0
+    before = _configured(text, "initial-cluster")
     decision = _decide_and_write(args, None, sleep, budget_s)
     if decision is None:
         say(f"etcd cannot start yet: decided nothing in {budget_s:.0f}s; systemd tries again")

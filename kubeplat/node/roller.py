@@ -148,7 +148,7 @@ def decide_refreshes(
             ], said
         stale = group.outdated()
         if not stale:
-            if refresh is not None and refresh.status != "Successful" and ranked[index + 1 :]:
+            if refresh is not None and refresh.status != "Successful" and index + 1 < len(ranked):
                 # Every instance runs the group's template, yet its last refresh did not end
                 # well (a `kubeplat roll` of the layer, which replaces instances on the same
                 # template, failed or was cancelled): what it left is not known to be healthy.
