@@ -22,10 +22,11 @@ on when the CI job or laptop that started it has gone:
   can be Ready beside an API server that is not. (A stacked secure member's launch hook is its
   etcd watch's, which asks its API server itself.)
 
-Every decision is taken again from AWS and the API server on each pass. The one thing kept
-here is when this process began each drain: a restarted controller (or a second one, on
-another control-plane node) starts a drain's timeout again, and the hook's own timeout (the
-drain timeout plus 5 minutes) still ends it.
+Every decision is taken again from AWS and the API server on each pass; the controller keeps
+nothing of its own. When a drain began is written on the Node itself (the
+`kubeplat.io/drain-started` annotation, with the instance it is for), so a restarted
+controller, or a second one on another control-plane node, goes on with the same timeout
+rather than starting it again.
 Python 3.9 compatible (node images ship 3.9 to 3.12).
 """
 
@@ -59,6 +60,9 @@ DRAIN_TAG = "kubeplat:drain-timeout"  # seconds a leaving node is drained (node_
 API_LAYERS = frozenset(("control-plane",))
 ACTIVE = frozenset(("Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"))
 MIRROR = "kubernetes.io/config.mirror"
+# On a Node being drained: "INSTANCE-ID RFC3339-UTC", when its drain began. The instance is in
+# it because a Node's name (ip-10-0-1-5) may come back with a new instance at the same address.
+DRAIN_STARTED = "kubeplat.io/drain-started"
 
 
 @dataclass
@@ -217,17 +221,36 @@ def node_of(api: Any, instance_id: str) -> str | None:
     return None
 
 
-def drain_step(api: Any, node: str, out_of_time: bool) -> Drained:
-    """One pass of draining `node`: cordon it, evict what is left; done when nothing evictable
-    is left, or when out of time (then saying what was left and why)."""
+def drain_began(found: dict[str, Any], instance: str) -> float | None:
+    """When the drain of `instance` began (seconds since the epoch), as its Node says; None
+    when no drain of this instance is recorded there."""
+    annotations = (found.get("metadata") or {}).get("annotations") or {}
+    recorded, _, when = str(annotations.get(DRAIN_STARTED, "")).partition(" ")
+    began = _time(when) if recorded == instance else None
+    return began.timestamp() if began else None
+
+
+def drain_step(api: Any, node: str, instance: str, now: float, timeout: float) -> Drained:
+    """One pass of draining `node` (the Node of `instance`): cordon it and record when its drain
+    began, evict what is left; done when nothing evictable is left, or when `timeout` seconds
+    have passed since the drain began (then saying what was left and why)."""
     found = api.call("GET", f"/api/v1/nodes/{urllib.parse.quote(node)}")
+    began = drain_began(found, instance)
+    patch: dict[str, Any] = {}
     if not (found.get("spec") or {}).get("unschedulable"):
+        patch["spec"] = {"unschedulable": True}
+    if began is None:
+        began = now
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        patch["metadata"] = {"annotations": {DRAIN_STARTED: f"{instance} {stamp}"}}
+    if patch:
         api.call(
             "PATCH",
             f"/api/v1/nodes/{urllib.parse.quote(node)}",
-            {"spec": {"unschedulable": True}},
+            patch,
             content_type="application/strategic-merge-patch+json",
         )
+    out_of_time = now - began >= timeout
     selector = urllib.parse.quote(f"spec.nodeName={node}")
     pods = api.call("GET", f"/api/v1/pods?fieldSelector={selector}").get("items") or []
     left = [p for p in pods if evictable(p)]
@@ -291,7 +314,7 @@ class Controller:
         api: Callable[[], Any],
         environment: str,
         drain_timeout: float,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,  # wall clock: drains' starts are shared
         reports: Callable[[str, str], dict[str, Any] | None] = lambda layer, instance: None,
         requests: Callable[[], dict[str, datetime]] = dict,
     ) -> None:
@@ -299,7 +322,6 @@ class Controller:
         self.reports = reports  # (layer, instance) → its agent's manifests report, or None
         self.requests = requests  # layer → when `kubeplat roll` last asked (roll_requests)
         self.environment, self.drain_timeout, self.clock = environment, drain_timeout, clock
-        self.draining: dict[str, float] = {}  # instance → when its drain started (this process)
 
     def groups(self) -> list[Group]:
         found = []
@@ -378,14 +400,12 @@ class Controller:
             if (leaving or entering) and api is None:
                 api = self.api()
             for instance in leaving:
-                started = self.draining.setdefault(instance, self.clock())
                 timeout = float(group.tags.get(DRAIN_TAG) or self.drain_timeout)
-                out_of_time = self.clock() - started >= timeout
                 node = node_of(api, instance)
                 if node is None:
                     outcome = Drained(True, f"{instance}: no node of its own to drain")
                 else:
-                    outcome = drain_step(api, node, out_of_time)
+                    outcome = drain_step(api, node, instance, self.clock(), timeout)
                     said += [f"{node}: evicted {name}" for name in outcome.evicted]
                     said += [
                         f"{node}: eviction of {name} refused by a PodDisruptionBudget; trying again"
@@ -395,7 +415,6 @@ class Controller:
                 said.append(outcome.detail)
                 if outcome.done:
                     self.complete(group, DRAIN_HOOK, instance, "CONTINUE")
-                    self.draining.pop(instance, None)
                     said.append(f"{instance}: leaves {group.name} ({DRAIN_HOOK} completed)")
             for instance in entering:
                 if not node_ready(api, instance):
@@ -407,8 +426,6 @@ class Controller:
                     continue
                 self.complete(group, READY_HOOK, instance, "CONTINUE")
                 said.append(f"{instance}: its node is Ready; in service in {group.name}")
-        for gone in set(self.draining) - {i["InstanceId"] for g in groups for i in g.instances}:
-            self.draining.pop(gone, None)
         starts, waits = decide_refreshes(
             groups, {g.name: self.newest(g) for g in groups}, self.template_made
         )

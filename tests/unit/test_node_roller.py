@@ -88,7 +88,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         name = self.path.rsplit("/", 1)[1]
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.patched.append((name, body, self.headers["Content-Type"]))
-        self.server.nodes[name]["spec"].update(body["spec"])
+        found = self.server.nodes[name]  # a strategic merge of the two fields the roller sets
+        found["spec"].update(body.get("spec") or {})
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        found["metadata"].setdefault("annotations", {}).update(annotations)
         self.answer(200, self.server.nodes[name])
 
     def do_POST(self) -> None:
@@ -397,9 +400,11 @@ def test_a_leaving_node_is_cordoned_and_drained_then_let_go(fake_api: Any) -> No
     asg = AutoScaling()
     leaving(asg)
     lines = controller(asg, api).pass_once()
-    assert server.patched == [
-        ("ip-10-0-1-5", {"spec": {"unschedulable": True}}, "application/strategic-merge-patch+json")
-    ]
+    ((name, patch, kind),) = server.patched
+    assert (name, patch["spec"], kind) == (
+        "ip-10-0-1-5", {"unschedulable": True}, "application/strategic-merge-patch+json"
+    )  # fmt: skip
+    assert patch["metadata"]["annotations"][roller.DRAIN_STARTED].startswith("i-c0 ")
     assert server.evicted == ["shop/web-1"]  # not the DaemonSet's, static or finished pods
     assert "ip-10-0-1-5: evicted shop/web-1" in lines
     assert completed(asg) == []  # evicted this pass: let go once nothing is left
@@ -435,6 +440,71 @@ def test_a_disruption_budget_holds_the_drain_until_the_timeout(fake_api: Any) ->
         "shop/db-0; the instance goes anyway"
     ) in lines
     assert server.evicted == []  # the budget was never broken
+
+
+def test_a_scale_in_goes_through_the_same_drain(fake_api: Any) -> None:
+    """A scale-in (the desired capacity lowered by hand or by a cluster autoscaler; no refresh,
+    every instance on the group's template) holds its leaving instance in the drain hook as a
+    roll does: cordoned, drained, then let go, and no refresh is started for it."""
+    server, api = fake_api
+    server.nodes = {
+        "ip-10-0-1-5": node("ip-10-0-1-5", "i-c0"),
+        "ip-10-0-1-6": node("ip-10-0-1-6", "i-c1"),
+        "ip-10-0-1-7": node("ip-10-0-1-7", "i-c2"),
+    }
+    server.pods = {"shop/web-1": pod("shop", "web-1", "ip-10-0-1-6", app="web")}
+    asg = AutoScaling()
+    asg.group("secure", "3", {"i-s0": ("InService", "3")})
+    asg.group("compute", "5", {"i-c0": ("InService", "5"), "i-c1": ("Terminating:Wait", "5"),
+                               "i-c2": ("InService", "5")})  # fmt: skip
+    lines = controller(asg, api).pass_once()
+    assert server.evicted == ["shop/web-1"] and completed(asg) == []
+    assert [name for name, _, _ in server.patched] == ["ip-10-0-1-6"]  # only the leaving one
+    lines = controller(asg, api).pass_once()
+    assert completed(asg) == [("i-c1", roller.DRAIN_HOOK, "CONTINUE")]
+    assert "i-c1: leaves dev-kube-compute (kubeplat-drain completed)" in lines
+    assert started(asg) == []  # a scale-in is not a roll
+
+
+def test_a_drain_keeps_its_timeout_across_controllers(fake_api: Any) -> None:
+    """A drain begun by one controller is timed from when it began, by a restarted controller
+    or the one on another control-plane node: its start is on the Node, not in a process."""
+    server, api = fake_api
+    server.nodes = {"ip-10-0-1-5": node("ip-10-0-1-5", "i-c0")}
+    server.pods = {"shop/db-0": pod("shop", "db-0", "ip-10-0-1-5", app="db")}
+    server.budgets = {"db": 1}
+    asg = AutoScaling()
+    leaving(asg)
+    began = NOW.timestamp()
+    controller(asg, api, clock=lambda: began).pass_once()
+    assert server.nodes["ip-10-0-1-5"]["metadata"]["annotations"] == {
+        roller.DRAIN_STARTED: "i-c0 2026-12-05T12:00:00Z"
+    }
+    controller(asg, api, clock=lambda: began + 599).pass_once()  # restarted: 599 s in
+    assert completed(asg) == []
+    lines = controller(asg, api, clock=lambda: began + 600).pass_once()  # another node's
+    assert completed(asg) == [("i-c0", roller.DRAIN_HOOK, "CONTINUE")]
+    assert any("drain timed out" in line for line in lines)
+    assert len(server.patched) == 1  # cordoned and stamped once, not again by the others
+
+
+def test_a_drain_recorded_for_another_instance_starts_afresh(fake_api: Any) -> None:
+    """A Node name (the private address) reused by a new instance carries the old instance's
+    drain start: the new instance's drain gets its own full timeout."""
+    server, api = fake_api
+    server.nodes = {"ip-10-0-1-5": node("ip-10-0-1-5", "i-c0")}
+    server.nodes["ip-10-0-1-5"]["metadata"]["annotations"] = {
+        roller.DRAIN_STARTED: "i-old 2026-12-01T12:00:00Z"
+    }
+    server.pods = {"shop/db-0": pod("shop", "db-0", "ip-10-0-1-5", app="db")}
+    server.budgets = {"db": 1}
+    asg = AutoScaling()
+    leaving(asg)
+    controller(asg, api, clock=lambda: NOW.timestamp()).pass_once()
+    assert completed(asg) == []  # four days after the old instance's: not out of time
+    assert server.nodes["ip-10-0-1-5"]["metadata"]["annotations"] == {
+        roller.DRAIN_STARTED: "i-c0 2026-12-05T12:00:00Z"
+    }
 
 
 def test_an_instance_without_a_node_leaves_at_once(fake_api: Any) -> None:
