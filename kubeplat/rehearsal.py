@@ -1,7 +1,8 @@
 """The rehearsal of a roll or an upgrade (`kubeplat plan`, `kubeplat upgrade-check`, and before
 `up` and `apply` ask): before anything changes, whether it will work.
 
-It states the version skew (control plane, kubelets, the operator's kubectl), etcd's health
+It states the version skew (control plane, kubelets, the operator's kubectl: what runs, as the
+API server says, when it can be asked; else what the secrets bucket gives nodes), etcd's health
 and the age of its latest snapshot (from the members' reports in the secrets bucket), whether
 etcd keeps its quorum while its members are replaced, the certificates that expire before the
 roll could end, and the roll's order, batches, gates and estimated duration. A red item stops
@@ -18,6 +19,7 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,9 +103,12 @@ def rehearse(
     rolling = [layer for layer in roll.ORDER if layer in set(rolls)]
     control_plane = _tag(held.get("registry.k8s.io/kube-apiserver", ""))
     kubelets = [held["kubelet"].split(" ")[0]] if held.get("kubelet") else []
+    seen: list[Check] = []
+    if api is not None and control_plane:
+        control_plane, kubelets, seen = _running(api, control_plane, kubelets)
     moves = bool(control_plane) and roll.version(control_plane) != roll.version(target)
     found = Rehearsal(upgrade=bool(rolling) or moves, sandbox=sandbox)
-    found.checks += roll.skew(control_plane, kubelets, target, kubectl)
+    found.checks += seen + roll.skew(control_plane, kubelets, target, kubectl)
 
     groups = []
     for layer, (min_healthy, layer_grace) in REFRESH.items():
@@ -135,6 +140,58 @@ def rehearse(
             Check(c.name, WARN, c.detail) if c.level == RED else c for c in found.checks
         ]
     return found
+
+
+def running_versions(api: Any) -> tuple[list[str], list[str]]:
+    """What runs, as the API server says: the versions of the API servers (the one answering
+    /version, and each kube-apiserver static pod's image, so that one left behind by a roll
+    is seen behind the load balancer) and of each Node's kubelet. Raises kubeapi.Unreachable."""
+    servers = [str(api.json("/version").get("gitVersion", ""))]
+    selector = urllib.parse.quote("component=kube-apiserver")
+    pods = api.json(f"/api/v1/namespaces/kube-system/pods?labelSelector={selector}")
+    for pod in pods.get("items") or []:
+        for container in (pod.get("spec") or {}).get("containers") or []:
+            if container.get("name") == "kube-apiserver":
+                image = str(container.get("image", "")).split("@")[0]
+                servers.append(image.rsplit(":", 1)[-1] if ":" in image else "")
+    kubelets = [
+        str(((node.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", ""))
+        for node in api.json("/api/v1/nodes").get("items") or []
+    ]
+    return (
+        [s for s in servers if roll.version(s)],
+        [k for k in kubelets if roll.version(k)],
+    )
+
+
+def _running(
+    api: Any, control_plane: str, kubelets: list[str]
+) -> tuple[str, list[str], list[Check]]:
+    """The control plane's and kubelets' versions the skew is judged from: the running ones
+    (the oldest API server; every kubelet, and the version the bucket gives new nodes), or,
+    when the API server cannot be asked, the bucket's, and a warning saying so."""
+    from kubeplat.kubeapi import Unreachable
+
+    try:
+        if isinstance(api, Unreachable):
+            raise api
+        servers, nodes = running_versions(api)
+    except Unreachable as exc:
+        why = f"not read: {exc}; the skew is judged from the versions the bucket gives nodes"
+        return control_plane, kubelets, [Check("running versions", WARN, why)]
+    parsed = sorted({v for v in map(roll.version, servers) if v})
+    oldest = roll.shown(parsed[0]) if parsed else control_plane
+    seen = sorted({v for v in map(roll.version, nodes) if v})
+    detail = (
+        "API server(s) " + (", ".join(map(roll.shown, parsed)) or "not said")
+        + f"; kubelets of {len(nodes)} node(s) "
+        + (", ".join(map(roll.shown, seen)) or "none yet")
+    )  # fmt: skip
+    return (
+        oldest,
+        sorted(set(kubelets) | set(map(roll.shown, seen))),
+        [Check("running versions", OK, detail)],
+    )
 
 
 def cluster(api: Any, *, rolling: bool, target: str, current: str) -> list[Check]:

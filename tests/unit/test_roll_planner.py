@@ -295,11 +295,39 @@ def budget(name: str, allowed: int, expected: int = 2) -> dict[str, object]:
     }  # fmt: skip
 
 
+PODS = "/api/v1/namespaces/kube-system/pods?labelSelector=component%3Dkube-apiserver"
+
+
+def apiserver_pod(image: str) -> dict[str, object]:
+    return {"spec": {"containers": [{"name": "kube-apiserver", "image": image}]}}
+
+
+def kubelet_node(version: str) -> dict[str, object]:
+    return {"status": {"nodeInfo": {"kubeletVersion": version}}}
+
+
 @pytest.fixture
-def api_server(files: dict[str, bytes], tmp_path: Path) -> Iterator[tuple[object, list[str]]]:
+def answers() -> dict[str, bytes]:
+    """What the stand-in API server answers, by path (a test may change it)."""
+    import json
+
+    return {
+        "/apis/policy/v1/poddisruptionbudgets": json.dumps(
+            {"items": [budget("web", 1), budget("db", 0), budget("idle", 0, expected=0)]}
+        ).encode(),
+        "/metrics": METRICS,
+        "/version": json.dumps({"gitVersion": "v1.33.5"}).encode(),
+        PODS: json.dumps({"items": [apiserver_pod("registry.k8s.io/kube-apiserver:v1.33.5")]}).encode(),
+        "/api/v1/nodes": json.dumps({"items": [kubelet_node("v1.33.5")]}).encode(),
+    }  # fmt: skip
+
+
+@pytest.fixture
+def api_server(
+    files: dict[str, bytes], tmp_path: Path, answers: dict[str, bytes]
+) -> Iterator[tuple[object, list[str]]]:
     """A stand-in API server on loopback; yields a kubeapi client of it and the paths asked."""
     import http.server
-    import json
 
     from kubeplat import kubeapi
     from tests.tls_standin import serving
@@ -307,12 +335,6 @@ def api_server(files: dict[str, bytes], tmp_path: Path) -> Iterator[tuple[object
     for name in ("apiserver.crt", "apiserver.key", "ca.crt"):
         (tmp_path / name).write_bytes(files[name])
     asked: list[str] = []
-    answers = {
-        "/apis/policy/v1/poddisruptionbudgets": json.dumps(
-            {"items": [budget("web", 1), budget("db", 0), budget("idle", 0, expected=0)]}
-        ).encode(),
-        "/metrics": METRICS,
-    }
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -390,3 +412,54 @@ def test_an_api_server_not_reached_is_said_not_hidden(
     assert [
         c.detail for c in rehearsal.cluster(gone, rolling=True, target="1.33.5", current="1.33.5")
     ] == ["not checked: the sandbox runs no API server"]
+
+
+def test_the_skew_is_judged_from_what_runs(
+    files: dict[str, bytes], api_server: tuple[object, list[str]], answers: dict[str, bytes]
+) -> None:
+    """The bucket gives every node 1.33.5, but a roll that stopped half-way left one API server
+    at 1.32.9 and one kubelet at 1.30.4: going to 1.34.2 skips a minor for that API server, and
+    that kubelet would be four minors behind. Judged from the bucket alone, both were green."""
+    import json
+
+    api, asked = api_server
+    answers[PODS] = json.dumps({"items": [
+        apiserver_pod("registry.k8s.io/kube-apiserver:v1.33.5@sha256:" + "a" * 64),
+        apiserver_pod("registry.k8s.io/kube-apiserver:v1.32.9"),
+    ]}).encode()  # fmt: skip
+    answers["/api/v1/nodes"] = json.dumps(
+        {"items": [kubelet_node("v1.33.5"), kubelet_node("v1.30.4"), kubelet_node("v1.33.5")]}
+    ).encode()
+    bucket_only = rehearse(files, target="1.34.2", api=None)
+    assert bucket_only.red == []
+    found = rehearse(files, target="1.34.2", api=api)
+    details = {c.name: (c.level, c.detail) for c in found.checks}
+    assert details["running versions"] == (
+        "ok", "API server(s) 1.32.9, 1.33.5; kubelets of 3 node(s) 1.30.4, 1.33.5"
+    )  # fmt: skip
+    assert details["version skew"][0] == "red"
+    assert "control plane 1.32.9 → 1.34.2 skips a minor version" in details["version skew"][1]
+    assert [(c.level, c.detail) for c in found.checks if c.name == "kubelet skew"] == [
+        ("red", "kubelets run 1.30.4, more than 3 minor versions older than 1.34.2 while they roll"),
+        ("ok", "kubelets 1.33.5 → 1.34.2, after the control plane (within the supported skew throughout)"),
+    ]  # fmt: skip
+    assert {"/version", PODS, "/api/v1/nodes"} <= set(asked)
+
+
+def test_running_versions_not_read_are_said(
+    files: dict[str, bytes], api_server: tuple[object, list[str]], answers: dict[str, bytes]
+) -> None:
+    from kubeplat import kubeapi
+
+    api, _asked = api_server
+    del answers["/api/v1/nodes"]  # e.g. an identity that may not list nodes: 404 here
+    found = {c.name: c for c in rehearse(files, target="1.34.2", api=api).checks}
+    assert found["running versions"].level == "warn"
+    assert found["running versions"].detail.startswith("not read: ")
+    assert found["running versions"].detail.endswith(
+        "; the skew is judged from the versions the bucket gives nodes"
+    )
+    assert found["version skew"].detail == "control plane 1.33.5 → 1.34.2: one step"
+    gone = kubeapi.Unreachable("the sandbox runs no API server")
+    found = {c.name: c for c in rehearse(files, target="1.34.2", api=gone).checks}
+    assert found["running versions"].detail.startswith("not read: the sandbox runs no API server; ")
