@@ -569,3 +569,105 @@ def test_the_roller_is_a_node_command() -> None:
     from kubeplat.node import cli
 
     assert cli.COMMANDS["roller"][0] == "roller"
+
+
+# -- the program ------------------------------------------------------------------------------
+
+
+class S3:
+    """A RECORDING stand-in for the secrets bucket as the roller reads it: a listing of
+    ENV/rolls/ and other nodes' reports (moto runs in the integration tier, not here)."""
+
+    def __init__(self, objects: dict[str, tuple[datetime, bytes]]) -> None:
+        self.objects = objects
+        self.asked: list[tuple[str, str]] = []
+
+    def get_paginator(self, name: str) -> Any:
+        assert name == "list_objects_v2"
+        s3 = self
+
+        class Pages:
+            def paginate(self, Bucket: str, Prefix: str) -> list[dict[str, Any]]:
+                s3.asked.append((Bucket, Prefix))
+                return [{"Contents": [{"Key": k, "LastModified": when}
+                                      for k, (when, _) in s3.objects.items() if k.startswith(Prefix)]}]  # fmt: skip
+
+        return Pages()
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, Any]:
+        import io
+
+        self.asked.append((Bucket, Key))
+        return {"Body": io.BytesIO(self.objects[Key][1])}
+
+
+def test_the_program_wires_its_options_to_the_controller(
+    fake_api: Any, pki_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`kubeplat-node roller --once` as its unit runs it: the drain timeout, the bucket's roll
+    requests and control-plane reports, the API server and its certificate all reach the pass
+    (AWS clients are the stand-ins above, handed out by service name)."""
+    import logging
+
+    from kubeplat.node import aws
+
+    server, _api = fake_api
+    server.nodes = {"ip-10-0-1-5": node("ip-10-0-1-5", "i-c0"),
+                    "ip-10-0-2-4": node("ip-10-0-2-4", "i-p4")}  # fmt: skip
+    server.pods = {"shop/db-0": pod("shop", "db-0", "ip-10-0-1-5", app="db")}
+    server.budgets = {"db": 1}
+    asg = AutoScaling()
+    asg.group("secure", "3", {"i-s0": ("InService", "3")})
+    asg.group("control-plane", "3", {"i-p4": ("Pending:Wait", "3")}, hooks=(roller.READY_HOOK,))
+    leaving(asg)
+    ready = json.dumps({"ready": True}).encode()
+    s3 = S3({"dev/rolls/secure.json": (NOW, b"{}"),
+             "dev/status/control-plane/i-p4/manifests.json": (NOW, ready)})  # fmt: skip
+    clients = {"autoscaling": asg, "ec2": Ec2(), "s3": s3}
+    monkeypatch.setattr(aws, "client", lambda service, region: clients[service])
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    caplog.set_level(logging.INFO, logger="kubeplat-roller")
+    code = roller.main([
+        "--environment", "dev", "--region", "eu-west-1", "--once", "--drain-timeout", "0",
+        "--bucket", "kubeplat-dev-secrets", "--api", url, "--ca", str(pki_dir / "ca.crt"),
+        "--cert", str(pki_dir / "apiserver-kubelet-client.crt"),
+        "--key", str(pki_dir / "apiserver-kubelet-client.key"),
+    ])  # fmt: skip
+    assert code == 0
+    assert sorted(completed(asg)) == [
+        ("i-c0", roller.DRAIN_HOOK, "CONTINUE"),  # --drain-timeout 0: out of time at once
+        ("i-p4", roller.READY_HOOK, "CONTINUE"),  # its report, read from the bucket: ready
+    ]
+    assert started(asg) == [("dev-kube-secure", False, 90, None)]  # asked for in ENV/rolls/
+    assert ("kubeplat-dev-secrets", "dev/rolls/") in s3.asked
+    assert (
+        "kubeplat-dev-secrets", "dev/status/control-plane/i-p4/manifests.json"
+    ) in s3.asked  # fmt: skip
+    said = [r.getMessage() for r in caplog.records]
+    assert (
+        "dev-kube-secure: instance refresh started (a roll was asked for at 2026-12-05 12:00 UTC)"
+        in said
+    )
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_the_program_without_a_bucket_reads_no_requests_or_reports(
+    fake_api: Any, pki_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeplat.node import aws
+
+    server, _api = fake_api
+    server.nodes = {"ip-10-0-2-4": node("ip-10-0-2-4", "i-p4")}
+    asg = AutoScaling()
+    asg.group("control-plane", "3", {"i-p4": ("Pending:Wait", "3")}, hooks=(roller.READY_HOOK,))
+    s3 = S3({"dev/rolls/control-plane.json": (NOW, b"{}")})
+    clients = {"autoscaling": asg, "ec2": Ec2(), "s3": s3}
+    monkeypatch.setattr(aws, "client", lambda service, region: clients[service])
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    code = roller.main([
+        "--environment", "dev", "--region", "eu-west-1", "--once", "--api", url,
+        "--ca", str(pki_dir / "ca.crt"), "--cert", str(pki_dir / "apiserver-kubelet-client.crt"),
+        "--key", str(pki_dir / "apiserver-kubelet-client.key"),
+    ])  # fmt: skip
+    assert code == 0
+    assert s3.asked == [] and started(asg) == [] and completed(asg) == []  # no report: waits
