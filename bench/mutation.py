@@ -117,11 +117,7 @@ def seed() -> None:
         meta = _meta(module)
         if meta.exists() or module not in modules():
             continue
-        codes = {
-            f"{_prefix(module)}.{function}__mutmut_{n}": code
-            for function, (_hash, results) in functions.items()
-            for n, code in enumerate(results, start=1)
-        }
+        codes = _recorded(module)
         meta.parent.mkdir(parents=True, exist_ok=True)
         meta.write_text(
             json.dumps(
@@ -157,14 +153,27 @@ def save_record() -> None:
     RECORD.write_text(json.dumps(record, indent=0, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def _recorded(module: str) -> dict[str, int | None]:
+    """Each mutant of one module → its exit code in the repository's record (None: never
+    checked), read without writing anything (a report must not seed mutmut's results)."""
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    return {
+        f"{_prefix(module)}.{function}__mutmut_{n}": code
+        for function, (_hash, codes) in record.get(module, {}).items()
+        for n, code in enumerate(codes, start=1)
+    }
+
+
 def results(module: str) -> dict[str, str]:
-    """Each mutant of one module → how the score counts it (COUNTED_AS), from mutmut's record."""
-    meta = _meta(module)
-    if not meta.exists():
-        return {}
+    """Each mutant of one module → how the score counts it (COUNTED_AS): from mutmut's results
+    where a run left them, else from the repository's record."""
     from mutmut.stats import status_by_exit_code
 
-    codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+    meta = _meta(module)
+    if meta.exists():
+        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+    else:
+        codes = _recorded(module)
     return {key: COUNTED_AS.get(status_by_exit_code[code], "other") for key, code in codes.items()}
 
 
@@ -214,8 +223,8 @@ def main() -> int:
     unknown = sorted(set(args.only) - set(modules()))
     if unknown:
         parser.error(f"--only {unknown[0]}: not a module [tool.mutmut] only_mutate names")
-    seed()
     if not args.no_run:
+        seed()
         names: list[str] = []  # named mutants are checked again whatever their last result
         if args.survivors:
             names = survivors()

@@ -106,3 +106,21 @@ def test_only_names_modules_the_configuration_mutates(
         capsys.readouterr().err
     )
     assert mutation.mutant_pattern("kubeplat/node/etcd.py") == "kubeplat.node.etcd.*"
+
+
+def test_a_report_reads_the_record_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--no-run` on a fresh clone: the score from the record alone, and no mutmut results
+    written (seeded results without mutmut's mutants once made the next run fail with
+    "Unable to force test failures")."""
+    mutation = bench(tmp_path, monkeypatch)
+    (tmp_path / "record.json").write_text(
+        json.dumps({"kubeplat/pki.py": {"x_ensure": ["aaa", [1, 1, 1, 0, None]]}})
+    )
+    monkeypatch.setattr("sys.argv", ["mutation.py", "--no-run"])
+    assert mutation.main() == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()}
+    assert rows["kubeplat/pki.py"] == ["3", "1", "0", "75.0%"]
+    assert rows["all"] == ["3", "1", "0", "75.0%"]
+    assert not (tmp_path / "operator").exists() and not (tmp_path / "node").exists()
