@@ -9,6 +9,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -218,3 +219,212 @@ def test_the_account_comes_from_the_instance_identity_document(
         monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", server.url)
         assert cli.main(["account"]) == 1
         assert "kubeplat-node account: no identity document" in capsys.readouterr().err
+
+
+# -- each step's other paths, and the program ---------------------------------------------------
+
+
+def test_the_steps_of_each_kind_of_node_in_order(root: Path) -> None:
+    worker = node(root)
+    assert [(s.name, s.deadline_s) for s in worker.steps()] == [
+        ("ssh", 0), ("os", 0), ("packages", 900), ("kernel", 30), ("binaries", 900),
+        ("configure", 30), ("services", 600),
+    ]  # fmt: skip
+    member = node(root, roles=["etcd", "control-plane"], background=["kubeplat-addons.service"])
+    found = {s.name: s for s in member.steps()}
+    assert list(found) == ["ssh", "os", "packages", "kernel", "binaries", "configure", "etcd",
+                           "services", "addons"]  # fmt: skip
+    assert (found["etcd"].deadline_s, found["etcd"].max_backoff_s) == (1800, 30)
+    assert found["addons"].deadline_s == 60
+
+
+def test_ssh_keys_are_installed_or_the_reason_noted(root: Path) -> None:
+    assert node(root).ssh() == "no node user"
+    machine = node(root, ssh_user="core", pki_dir="/etc/kubernetes/pki")
+    note = machine.ssh()  # no user in /etc/passwd yet, no keys: noted, not fatal
+    assert note.startswith("not installed (no keys to install: ")
+    assert note.endswith("); the agent tries again")
+    (root / "etc/kubernetes/pki/ssh").mkdir(parents=True)
+    (root / "etc/kubernetes/pki/ssh/authorized_keys").write_text("ssh-ed25519 AAAA op\n")
+    (root / "home/core").mkdir(parents=True)
+    (root / "etc/passwd").write_text(f"core:x:{os.getuid()}:{os.getgid()}::/home/core:/bin/sh\n")
+    assert machine.ssh() == "home/core/.ssh/authorized_keys: 1 key(s)"
+    assert (root / "home/core/.ssh/authorized_keys").read_text() == "ssh-ed25519 AAAA op\n"
+    assert machine.ssh() == "already in place"
+
+
+def test_packages_need_the_os_step_and_say_what_stayed_missing(root: Path) -> None:
+    machine = node(root)
+    with pytest.raises(steps.Permanent, match="the os step has not identified this machine"):
+        machine.packages()
+    machine.check_os()
+    (root.parent / "bin/apt-get").write_text('#!/bin/sh\necho "apt-get $*" >> "$KP_ROOT/calls"\n')
+    with pytest.raises(
+        RuntimeError, match=r"^still missing after install: conntrack iptables socat$"
+    ):
+        machine.packages()
+
+
+def test_binaries_say_which_were_installed(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step's summary of `fetch.ensure` (whose download and sha256 check are tested in
+    tests/unit/test_node_fetch.py): here it is a stand-in saying which it had to fetch."""
+    from kubeplat.node import fetch
+
+    asked: list[tuple[str, str]] = []
+
+    def ensure(artifact: dict[str, str], region: str) -> bool:
+        asked.append((artifact["name"], region))
+        return artifact["name"] == "kubelet"
+
+    monkeypatch.setattr(fetch, "ensure", ensure)
+    machine = node(root, artifacts=[{"name": "kubelet"}, {"name": "containerd"}])
+    assert machine.binaries() == "installed kubelet"
+    assert asked == [("kubelet", "eu-west-1"), ("containerd", "eu-west-1")]
+    monkeypatch.setattr(fetch, "ensure", lambda artifact, region: False)
+    assert machine.binaries() == "all present"
+
+
+def test_nothing_to_configure_without_a_kubelet(root: Path) -> None:
+    assert node(root).configure() == "nothing to configure"
+
+
+def test_the_etcd_step_waits_for_the_membership_unit(root: Path) -> None:
+    note = node(root).etcd()
+    assert calls(root) == ["systemctl start kubeplat-etcd-member.service"]
+    assert note == "membership decided (journalctl -u kubeplat-etcd-member)"
+
+
+def test_the_addons_are_started_not_waited_for(root: Path) -> None:
+    machine = node(root, background=["kubeplat-addons.service", "kubeplat-roller.service"])
+    assert machine.background() == "started kubeplat-addons.service, kubeplat-roller.service"
+    assert calls(root) == [
+        "systemctl start --no-block kubeplat-addons.service kubeplat-roller.service"
+    ]
+
+
+def never_starts(root: Path, state: str) -> None:
+    """systemctl whose `start` leaves every unit `state`."""
+    (root.parent / "bin/systemctl").write_text(
+        '#!/bin/sh\necho "systemctl $*" >> "$KP_ROOT/calls"\n'
+        f'[ "$1" = is-active ] && echo {state}\nexit 0\n'
+    )
+
+
+def test_a_failed_service_ends_the_step_and_is_reset_for_the_retry(root: Path) -> None:
+    never_starts(root, "failed")
+    with pytest.raises(RuntimeError, match=r"^not running: containerd.service, kubelet.service$"):
+        node(root).services()
+    assert calls(root)[-2:] == [
+        "systemctl reset-failed containerd.service",
+        "systemctl reset-failed kubelet.service",
+    ]
+
+
+def test_a_service_still_starting_after_two_minutes_ends_the_step(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    never_starts(root, "activating")
+    clock = [0.0]
+    pace = SimpleNamespace(  # the step's own clock only (not the time module subprocess uses)
+        monotonic=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + 60)
+    )
+    monkeypatch.setattr(bootstrap, "time", pace)
+    with pytest.raises(RuntimeError, match=r"^not running: containerd.service, kubelet.service$"):
+        node(root).services()
+    assert clock[0] == 180.0  # asked at 0, 60, 120 (not yet past), 180: past the 120 s
+    assert not [c for c in calls(root) if "reset-failed" in c]  # nothing failed to reset
+
+
+def test_a_command_that_fails_says_how_with_the_end_of_its_output(tmp_path: Path) -> None:
+    failing = "printf 'one\\ntwo\\nthree\\nfour\\n' >&2; exit 3"
+    with pytest.raises(RuntimeError) as raised:
+        bootstrap._run(["sh", "-c", failing, "x"], timeout=10)
+    assert str(raised.value) == f"sh -c {failing} exited 3: two | three | four"
+    assert bootstrap._run(["sh", "-c", "echo out; exit 3"], timeout=10, check=False) == "out\n"
+    with pytest.raises(RuntimeError, match=r"^sleep took more than 0s$"):
+        bootstrap._run(["sleep", "5"], timeout=0.2)
+    with pytest.raises(RuntimeError, match=r"^no-such-program-here is not installed$"):
+        bootstrap._run(["no-such-program-here"], timeout=10)
+    env = {"PATH": os.environ["PATH"], "ONLY": "this"}
+    assert bootstrap._run(["sh", "-c", "echo $ONLY"], timeout=10, env=env) == "this\n"
+
+
+def test_a_file_is_written_whole_and_only_when_it_changes(tmp_path: Path) -> None:
+    target = tmp_path / "etc/kubernetes/kubelet-node.env"
+    bootstrap._write(target, "A=1\n", 0o600)
+    assert target.read_text() == "A=1\n" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    before = target.stat().st_ino
+    target.chmod(0o666)
+    bootstrap._write(target, "A=1\n", 0o644)  # the same text: the mode set, the file kept
+    assert target.stat().st_ino == before and stat.S_IMODE(target.stat().st_mode) == 0o644
+    bootstrap._write(target, "A=2\n", 0o600)  # replaced (a new inode), never half-written
+    assert target.read_text() == "A=2\n" and target.stat().st_ino != before
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert [p.name for p in target.parent.iterdir()] == ["kubelet-node.env"]
+
+
+class RecordingS3:
+    """The secrets bucket as the bootstrap writes its reports there (a RECORDING stand-in:
+    moto runs in the integration tier, which boots whole nodes against it)."""
+
+    def __init__(self) -> None:
+        self.put: dict[str, bytes] = {}
+        self.health: list[dict[str, object]] = []
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:
+        self.put[f"{Bucket}/{Key}"] = Body
+
+    def get_paginator(self, name: str) -> object:
+        return SimpleNamespace(paginate=lambda **_: [{"Contents": []}])
+
+    def set_instance_health(self, **kwargs: object) -> None:
+        self.health.append(kwargs)
+
+
+@pytest.mark.parametrize("works", [True, False])
+def test_the_program_runs_the_steps_and_publishes_its_record(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, works: bool
+) -> None:
+    """`kubeplat-node bootstrap` as its unit runs it, on the temporary root: its record (who,
+    which layer, which configuration) saved and published after every step; a step that fails
+    for good marks the instance unhealthy (replaced by its group) and the program exits 1."""
+    from kubeplat.node import aws
+
+    config = {
+        "environment": "dev", "layer": "compute", "bucket": "kubeplat-dev-secrets",
+        "prefix": "dev", "region": "eu-west-1", "node_os": "debian-12" if works else "al2023",
+        "roles": ["worker"], "artifacts": [], "services": ["kubelet.service"],
+    }  # fmt: skip
+    (tmp_path / "node.json").write_text(json.dumps(config))
+    s3 = RecordingS3()
+    monkeypatch.setattr(aws, "client", lambda service, region: s3)
+
+    class OnThisRoot(bootstrap.Bootstrap):
+        def __init__(self, config: dict[str, object]) -> None:
+            super().__init__(config, root=root)
+
+    monkeypatch.setattr(bootstrap, "Bootstrap", OnThisRoot)
+    meta = {"instance-id": "i-0abc", "placement/region": "eu-west-1",
+            "local-ipv4": "10.0.1.5", "local-hostname": "ip-10-0-1-5"}  # fmt: skip
+    status = tmp_path / "status.json"
+    with imds_standin.serving(meta) as server:
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", server.url)
+        code = bootstrap.main(["--config", str(tmp_path / "node.json"), "--status", str(status)])
+    record = json.loads(status.read_text())
+    assert (record["environment"], record["layer"], record["instance"]) == (
+        "dev",
+        "compute",
+        "i-0abc",
+    )
+    published = json.loads(s3.put["kubeplat-dev-secrets/dev/status/compute/i-0abc/bootstrap.json"])
+    assert published == record
+    if works:
+        assert code == 0 and record["state"] == "done"
+        assert [s["name"] for s in record["steps"]][-1] == "services"
+        assert s3.health == []
+    else:
+        assert code == 1 and record["state"] == "failed"
+        assert record["error"].startswith("os: this image runs debian-12 but the environment says")
+        assert record["health"].startswith("marked unhealthy (os: this image runs debian-12")
+        assert s3.health == [{"InstanceId": "i-0abc", "HealthStatus": "Unhealthy",
+                              "ShouldRespectGracePeriod": False}]  # fmt: skip
