@@ -30,6 +30,7 @@ STANDIN = """#!/bin/sh
 # A STAND-IN for terraform (see the test module's docstring).
 if [ "$1" = version ]; then echo '{"terraform_version": "1.9.8"}'; exit 0; fi
 printf 'argv %s\\n' "$*" >> "$STANDIN_LOG"
+case " $* " in *" init "*) mkdir -p "$TF_DATA_DIR" ;; esac  # as init does
 env | grep -E '^(TF_DATA_DIR|TF_IN_AUTOMATION|TF_CLI_CONFIG_FILE|STANDIN_ADDED|HOME)=' | sort \\
   | sed 's/^/env /' >> "$STANDIN_LOG"
 case "$STANDIN_MODE" in
@@ -272,3 +273,71 @@ def test_a_zombie_is_not_alive() -> None:
     assert not terraform._alive({"pid": child.pid})
     child.wait()
     assert not terraform._alive({"pid": child.pid})
+
+
+# -- init, once -------------------------------------------------------------------------------
+
+
+def test_init_runs_once_until_the_module_backend_binary_or_mirror_changes(
+    tf: terraform.Terraform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each command would otherwise pay `terraform init` (seconds); a change to what init
+    depends on must never be missed (a stale backend would plan against another state)."""
+    backend = {"bucket": "kubeplat-dev-state", "key": "dev/terraform.tfstate"}
+
+    def inits() -> list[str]:
+        log = tmp_path / "standin.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        found = [line for line in lines if line.startswith("argv ") and " init " in line]
+        (tmp_path / "standin.log").unlink(missing_ok=True)
+        return found
+
+    def locked() -> None:  # what a real init leaves beside the module
+        (tf.module / ".terraform.lock.hcl").write_text("# providers\n")
+
+    tf.init(backend)
+    assert inits() == [
+        f"argv -chdir={tf.module} init -no-color -input=false -reconfigure "
+        "-backend-config=bucket=kubeplat-dev-state -backend-config=key=dev/terraform.tfstate"
+    ]
+    assert tf.last_backend() == backend
+    tf.init(backend)
+    assert inits() != []  # no lock file yet: init did not finish its work
+    locked()
+    tf.init(backend)
+    assert inits() == [] and tf.initialised(backend)
+    # Another backend: init again, and it is recorded.
+    other = {**backend, "key": "dev2/terraform.tfstate"}
+    assert not tf.initialised(other)
+    tf.init(other)
+    assert len(inits()) == 1 and tf.last_backend() == other
+    # The module changed under it (a new kubeplat): staged again, init again.
+    (tf.module / "main.tf").write_text("# changed\n")
+    assert tf.initialised(other)  # staging put the packaged main.tf back: the same module
+    (tf.module / "extra.tf").write_text("# left from an older kubeplat\n")
+    assert tf.initialised(other) and not (tf.module / "extra.tf").exists()
+    marker = tf.data_dir / terraform.INIT_MARKER
+    marker.write_text("another")
+    assert not tf.initialised(other)
+    tf.init(other)
+    assert len(inits()) == 1 and tf.initialised(other)
+    # A mirror named now: the CLI configuration is part of what init saw.
+    mirror = tmp_path / "mirror"
+    (mirror / "registry.terraform.io").mkdir(parents=True)
+    monkeypatch.setenv("KUBEPLAT_TF_MIRROR", str(mirror))
+    assert not tf.initialised(other)
+    # Without a backend (validate's working copy): -backend=false, no backend recorded.
+    plain = terraform.Terraform(tmp_path / "work", data_name="validate")
+    plain.init()
+    assert inits()[0].endswith("init -no-color -input=false -reconfigure -backend=false")
+    assert plain.last_backend() is None
+
+
+def test_a_damaged_backend_record_is_no_record(tf: terraform.Terraform) -> None:
+    tf.data_dir.mkdir(parents=True)
+    (tf.data_dir / terraform.BACKEND_RECORD).write_text("{not json")
+    assert tf.last_backend() is None
+    (tf.data_dir / terraform.BACKEND_RECORD).write_text("[1, 2]")
+    assert tf.last_backend() is None
+    (tf.data_dir / terraform.BACKEND_RECORD).write_text('{"bucket": "b", "encrypt": true}')
+    assert tf.last_backend() == {"bucket": "b", "encrypt": "True"}
