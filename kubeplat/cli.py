@@ -389,6 +389,12 @@ def _require_approval(command: str, auto_approve: bool, usage: str = "-e ENV") -
         )
 
 
+def _in_roll_order(layers: list[str]) -> list[str]:
+    """The layers a plan rolls, in the order they roll (secure, control plane, compute)."""
+    order = ("secure", "control-plane", "compute")
+    return sorted(layers, key=lambda name: (order.index(name) if name in order else 3, name))
+
+
 def _show_plan(report: Any) -> None:
     from kubeplat.pipeline import removal_reason
 
@@ -421,7 +427,7 @@ def _show_plan(report: Any) -> None:
         for address, id_ in report.imports:
             console.status(f"  {address}  ({id_})", "info")
     if report.rolls:
-        console.status(f"will roll: {', '.join(report.rolls)}", "warn")
+        console.status(f"will roll: {', '.join(_in_roll_order(report.rolls))}", "warn")
         for line in report.roll_order:
             console.status(f"  {line}", "warn")
     if report.rehearsal is not None and report.rehearsal.upgrade:
@@ -633,11 +639,15 @@ def _show_result(result: Any, *, shown: bool) -> None:
     removals, the outputs and the kubeconfig."""
     if not shown:
         _show_plan(result.plan)
-    for name in result.uploaded:
+    for index, name in enumerate(result.uploaded):
         if name.startswith("-"):
             console.status(f"removed {name[1:]} (no longer used)", "ok")
-        else:
+        elif not result.applied:
             console.status(f"uploaded {name}", "ok")
+        elif index < result.before_apply:
+            console.status(f"uploaded {name} (before the apply)", "ok")
+        else:
+            console.status(f"uploaded {name} (after the apply: made current)", "ok")
     for name, value in sorted(result.outputs.items()):
         if isinstance(value, str):
             console.data(f"{name} = {value}")

@@ -614,11 +614,16 @@ def apply(
             with _after_upload(uploaded, prepared.deferred, f"kubeplat up -e {env}"):
                 outputs = pipeline.apply(prepared, tf, saved.plan_file)
             pipeline.wait_for_secure(prepared, summary, f"kubeplat up -e {env}")
+        before = len(uploaded)
         uploaded += pipeline.promote(prepared)
         uploaded += pipeline.prune(prepared)
+    else:
+        before = 0
     if not summary.changes:
         outputs = pipeline.outputs(tf)
-    return UpReport(report, uploaded, summary.changes, outputs, _kubeconfig(prepared, outputs))
+    return UpReport(
+        report, uploaded, summary.changes, outputs, _kubeconfig(prepared, outputs), before
+    )
 
 
 def _prepare(*args: Any, **kwargs: Any) -> pipeline.Prepared:
@@ -696,6 +701,8 @@ class UpReport:
     applied: bool
     outputs: dict[str, object]
     kubeconfig: Path | None
+    # How many of `uploaded` (the first ones) went up before the apply; the rest, after it.
+    before_apply: int = 0
 
 
 def up(
@@ -717,6 +724,7 @@ def up(
     try:
         prepared, tf, summary = _prepare_and_plan(env, env_dir, sandbox, plan_file, write_pki=True)
         report = _report(prepared, summary, None)
+        before = 0
         if not report.changes:
             uploaded: list[str] = []
             applied = False
@@ -730,6 +738,7 @@ def up(
                 with _after_upload(uploaded, prepared.deferred, f"kubeplat up -e {env}"):
                     outputs = pipeline.apply(prepared, tf, plan_file)
                 pipeline.wait_for_secure(prepared, summary, f"kubeplat up -e {env}")
+            before = len(uploaded)
             uploaded += pipeline.promote(prepared)
             uploaded += pipeline.prune(prepared)
         if not applied:
@@ -738,7 +747,9 @@ def up(
             outputs = current if current is not None else pipeline.outputs(tf)
     finally:
         plan_file.unlink(missing_ok=True)
-    return UpReport(report, uploaded, applied, outputs, _kubeconfig(prepared, outputs))
+    return UpReport(
+        report, uploaded, applied, outputs, _kubeconfig(prepared, outputs), before if applied else 0
+    )
 
 
 def destroy(

@@ -287,6 +287,7 @@ class Terraform:
             log=self.last_log,
             cut_off=self.cut_off,
             program=self.program,
+            returncode=result.returncode,
         )
 
     def log_path(self, subcommand: str) -> Path:
@@ -508,10 +509,24 @@ def failure(
     log: Path | None = None,
     cut_off: dict[str, Any] | None = None,
     program: str = "kubeplat",
+    returncode: int = 1,
 ) -> TerraformFailed:
     """The one-line error for a failed Terraform command: a full disk says so; a held state
-    lock names its holder and the command that releases it."""
+    lock names its holder and the command that releases it; a Terraform killed by a signal
+    says so, with the state lock it may have left."""
     text = plain(output)
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        where = f"; its output: {log}" if log is not None else ""
+        return TerraformFailed(
+            f"terraform {subcommand} was killed ({name}) before it finished; its last words: "
+            f"{last_error(output)}",
+            "run the same command again: it resumes, and if the killed run left the state "
+            f"locked it names the lock and the {program} unlock command that releases it{where}",
+        )
     full = re.search(r"[^\n]*no space left on device[^\n]*", text, re.IGNORECASE)
     if full:
         return TerraformFailed(
@@ -609,6 +624,9 @@ def last_error(output: str) -> str:
                 parts.append(follow.strip())
             return " ".join(parts)[:400]
     tail = [line for line in lines if line.strip()]
+    if tail and tail[-1].startswith("{"):  # a -json stream with no error in it: its last words
+        with contextlib.suppress(ValueError, AttributeError):
+            return str(json.loads(tail[-1]).get("@message", tail[-1]))[:400]
     return tail[-1] if tail else "no output"
 
 

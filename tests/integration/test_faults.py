@@ -120,6 +120,40 @@ def test_kubeplat_killed_mid_apply_terraform_finishes_and_the_next_run_resumes(
     assert kubeplat(user, "destroy", "-e", "example", "--auto-approve").returncode == 0
 
 
+def test_terraform_killed_mid_apply_is_named_and_the_next_run_resumes(
+    user: dict[str, str],
+) -> None:
+    """Terraform itself killed during the apply (the OOM killer, a kill -9), kubeplat alive:
+    kubeplat says Terraform was killed, with its last words, not its banner; the lock the
+    killed run left is named by the next run with the command that releases it; after that,
+    `up` converges with nothing duplicated."""
+    aws = sandbox_aws(user)
+    up = start_up(user)
+    wait_for_apply(up)
+    record = json.loads((workdir(user) / "operation.json").read_text())
+    os.kill(record["pid"], signal.SIGKILL)
+    _, rest = up.communicate(timeout=300)
+    assert up.returncode == 1
+    error = [line for line in rest.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and error[0].startswith(
+        "Error: terraform apply was killed (SIGKILL) before it finished; its last words: "
+    ), rest[-3000:]
+    assert "Terraform 1." not in error[0] and "{" not in error[0]
+    assert "Traceback" not in rest
+    assert not (workdir(user) / "operation.json").exists()
+
+    locked = kubeplat(user, "up", "-e", "example", "--auto-approve")
+    assert locked.returncode == 1
+    hint = re.search(r"kubeplat unlock -e example (\S+)", locked.stderr)
+    assert hint is not None, locked.stderr[-3000:]
+    released = kubeplat(user, "unlock", "-e", "example", hint.group(1))
+    assert released.returncode == 0, released.stderr[-3000:]
+    resumed = kubeplat(user, "up", "-e", "example", "--auto-approve")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert counts(aws) == (1, 2)
+    assert kubeplat(user, "destroy", "-e", "example", "--auto-approve").returncode == 0
+
+
 def test_a_closed_terminal_does_not_stop_up_half_way(user: dict[str, str]) -> None:
     """Item 2: SIGHUP (the terminal or the SSH session went away) during the apply: kubeplat
     goes on without its terminal and finishes the whole `up` (apply, prune, kubeconfig)."""

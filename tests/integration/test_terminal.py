@@ -89,7 +89,7 @@ def test_progress_summary_piped_prompt_and_ctrl_c(user: dict[str, str]) -> None:
     before = transcript(child)
     assert "to replace (destroyed, then created again) (2):" in before, before[-3000:]
     assert '  terraform_data.image["compute"]  (forces replacement: triggers_replace)' in before
-    assert "will roll: compute, secure" in before
+    assert "will roll: secure, compute" in before  # in the order they roll
     child.sendline("n")
     assert finish(child, shown) == 1
     assert "Error: cancelled: nothing was uploaded or applied" in shown[-1]

@@ -202,3 +202,32 @@ def test_prompts_follow_stdin_like_terraform(monkeypatch: pytest.MonkeyPatch) ->
     assert cli._interactive()
     monkeypatch.setattr(sys, "stdin", Pipe())
     assert not cli._interactive()
+
+
+def test_the_rolls_read_in_roll_order_and_each_upload_says_when_it_went(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`up`'s report: the layers a plan rolls in the order they roll (secure first), and each
+    upload said before or after the apply, as it happened (a changed kube-apiserver manifest
+    goes before it, the compute nodes' staged manifest only after it succeeded)."""
+    cli._show_plan(_report(rolls=["compute", "secure"]))
+    assert "will roll: secure, compute" in capsys.readouterr().err
+    done = ops.UpReport(
+        _report(),
+        ["manifests/secure/kube-apiserver.yaml", "cloud-config/secure",
+         "manifests/compute/kube-proxy.yaml", "-pki/old.crt"],
+        True, {}, None, before_apply=2,
+    )  # fmt: skip
+    cli._show_result(done, shown=True)
+    err = capsys.readouterr().err
+    assert err.index(
+        "uploaded manifests/secure/kube-apiserver.yaml (before the apply)"
+    ) < err.index("uploaded cloud-config/secure (before the apply)")
+    assert "uploaded manifests/compute/kube-proxy.yaml (after the apply: made current)" in err
+    assert "removed pki/old.crt (no longer used)" in err
+    nothing_applied = ops.UpReport(
+        _report(), ["manifests/compute/kube-proxy.yaml"], False, {}, None
+    )
+    cli._show_result(nothing_applied, shown=True)
+    err = capsys.readouterr().err
+    assert "uploaded manifests/compute/kube-proxy.yaml" in err and "apply" not in err

@@ -219,3 +219,30 @@ def test_validate_diagnostics_are_one_line_each_with_where() -> None:
     assert said == (
         'main.tf:7: Unsupported argument: An argument named "x" is not expected.\nNo range:'
     )
+
+
+def test_a_terraform_killed_by_a_signal_says_so_not_its_first_log_line(tmp_path: Path) -> None:
+    """A Terraform killed mid-apply (the OOM killer, a kill -9) leaves a -json stream with no
+    error in it: the message says it was killed, and its last words, not its banner."""
+    stream = "\n".join([
+        json.dumps({"@level": "info", "@message": "Terraform 1.11.4", "type": "version"}),
+        json.dumps({"@level": "info", "@message": "aws_launch_template.node[\"compute\"]: Modifying...",
+                    "type": "apply_start"}),
+    ])  # fmt: skip
+    log = tmp_path / "x-apply.log"
+    error = terraform.failure("apply", stream, env="dev", log=log, returncode=-9)
+    assert error.message == (
+        "terraform apply was killed (SIGKILL) before it finished; its last words: "
+        'aws_launch_template.node["compute"]: Modifying...'
+    )
+    assert error.hint == (
+        "run the same command again: it resumes, and if the killed run left the state locked it "
+        f"names the lock and the kubeplat unlock command that releases it; its output: {log}"
+    )
+    assert "Terraform 1.11.4" not in error.message
+    unknown = terraform.failure("plan", "", returncode=-200)
+    assert unknown.message.startswith("terraform plan was killed (signal 200) before it finished")
+    # An exit without a signal and without an error diagnostic: its last message, not raw JSON.
+    assert terraform.failure("apply", stream).message == (
+        'terraform apply failed: aws_launch_template.node["compute"]: Modifying...'
+    )
