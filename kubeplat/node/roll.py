@@ -238,6 +238,8 @@ def skew(
                     "control plane (within the supported skew throughout)",
                 )
             )
+        else:
+            found.append(Check("kubelet skew", OK, f"kubelets run {shown(to)}, the target"))
     mine = version(kubectl)
     if mine is not None:
         if abs(mine[1] - to[1]) > KUBECTL_SKEW or mine[0] != to[0]:
