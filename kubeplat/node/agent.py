@@ -176,7 +176,9 @@ def fill_placeholders(body: bytes, folder: Path) -> bytes:
         summed = hashlib.sha256()
         for name in names:
             path = folder / name
-            data = path.read_bytes() if ".." not in name and path.is_file() else b"(absent)"
+            # Only a file inside the folder: never an absolute name or one that climbs out.
+            inside = not Path(name).is_absolute() and ".." not in Path(name).parts
+            data = path.read_bytes() if inside and path.is_file() else b"(absent)"
             summed.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
         return summed.hexdigest()[:16]
 
@@ -372,7 +374,7 @@ class Roll:
         self.ready_timeout_s = ready_timeout_s
         self.poll_s = poll_s
         self.last_report = 0.0
-        self.waiting_for: list[str] = []
+        self.waiting_for: tuple[str, list[str]] = ("", [])  # the set, and who it waits for
 
     def step(self, agent: Agent | Sync) -> None:
         if isinstance(agent, Sync):
@@ -380,17 +382,17 @@ class Roll:
         listing = agent.listing()
         wanted = digest(listing)
         current = agent.applied()
-        if current and digest(current) == wanted:
+        if digest(current) == wanted:  # in step (an empty layer too: nothing to apply)
             if not agent.pending():
                 self._heartbeat(wanted)
                 return
             # Files written in this node's turn, but a restart still owed: finish the turn.
         elif current:
             blockers = self._blockers(wanted)
-            if blockers != self.waiting_for:
+            if (wanted, blockers) != self.waiting_for:  # said again for a newer set too
                 if blockers:
                     log.info("new manifests %s: waiting for %s", wanted[:12], ", ".join(blockers))
-                self.waiting_for = blockers
+                self.waiting_for = (wanted, blockers)
             if blockers:
                 self._heartbeat(digest(current))
                 return
