@@ -21,6 +21,7 @@ import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -671,3 +672,226 @@ def test_the_program_without_a_bucket_reads_no_requests_or_reports(
     ])  # fmt: skip
     assert code == 0
     assert s3.asked == [] and started(asg) == [] and completed(asg) == []  # no report: waits
+
+
+# -- the AWS calls, exactly -------------------------------------------------------------------
+
+
+def test_a_refresh_is_started_with_the_groups_own_settings(fake_api: Any) -> None:
+    """What StartInstanceRefresh is given, whole: a rolling refresh, the group's minimum and
+    maximum healthy percentages and warm-up from its tags (90 when it has none), and whether
+    instances already on the template are kept (a new template) or replaced (a roll asked)."""
+    _server, api = fake_api
+    asg = AutoScaling()
+    asg.group("compute", "5", {"i-c0": ("InService", "4")}, kubeplat_min_healthy="66",
+              kubeplat_max_healthy="133", kubeplat_instance_warmup="240")  # fmt: skip
+    controller(asg, api).pass_once()
+    assert asg.calls == [("start_instance_refresh", {
+        "AutoScalingGroupName": "dev-kube-compute", "Strategy": "Rolling",
+        "Preferences": {"MinHealthyPercentage": 66, "SkipMatching": True,
+                        "MaxHealthyPercentage": 133, "InstanceWarmup": 240},
+    })]  # fmt: skip
+    plain = AutoScaling()
+    plain.group("compute", "5", {"i-c0": ("InService", "5")})
+    controller(plain, api, requests=lambda: {"compute": NOW}).pass_once()
+    assert plain.calls == [("start_instance_refresh", {
+        "AutoScalingGroupName": "dev-kube-compute", "Strategy": "Rolling",
+        "Preferences": {"MinHealthyPercentage": 90, "SkipMatching": False},
+    })]  # fmt: skip
+
+
+def test_another_controllers_refresh_is_no_error_any_other_is(fake_api: Any) -> None:
+    _server, api = fake_api
+    asg = AutoScaling()
+    asg.group("compute", "5", {"i-c0": ("InService", "4")})
+    roll = controller(asg, api)
+
+    def refused(code: str) -> Any:
+        def start(**kwargs: Any) -> None:
+            raise Refused(code)
+
+        return start
+
+    asg.start_instance_refresh = refused("InstanceRefreshInProgress")  # type: ignore[method-assign]
+    assert roll.pass_once()[-1].startswith("dev-kube-compute: instance refresh started")
+    asg.start_instance_refresh = refused("AccessDenied")  # type: ignore[method-assign]
+    with pytest.raises(Refused, match="AccessDenied"):
+        roll.pass_once()
+    asg.start_instance_refresh = lambda **kwargs: (_ for _ in ()).throw(RuntimeError("no code"))  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="no code"):
+        roll.pass_once()
+
+
+def test_a_lifecycle_action_already_completed_is_no_error_any_other_is(fake_api: Any) -> None:
+    """Two controllers (one per control-plane node) may both let the same instance go: AWS
+    answers the second with ValidationError (no action waits), which is not an error."""
+    _server, api = fake_api
+    asg = AutoScaling()
+    leaving(asg)
+    roll = controller(asg, api)
+    group = roll.groups()[0]
+    roll.complete(group, roller.DRAIN_HOOK, "i-c0", "CONTINUE")
+    assert asg.calls == [("complete_lifecycle_action", {
+        "LifecycleHookName": roller.DRAIN_HOOK, "AutoScalingGroupName": "dev-kube-compute",
+        "InstanceId": "i-c0", "LifecycleActionResult": "CONTINUE",
+    })]  # fmt: skip
+    roll.complete(group, roller.DRAIN_HOOK, "i-c1", "CONTINUE")  # not waiting: ValidationError
+    assert len(asg.calls) == 1
+
+    def denied(**kwargs: Any) -> None:
+        raise Refused("AccessDenied")
+
+    asg.complete_lifecycle_action = denied  # type: ignore[method-assign]
+    with pytest.raises(Refused, match="AccessDenied"):
+        roll.complete(group, roller.DRAIN_HOOK, "i-c0", "CONTINUE")
+
+
+def test_the_groups_are_read_as_the_controller_needs_them(fake_api: Any) -> None:
+    """The environment's groups by their Environment tag; each one's layer, template, tags
+    and roll request; its lifecycle hooks asked of AWS only when an instance waits."""
+    _server, api = fake_api
+    asg = AutoScaling()
+    asg.group("secure", "3", {"i-s0": ("InService", "3")})
+    asg.group("compute", "5", {"i-c0": ("Pending:Wait", "5")}, hooks=(roller.READY_HOOK,),
+              kubeplat_drain_timeout="120")  # fmt: skip
+    asked: list[dict[str, Any]] = []
+    pages = asg.get_paginator
+
+    def paginator(name: str) -> Any:
+        found = pages(name)
+        return SimpleNamespace(paginate=lambda **kw: asked.append(kw) or found.paginate(**kw))
+
+    hooks_asked: list[str] = []
+    hooks = asg.describe_lifecycle_hooks
+
+    def describe_hooks(AutoScalingGroupName: str) -> dict[str, Any]:
+        hooks_asked.append(AutoScalingGroupName)
+        return hooks(AutoScalingGroupName)
+
+    asg.get_paginator = paginator  # type: ignore[method-assign]
+    asg.describe_lifecycle_hooks = describe_hooks  # type: ignore[method-assign]
+    when = NOW - timedelta(minutes=1)
+    found = {g.layer: g for g in controller(asg, api, requests=lambda: {"compute": when}).groups()}
+    assert asked == [{"Filters": [{"Name": "tag:Environment", "Values": ["dev"]}]}]
+    assert hooks_asked == ["dev-kube-compute"]  # the secure group has no instance waiting
+    secure, compute = found["secure"], found["compute"]
+    assert (secure.name, secure.template, secure.hooks, secure.asked) == (
+        "dev-kube-secure", ("lt-secure", "3"), frozenset(), None
+    )  # fmt: skip
+    assert (compute.template, compute.hooks, compute.asked) == (
+        ("lt-compute", "5"), frozenset({roller.READY_HOOK}), when
+    )  # fmt: skip
+    assert compute.tags["kubeplat:drain-timeout"] == "120"
+    assert compute.waiting("Pending:Wait") == ["i-c0"] and compute.waiting("InService") == []
+
+
+def test_an_instance_leaving_or_gone_is_not_outdated() -> None:
+    group = roller.Group("g", "compute", ("lt-1", "5"), [
+        {"InstanceId": "i-b", "LifecycleState": "InService",
+         "LaunchTemplate": {"LaunchTemplateId": "lt-1", "Version": "4"}},
+        {"InstanceId": "i-a", "LifecycleState": "Pending",
+         "LaunchTemplate": {"LaunchTemplateId": "lt-0", "Version": "5"}},
+        {"InstanceId": "i-c", "LifecycleState": "InService",
+         "LaunchTemplate": {"LaunchTemplateId": "lt-1", "Version": "5"}},
+        {"InstanceId": "i-d", "LifecycleState": "Terminating", "LaunchTemplate": {}},
+        {"InstanceId": "i-e", "LifecycleState": "Terminating:Wait"},
+        {"InstanceId": "i-f", "LifecycleState": "Terminated"},
+        {"InstanceId": "i-g", "LifecycleState": "InService"},  # no template: another one
+    ], {})  # fmt: skip
+    assert group.outdated() == ["i-a", "i-b", "i-g"]  # another template or version, sorted
+
+
+def test_the_newest_refresh_is_read_whole_and_a_failure_to_read_it_named(fake_api: Any) -> None:
+    _server, api = fake_api
+    asg = AutoScaling()
+    asg.group("compute", "5", {"i-c0": ("InService", "5")})
+    roll = controller(asg, api)
+    group = roll.groups()[0]
+    assert roll.newest(group) is None
+    asg.refreshes["dev-kube-compute"] = [
+        {"Status": "Failed", "StartTime": "2026-12-05T11:00:00Z", "StatusReason": "abandoned"},
+        {"Status": "Successful", "StartTime": NOW - timedelta(days=1)},
+    ]
+    assert roll.newest(group) == roller.Refresh(
+        "Failed", datetime(2026, 12, 5, 11, 0, tzinfo=UTC), "abandoned"
+    )
+    asg.refreshes["dev-kube-compute"] = [{"Status": "Pending"}]
+    assert roll.newest(group) == roller.Refresh("Pending", None, "")
+
+    def throttled(**kwargs: Any) -> dict[str, Any]:
+        raise Refused("Throttling")
+
+    asg.describe_instance_refreshes = throttled  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match=r"^reading dev-kube-compute's instance refreshes: "):
+        roll.newest(group)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2026-12-05T12:00:00Z", NOW),
+        ("2026-12-05T13:00:00+01:00", NOW),
+        ("2026-12-05T12:00:00", NOW),  # no zone: UTC
+        (datetime(2026, 12, 5, 12, 0), NOW),
+        (NOW, NOW),
+        ("", None),
+        (None, None),
+        ("yesterday", None),
+    ],
+)
+def test_times_as_aws_and_the_api_server_give_them(value: object, expected: object) -> None:
+    assert roller._time(value) == expected
+
+
+def test_a_node_is_found_by_its_provider_id_whatever_its_name(fake_api: Any) -> None:
+    server, api = fake_api
+    server.nodes = {
+        "ip-10-0-1-5": node("ip-10-0-1-5", "i-c05"),
+        "worker-x": node("worker-x", "i-c0"),
+        "odd": {"metadata": {"name": "odd"}, "spec": {"providerID": "aws:///eu-west-1a/i-c0/"}},
+    }
+    assert roller.node_of(api(), "i-c0") == "worker-x"  # not i-c05; the first that names it
+    assert roller.node_of(api(), "i-c9") is None
+    server.nodes = {"odd": server.nodes["odd"]}
+    assert roller.node_of(api(), "i-c0") == "odd"  # a trailing slash is still its id
+    assert roller._name({"metadata": {"namespace": "shop", "name": "web-1"}}) == "shop/web-1"
+    assert roller._name({}) == "/"
+    assert roller._template_of({"LaunchTemplate": {"LaunchTemplateId": "lt-1", "Version": 7}}) == (
+        "lt-1", "7"
+    )  # fmt: skip
+    assert roller._template_of({}) == ("", "")
+
+
+def test_roll_requests_are_the_layers_under_rolls_by_their_time() -> None:
+    objects = {
+        "dev/rolls/compute.json": (NOW, b"{}"),
+        "dev/rolls/secure.json": (NOW - timedelta(hours=1), b"{}"),
+        "dev/rolls/nested/x.json": (NOW, b"{}"),  # not a layer
+        "dev/rolls/.json": (NOW, b"{}"),  # no name
+        "dev/rollsx/compute.json": (NOW, b"{}"),  # another prefix
+    }
+    s3 = S3(objects)
+    found = roller.roll_requests(s3, "kubeplat-dev-secrets", "dev")
+    assert found == {"compute": NOW, "secure": NOW - timedelta(hours=1)}
+    assert s3.asked == [("kubeplat-dev-secrets", "dev/rolls/")]
+
+
+def test_what_a_drain_leaves_and_what_it_evicts() -> None:
+    assert roller.evictable(pod("shop", "web", "n", app="web"))
+    assert not roller.evictable(pod("kube-system", "flannel", "n", owner="DaemonSet"))
+    assert not roller.evictable(pod("kube-system", "etcd", "n", mirror=True))
+    assert not roller.evictable(pod("batch", "done", "n", phase="Succeeded"))
+    assert not roller.evictable(pod("batch", "broke", "n", phase="Failed"))
+    assert roller.evictable(pod("batch", "waiting", "n", phase="Pending"))
+    assert roller.evictable({})  # nothing known of it: evicted, as kubectl drain would
+
+
+def test_a_drain_start_names_its_instance_and_time() -> None:
+    stamped = {"metadata": {"annotations": {roller.DRAIN_STARTED: "i-c0 2026-12-05T12:00:00Z"}}}
+    assert roller.drain_began(stamped, "i-c0") == NOW.timestamp()
+    assert roller.drain_began(stamped, "i-c1") is None
+    assert roller.drain_began({"metadata": {"annotations": {roller.DRAIN_STARTED: "i-c0"}}},
+                              "i-c0") is None  # fmt: skip
+    assert roller.drain_began({"metadata": {"annotations": {roller.DRAIN_STARTED: "i-c0 soon"}}},
+                              "i-c0") is None  # fmt: skip
+    assert roller.drain_began({}, "i-c0") is None
