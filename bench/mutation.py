@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 RECORD = REPO / "bench" / "mutation-record.json"
 REASONS = REPO / "bench" / "mutation-survivors.toml"
 WORK = REPO / ".mutation"
+# What every module mutmut has mutated imports (a plain copy has none of it).
+TRAMPOLINE = "from mutmut.mutation.trampoline import"
 # mutmut's statuses of a mutant (mutmut.stats.status_by_exit_code), as this score counts them:
 # a test failed, the run timed out or the type checker refused it: killed; skipped (`# pragma:
 # no mutate`) and not yet checked: not counted.
@@ -91,6 +93,13 @@ def prepare(group: str, mine: list[str]) -> Path:
     for old in [*copy.glob("kubeplat/**/*.py"), *copy.glob("tests/**/*.py")]:
         if old not in wanted:
             old.unlink()  # deleted from the repository since
+    for module in mine:
+        # A run that did not mutate this module left mutmut a plain copy of it, which mutmut
+        # keeps while the source is unchanged: its mutants would then reach no test (and be
+        # recorded so). Removed, mutmut makes it again, mutated.
+        made = copy / "mutants" / module
+        if made.exists() and TRAMPOLINE not in made.read_text():
+            made.unlink()
     pyproject = (REPO / "pyproject.toml").read_text()
     only = "only_mutate = [\n" + "".join(f'  "{m}",\n' for m in mine) + "]"
     pyproject = re.sub(r"(?ms)^only_mutate = \[.*?^\]", lambda _: only, pyproject, count=1)

@@ -124,3 +124,29 @@ def test_a_report_reads_the_record_and_writes_nothing(
     assert rows["kubeplat/pki.py"] == ["3", "1", "0", "75.0%"]
     assert rows["all"] == ["3", "1", "0", "75.0%"]
     assert not (tmp_path / "operator").exists() and not (tmp_path / "node").exists()
+
+
+def test_a_module_copied_plain_by_an_earlier_run_is_mutated_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run of other modules leaves mutmut a plain copy of this one, which mutmut keeps while
+    its source is unchanged: every mutant would reach no test, and be recorded so (config.py
+    and node/etcd.py were, 3,749 mutants). `prepare` removes such a copy so mutmut makes it
+    again; a mutated copy is kept."""
+    mutation = bench(tmp_path, monkeypatch)
+    made = tmp_path / "node" / "mutants" / "kubeplat" / "node"
+    made.mkdir(parents=True)
+    (made / "etcd.py").write_text('"""plain, as an earlier run copied it"""\n')
+    mutated = f"{mutation.TRAMPOLINE} wrap_in_trampoline as _mutmut_mutated, MutantDict\n"
+    (made / "agent.py").write_text(mutated)
+    copy = mutation.prepare("node", ["kubeplat/node/etcd.py", "kubeplat/node/agent.py"])
+    assert copy == tmp_path / "node"
+    assert not (made / "etcd.py").exists()
+    assert (made / "agent.py").read_text() == mutated
+    assert (copy / "kubeplat" / "node" / "etcd.py").read_bytes() == (
+        REPO / "kubeplat" / "node" / "etcd.py"
+    ).read_bytes()
+    pyproject = (copy / "pyproject.toml").read_text()
+    assert (
+        'only_mutate = [\n  "kubeplat/node/etcd.py",\n  "kubeplat/node/agent.py",\n]' in pyproject
+    )
