@@ -1018,7 +1018,8 @@ def planned_outputs(plan_file: Path) -> dict[str, Any] | None:
 
 def parse_outputs(text: str) -> dict[str, Any]:
     """The values of `terraform output -json`."""
-    raw = json.loads(text[text.find("{") :] or "{}")
+    start = text.find("{")
+    raw = json.loads(text[start:] if start >= 0 else "{}")  # nothing (no outputs yet): none
     return {name: item.get("value") for name, item in raw.items()}
 
 

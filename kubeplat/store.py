@@ -69,9 +69,21 @@ def pki_files(objects: Mapping[str, bytes]) -> dict[str, bytes]:
         if relative in _DERIVED:
             continue
         # A CA's object in common/ is what nodes trust: during a staged rotation the signing CA
-        # followed by the other one (kept in locked/ as `.next` or `.prev`).
-        files[relative] = first_certificate(data) if relative.endswith(".crt") else data
+        # followed by the other one (kept in locked/ as `.next` or `.prev`); the same for the
+        # service-account key's public half, the signing key's first.
+        if relative.endswith(".crt"):
+            data = first_certificate(data)
+        elif relative == "sa.pub":
+            data = _first_public_key(data)
+        files[relative] = data
     return files
+
+
+def _first_public_key(data: bytes) -> bytes:
+    """The first PEM public key of a bundle (all of it when it holds no end marker)."""
+    end = b"-----END PUBLIC KEY-----\n"
+    at = data.find(end)
+    return data if at < 0 else data[: at + len(end)]
 
 
 @dataclass
