@@ -391,8 +391,9 @@ def _require_approval(command: str, auto_approve: bool, usage: str = "-e ENV") -
 
 def _in_roll_order(layers: list[str]) -> list[str]:
     """The layers a plan rolls, in the order they roll (secure, control plane, compute)."""
-    order = ("secure", "control-plane", "compute")
-    return sorted(layers, key=lambda name: (order.index(name) if name in order else 3, name))
+    from kubeplat.node.roll import ORDER
+
+    return sorted(layers, key=lambda name: (ORDER.index(name) if name in ORDER else 3, name))
 
 
 def _show_plan(report: Any) -> None:

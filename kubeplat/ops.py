@@ -747,9 +747,7 @@ def up(
             outputs = current if current is not None else pipeline.outputs(tf)
     finally:
         plan_file.unlink(missing_ok=True)
-    return UpReport(
-        report, uploaded, applied, outputs, _kubeconfig(prepared, outputs), before if applied else 0
-    )
+    return UpReport(report, uploaded, applied, outputs, _kubeconfig(prepared, outputs), before)
 
 
 def destroy(

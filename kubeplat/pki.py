@@ -770,7 +770,15 @@ def _public_pem(key: PrivateKey) -> bytes:
 
 def first_certificate(data: bytes) -> bytes:
     """The first PEM block of a bundle (the bucket's trust bundles list the signing CA first)."""
-    end = b"-----END CERTIFICATE-----"
+    return _first_block(data, b"-----END CERTIFICATE-----")
+
+
+def first_public_key(data: bytes) -> bytes:
+    """The first public key of a bundle (the service-account keys: the signing one first)."""
+    return _first_block(data, b"-----END PUBLIC KEY-----")
+
+
+def _first_block(data: bytes, end: bytes) -> bytes:
     at = data.find(end)
     return data if at < 0 else data[: at + len(end)] + b"\n"
 

@@ -61,7 +61,7 @@ def environments_in(aws: Aws, bucket: str) -> list[str]:
 
 def pki_files(objects: Mapping[str, bytes]) -> dict[str, bytes]:
     """The PKI files (kubeadm names) from the bucket's `pki/<prefix>/<file>` objects."""
-    from kubeplat.pki import first_certificate
+    from kubeplat.pki import first_certificate, first_public_key
 
     files: dict[str, bytes] = {}
     for name, data in sorted(objects.items()):
@@ -74,16 +74,9 @@ def pki_files(objects: Mapping[str, bytes]) -> dict[str, bytes]:
         if relative.endswith(".crt"):
             data = first_certificate(data)
         elif relative == "sa.pub":
-            data = _first_public_key(data)
+            data = first_public_key(data)
         files[relative] = data
     return files
-
-
-def _first_public_key(data: bytes) -> bytes:
-    """The first PEM public key of a bundle (all of it when it holds no end marker)."""
-    end = b"-----END PUBLIC KEY-----\n"
-    at = data.find(end)
-    return data if at < 0 else data[: at + len(end)]
 
 
 @dataclass
