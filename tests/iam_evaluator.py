@@ -68,17 +68,75 @@ def _renamed(value: Any) -> Any:
     return value
 
 
-def _ask(asked: dict[str, Any]) -> str:
+# Every answer, by its request: the library is deterministic, and the policy mutation run
+# (tests/iam_mutants.py) asks the same requests of many policies.
+_answers: dict[str, dict[str, Any]] = {}
+# The requests asked while recording (`recording()`), cached or not, in order.
+_recorded: list[list[dict[str, Any]]] = []
+
+
+def _send(payload: Any) -> Any:
     process = _evaluator()
     assert process.stdin is not None and process.stdout is not None
-    process.stdin.write(json.dumps(asked) + "\n")
+    process.stdin.write(json.dumps(payload) + "\n")
     process.stdin.flush()
     line = process.stdout.readline()
     assert line, "the IAM evaluator (node tests/iam/evaluate.mjs) stopped"
-    answer = json.loads(line)
-    assert "error" not in answer, (asked, answer["error"])
-    assert not answer.get("ignored"), (asked, f"context keys {answer['ignored']} not evaluated")
+    return json.loads(line)
+
+
+def _key(asked: dict[str, Any]) -> str:
+    return json.dumps(asked, sort_keys=True)
+
+
+class Unevaluated(AssertionError):
+    """The evaluator rejected a request (an error, or a context key it did not evaluate)."""
+
+
+def _result(asked: dict[str, Any], answer: dict[str, Any]) -> str:
+    if "error" in answer:
+        raise Unevaluated(asked, answer["error"])
+    if answer.get("ignored"):
+        raise Unevaluated(asked, f"context keys {answer['ignored']} not evaluated")
     return str(answer["result"])
+
+
+def _ask(asked: dict[str, Any]) -> str:
+    for record in _recorded:
+        record.append(asked)
+    key = _key(asked)
+    if key not in _answers:
+        _answers[key] = _send(asked)
+    return _result(asked, _answers[key])
+
+
+def prefetch(requests: list[dict[str, Any]]) -> None:
+    """Ask every request not answered yet in one exchange (an array), so that the checks then
+    asking them one by one read the answers. A request the evaluator rejects is not an error
+    here: the check that asks it fails, as it would have."""
+    missing = {_key(asked): asked for asked in requests if _key(asked) not in _answers}
+    if missing:
+        answers = _send(list(missing.values()))
+        assert isinstance(answers, list), answers
+        _answers.update(zip(missing, answers, strict=True))
+
+
+def answered_as(request: dict[str, Any], other: dict[str, Any]) -> None:
+    """Answer `request` as `other` was answered (asked before): a request that differs from it
+    only where the evaluation cannot tell."""
+    _answers.setdefault(_key(request), _answers[_key(other)])
+
+
+class recording:  # used as `with recording() as asked:`
+    """The requests asked inside the block (in the shape `prefetch` takes)."""
+
+    def __enter__(self) -> list[dict[str, Any]]:
+        self.asked: list[dict[str, Any]] = []
+        _recorded.append(self.asked)
+        return self.asked
+
+    def __exit__(self, *exc: object) -> None:
+        _recorded.remove(self.asked)
 
 
 def decide(
@@ -92,17 +150,26 @@ def decide(
     principal's policy). An input the evaluator rejects (an unknown action, a context key the
     action does not take, a malformed policy) fails the test: it would otherwise read as a
     denial."""
-    return _ask(
-        {
-            "identity": _renamed(identity),
-            "resourcePolicy": DEFAULT_KEY_POLICY if action.startswith("kms:") else None,
-            "principal": principal,
-            "action": action,
-            "resource": resource,
-            "account": ACCOUNT,
-            "context": _renamed(context or {}),
-        }
-    )
+    return _ask(request(identity, action, resource, context, principal))
+
+
+def request(
+    identity: dict[str, Any] | None,
+    action: str,
+    resource: str,
+    context: dict[str, str] | None = None,
+    principal: str = f"arn:aws:iam::{ACCOUNT}:role/node",
+) -> dict[str, Any]:
+    """The request `decide` asks (for `prefetch`)."""
+    return {
+        "identity": _renamed(identity),
+        "resourcePolicy": DEFAULT_KEY_POLICY if action.startswith("kms:") else None,
+        "principal": principal,
+        "action": action,
+        "resource": resource,
+        "account": ACCOUNT,
+        "context": _renamed(context or {}),
+    }
 
 
 # A web identity token's claims as an account's own OpenID Connect provider passes them
@@ -136,9 +203,7 @@ def decide_trust(
     in `context`. AWS evaluates a trust policy as the role's resource policy: a principal it names
     needs no policy of its own (none is given here), one it does not name is refused. A rejected
     input fails the test, as for `decide`."""
-    issuer = principal.partition(":oidc-provider/")[2]
-    claims = ("sub", "aud") if issuer else ()
-    names = {f"{issuer}:{claim}": f"{KNOWN_PROVIDER}:{claim}" for claim in claims}
+    names = claim_names(principal)
     return _ask(
         {
             "identity": None,
@@ -150,6 +215,20 @@ def decide_trust(
             "context": _claims_renamed(context or {}, names),
         }
     )
+
+
+def claim_names(principal: str) -> dict[str, str]:
+    """The claim keys renamed for `principal` (an OpenID Connect provider's ARN; none for a
+    service): how decide_trust gives a trust policy to the library."""
+    issuer = principal.partition(":oidc-provider/")[2]
+    claims = ("sub", "aud") if issuer else ()
+    return {f"{issuer}:{claim}": f"{KNOWN_PROVIDER}:{claim}" for claim in claims}
+
+
+def given_to_the_library(policy: dict[str, Any], principal: str, trust: bool) -> Any:
+    """`policy` as a request hands it to the library: an identity policy with RENAMED keys, a
+    trust policy with `principal`'s claims renamed."""
+    return _claims_renamed(policy, claim_names(principal)) if trust else _renamed(policy)
 
 
 def allowed(

@@ -5,15 +5,13 @@
 //    "action": "s3:GetObject", "resource": ARN or "*", "account": "123456789012",
 //    "context": {"s3:prefix": "..."}}
 //   -> {"result": "Allowed" | "ImplicitlyDenied" | "ExplicitlyDenied"} or {"error": ...}
+// A line holding a JSON array of requests gets one line back: the array of their answers (the
+// policy mutation run asks a mutant's hundreds of requests at once).
 import { createInterface } from 'node:readline'
 import { runSimulation } from '@cloud-copilot/iam-simulate'
 
-const lines = createInterface({ input: process.stdin, terminal: false })
-for await (const line of lines) {
-  if (!line.trim()) continue
-  let answer
+async function answer(asked) {
   try {
-    const asked = JSON.parse(line)
     const simulation = {
       identityPolicies: asked.identity ? [{ name: 'policy', policy: asked.identity }] : [],
       serviceControlPolicies: [],
@@ -28,16 +26,27 @@ for await (const line of lines) {
     }
     const response = await runSimulation(simulation, {})
     if (response.resultType === 'error') {
-      answer = { error: response.errors }
-    } else {
-      // A context key the action does not take is dropped by the simulator: say so, so that the
-      // caller does not mistake a request it never evaluated as asked for a denial.
-      const results = response.resultType === 'single' ? [response.result] : response.results
-      const ignored = results.flatMap((r) => r.ignoredContextKeys ?? [])
-      answer = { result: response.overallResult, ignored: [...new Set(ignored)] }
+      return { error: response.errors }
     }
+    // A context key the action does not take is dropped by the simulator: say so, so that the
+    // caller does not mistake a request it never evaluated as asked for a denial.
+    const results = response.resultType === 'single' ? [response.result] : response.results
+    const ignored = results.flatMap((r) => r.ignoredContextKeys ?? [])
+    return { result: response.overallResult, ignored: [...new Set(ignored)] }
   } catch (exc) {
-    answer = { error: String(exc && exc.stack ? exc.stack : exc) }
+    return { error: String(exc && exc.stack ? exc.stack : exc) }
   }
-  process.stdout.write(JSON.stringify(answer) + '\n')
+}
+
+const lines = createInterface({ input: process.stdin, terminal: false })
+for await (const line of lines) {
+  if (!line.trim()) continue
+  let answered
+  try {
+    const asked = JSON.parse(line)
+    answered = Array.isArray(asked) ? await Promise.all(asked.map(answer)) : await answer(asked)
+  } catch (exc) {
+    answered = { error: String(exc && exc.stack ? exc.stack : exc) }
+  }
+  process.stdout.write(JSON.stringify(answered) + '\n')
 }

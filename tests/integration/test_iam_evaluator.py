@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests import iam_evaluator, iam_mutants
 from tests.iam_evaluator import decide, decide_trust
 
 pytestmark = pytest.mark.integration
@@ -162,3 +163,107 @@ def test_a_service_principal_is_admitted_by_name() -> None:
 def test_a_claim_it_does_not_take_fails_the_test_rather_than_reading_as_denied() -> None:
     with pytest.raises(AssertionError, match="not evaluated"):
         decide_trust(trust(), PROVIDER, WEB, ROLE, {**token(), f"{ISSUER}:amr": "x"})
+
+
+# The policy mutation run (tests/iam_mutants.py), on a small policy of our shapes.
+SMALL = policy(
+    {
+        "Sid": "Read",
+        "Effect": "Allow",
+        "Action": ["s3:GetObject"],
+        "Resource": [f"{BUCKET}/dev/pki/common/*", f"{BUCKET}/dev/pki/compute/*"],
+    },
+    {**LIST_ROLLS, "Sid": "Rolls"},
+)
+
+
+def strong_check(policies: dict[str, Any]) -> None:
+    p = policies["p"]
+    assert decide(p, "s3:GetObject", f"{BUCKET}/dev/pki/common/ca.crt") == "Allowed"
+    assert decide(p, "s3:GetObject", f"{BUCKET}/dev/pki/compute/token") == "Allowed"
+    for refused in (
+        "dev/pki/secure/x",
+        "prod/pki/common/ca.crt",
+        "prod/pki/compute/t",
+        "dev/pki/x",
+    ):
+        assert decide(p, "s3:GetObject", f"{BUCKET}/{refused}") != "Allowed", refused
+    assert decide(p, "s3:GetObject", f"{BUCKET}-copy/dev/pki/common/ca.crt") != "Allowed"
+    assert decide(p, "s3:PutObject", f"{BUCKET}/dev/pki/common/ca.crt") != "Allowed"
+    assert decide(p, "s3:ListBucket", BUCKET, {"s3:prefix": "dev/rolls/"}) == "Allowed"
+    for prefix in ("dev/rolls/x", "prod/rolls/", "dev/rolls/*"):
+        assert decide(p, "s3:ListBucket", BUCKET, {"s3:prefix": prefix}) != "Allowed", prefix
+    assert decide(p, "s3:ListBucket", BUCKET) != "Allowed"
+    assert decide(p, "s3:ListBucket", f"{BUCKET}-copy", {"s3:prefix": "dev/rolls/"}) != "Allowed"
+    assert decide(p, "s3:ListBucketVersions", BUCKET, {"s3:prefix": "dev/rolls/"}) != "Allowed"
+    assert decide(p, "s3:GetObject", f"{BUCKET}/dev/rolls/x") != "Allowed"
+
+
+def test_the_mutants_of_a_policy_are_the_changes_a_careless_edit_makes() -> None:
+    made = dict(iam_mutants.mutants(SMALL, "dev"))
+    assert "Read: dropped" in made and made["Read: dropped"]["Statement"] == [SMALL["Statement"][1]]
+    assert made["Rolls: Effect Deny"]["Statement"][1]["Effect"] == "Deny"
+    assert made["Read: + s3:*"]["Statement"][0]["Action"] == ["s3:GetObject", "s3:*"]
+    widened = made[f"Read: {BUCKET}/dev/pki/common/* → {BUCKET}/*/pki/common/*"]
+    assert widened["Statement"][0]["Resource"][0] == f"{BUCKET}/*/pki/common/*"
+    assert f"Read: {BUCKET}/dev/pki/common/* → {BUCKET}/dev/*" in made
+    assert f"Read: without {BUCKET}/dev/pki/compute/*" in made
+    assert made["Rolls: without StringEquals s3:prefix"]["Statement"][1].get("Condition") is None
+    loosened = made["Rolls: s3:prefix dev/rolls/ → StringLike dev/rolls/*"]["Statement"][1]
+    assert loosened["Condition"] == {"StringLike": {"s3:prefix": ["dev/rolls/*"]}}
+    assert (
+        "StringEqualsIfExists"
+        in made["Rolls: StringEqualsIfExists s3:prefix"]["Statement"][1]["Condition"]
+    )
+    assert (
+        "StringNotEquals" in made["Rolls: StringNotEquals s3:prefix"]["Statement"][1]["Condition"]
+    )
+    assert SMALL["Statement"][0]["Resource"][0] == f"{BUCKET}/dev/pki/common/*"  # not changed
+
+
+def test_a_check_that_asks_too_little_leaves_survivors_and_a_full_one_none() -> None:
+    """The mutation run's answer for each mutant is the evaluator's: what a short-cut answered
+    (a request no changed statement's action matches) is asked of the evaluator again here."""
+    caught = iam_mutants.judge({"p": SMALL}, strong_check, "dev")
+    assert len(caught) > 20 and all(caught.values()), [m for m, k in caught.items() if not k]
+
+    def weak_check(policies: dict[str, Any]) -> None:
+        p = policies["p"]
+        assert decide(p, "s3:GetObject", f"{BUCKET}/dev/pki/common/ca.crt") == "Allowed"
+
+    weak = iam_mutants.judge({"p": SMALL}, weak_check, "dev")
+    assert weak["p: Read: dropped"] is True
+    assert weak["p: Rolls: dropped"] is False
+    assert weak[f"p: Read: {BUCKET}/dev/pki/common/* → *"] is False
+    # Every answer the run gave a mutant's request, short-cut or not, is the evaluator's.
+    with iam_evaluator.recording() as asked:
+        strong_check({"p": SMALL})
+    for change, mutant in iam_mutants.mutants(SMALL, "dev"):
+        for real in asked:
+            request = iam_mutants._substituted(real, SMALL, mutant, trust=False)
+            given = iam_evaluator._answers[iam_evaluator._key(request)]["result"]
+            fresh = iam_evaluator._send(request)["result"]
+            assert given == fresh, (change, request["action"], request["resource"])
+
+
+def test_many_requests_are_answered_in_one_exchange_as_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    requests = [
+        ("s3:GetObject", f"{BUCKET}/dev/pki/{name}", {})
+        for name in ("common/ca.crt", "secure/x", "compute/y")
+    ] + [("s3:ListBucket", BUCKET, {"s3:prefix": p}) for p in ("dev/rolls/", "dev/")]
+
+    def variant(sid: str) -> dict[str, Any]:  # the same policy, never asked before
+        return policy({**SMALL["Statement"][0], "Sid": sid, "Effect": "Deny"}, LIST_ROLLS)
+
+    one_by_one = [decide(variant("one"), *r) for r in requests]
+    denied, refused = "ExplicitlyDenied", "ImplicitlyDenied"
+    assert one_by_one == [denied, refused, denied, "Allowed", refused]
+    exchanges: list[object] = []
+    send = iam_evaluator._send
+    monkeypatch.setattr(iam_evaluator, "_send", lambda x: exchanges.append(x) or send(x))
+    batched = variant("batch")
+    iam_evaluator.prefetch([iam_evaluator.request(batched, *r) for r in requests])
+    assert [decide(batched, *r) for r in requests] == one_by_one
+    assert len(exchanges) == 1 and isinstance(exchanges[0], list) and len(exchanges[0]) == 5
