@@ -85,7 +85,10 @@ LEAVE_HOOK = "kubeplat-etcd-leave"
 
 
 def say(message: str) -> None:
-    print(f"kubeplat etcd: {message}", flush=True)
+    """One journal line per line of `message` (an etcdctl error's tail may hold several), each
+    with the program's prefix."""
+    for line in message.splitlines() or [""]:
+        print(f"kubeplat etcd: {line}", flush=True)
 
 
 @dataclass
@@ -776,12 +779,15 @@ def _watch_round(node: Node) -> None:
     live = live_members(node.ec2, node.environment)
     if members is None or node.me not in live:
         return  # an answer that does not list this instance is not to be trusted
+    remaining = []
     for member in members:
         if member.name != node.me and member.id != mine and gone(member, live):
             removed = node.etcdctl(local, "member", "remove", member.id)
             if removed.returncode == 0:
                 say(f"removed member {member.name or member.id}: its instance is gone")
-    _release_leaving(node, members, local)
+                continue
+        remaining.append(member)
+    _release_leaving(node, remaining, local)  # never the last member: counted after those
     _serve_backup(node)
 
 
@@ -919,10 +925,15 @@ def _restored_since(node: Node, every_s: float = 60.0) -> bool:
         return True  # asked already (prepare is at work), or the last try failed just now
     say(f"the cluster was restored (generation {newer}): restarting this member")
     _restore_owed_file(node.args.data_dir).write_text(f"{newer}\n")  # prepare must not give up
-    ran = subprocess.run(
-        shlex.split(node.args.restart_command),
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    try:
+        ran = subprocess.run(
+            shlex.split(node.args.restart_command),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        say("restarting failed: no answer in 60s; trying again in a minute")
+        node.restart_asked = (asked, time.monotonic())
+        return True
     if ran.returncode == 0:
         node.restart_asked = (newer, -1e9)
     else:

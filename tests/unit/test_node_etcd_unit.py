@@ -1506,6 +1506,27 @@ def test_the_leader_removes_a_member_whose_instance_is_gone(
     assert world.s3.gets[-1] == "dev/etcd/backup-request.json"
 
 
+def test_the_leader_lets_its_own_instance_go_once_it_is_the_last_member(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The members whose instance is gone are removed first; a leaving instance whose member
+    is then the last is let go without a removal etcd would refuse (its hook would hold it
+    until its timeout)."""
+    node = watching(world, me_leads=True)
+    node.ready_told = True
+    world.ec2.lives = [{D: HOST[D]}]
+    world.etcdctl.answer("member", "list", out=member_list(listed(B), listed(D)))
+    world.etcdctl.answer("member", "remove", hexid(D), rc=1, err="Error: the last member")
+    world.autoscaling.states = {D: "Terminating:Wait"}
+    etcd._watch_round(node)
+    assert world.etcdctl.commands()[3:] == [(client(D), ("member", "remove", hexid(B)))]
+    assert [kw["InstanceId"] for kw in world.autoscaling.completed()] == [D]
+    assert said(capsys)[-2:] == [
+        f"removed member {B}: its instance is gone",
+        f"{D} may leave {GROUP} ({etcd.LEAVE_HOOK})",
+    ]
+
+
 def test_a_member_during_an_election_reports_no_leader(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1934,11 +1955,12 @@ def test_the_watch_restarts_its_member_for_a_restore_and_retries_a_failed_restar
     world.args.restart_command = failing
     assert etcd._restored_since(node) is True
     assert (world.tmp / "var" / "etcd.restore-owed").read_text() == "2\n"
-    tail = ("e" * 400 + "\nrefused")[-300:]  # (the journal shows its lines as they are)
+    tail = ("e" * 400 + "\nrefused")[-300:]  # each line of it prefixed in the journal
     assert capsys.readouterr().out == (
         "kubeplat etcd: the cluster was restored (generation 2): restarting this member\n"
-        f"kubeplat etcd: restarting failed: {tail}\n"
+        f"kubeplat etcd: restarting failed: {'e' * 292}\nkubeplat etcd: refused\n"
     )
+    assert len(tail) == 300
     assert node.restart_asked == (0, 1000.0)
     assert world.subprocess.runs == [
         (["sh", "-c", "echo " + "e" * 400 + " >&2; echo refused >&2; exit 1"],
@@ -1953,6 +1975,36 @@ def test_the_watch_restarts_its_member_for_a_restore_and_retries_a_failed_restar
     world.clock.now = 5000.0
     assert etcd._restored_since(node) is True and len(world.subprocess.runs) == 2  # asked
     capsys.readouterr()
+
+
+def test_a_restart_that_does_not_answer_is_tried_again_a_minute_later(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = world.node()
+    world.record(**FORMED, generation=2)
+    (world.tmp / "var" / "etcd.generation").write_text("1\n")
+    hung: list[list[str]] = []
+
+    def run(command: list[str], **options: Any) -> Any:
+        hung.append(command)
+        raise subprocess.TimeoutExpired(command, options["timeout"])
+
+    monkeypatch.setattr(world.subprocess, "run", run)
+    assert etcd._restored_since(node) is True
+    assert said(capsys)[-1] == "restarting failed: no answer in 60s; trying again in a minute"
+    assert node.restart_asked == (0, 1000.0)
+    world.clock.now = 1059.9
+    assert etcd._restored_since(node) is True and len(hung) == 1
+    world.clock.now = 1060.0
+    assert etcd._restored_since(node) is True and len(hung) == 2
+
+
+def test_every_line_of_a_message_is_prefixed(capsys: pytest.CaptureFixture[str]) -> None:
+    etcd.say("removing x failed: Error: one\ntwo")
+    etcd.say("")
+    assert capsys.readouterr().out == (
+        "kubeplat etcd: removing x failed: Error: one\nkubeplat etcd: two\nkubeplat etcd: \n"
+    )
 
 
 def test_an_unreadable_record_lets_the_round_go_on(
@@ -2059,15 +2111,18 @@ def test_a_snapshot_that_fails_says_why_and_deletes_nothing(
     world.etcdctl.answer("endpoint", "status", rc=1, err=reason)
     assert etcd.snapshot(world.args) == 1
     tail = reason.strip()[-300:]
-    assert (
-        capsys.readouterr().out == f"kubeplat etcd: snapshot: etcd does not answer here: {tail}\n"
+    first, last = tail.splitlines()
+    assert capsys.readouterr().out == (
+        f"kubeplat etcd: snapshot: etcd does not answer here: {first}\nkubeplat etcd: {last}\n"
     )
     world.etcdctl.answer("endpoint", "status", out=status(D, D))
     world.etcdctl.answer("snapshot", "save", rc=5, err=reason)
     target = world.tmp / "var" / ".kubeplat-snapshot.db"
     target.write_bytes(b"a part left by an earlier try")
     assert etcd.snapshot(world.args) == 1
-    assert capsys.readouterr().out == f"kubeplat etcd: snapshot: saving failed: {tail}\n"
+    assert capsys.readouterr().out == (
+        f"kubeplat etcd: snapshot: saving failed: {first}\nkubeplat etcd: {last}\n"
+    )
     assert not target.exists() and world.s3.deleted == [] and sorted(world.s3.objects) == old[::-1]
     # The bucket refuses the upload: the error is raised, the local copy removed all the same.
     world.etcdctl.answer("snapshot", "save", rc=0)
