@@ -85,8 +85,33 @@ def _send(payload: Any) -> Any:
     return json.loads(line)
 
 
+# Each policy document as given to the library, and each one's JSON, by the document's identity
+# (each entry keeps its document alive, so that an id is never another's): a mutation run asks
+# hundreds of requests of each of hundreds of documents. A document is not changed once asked of.
+_given: dict[tuple[int, str], tuple[Any, Any]] = {}
+_texts: dict[int, tuple[Any, str]] = {}
+
+
+def _once(document: Any, how: str, rename: Any) -> Any:
+    if not isinstance(document, dict):
+        return rename(document)
+    entry = _given.get((id(document), how))
+    if entry is None or entry[0] is not document:
+        entry = _given[(id(document), how)] = (document, rename(document))
+    return entry[1]
+
+
+def _text(document: dict[str, Any]) -> str:
+    entry = _texts.get(id(document))
+    if entry is None or entry[0] is not document:
+        entry = _texts[id(document)] = (document, json.dumps(document, sort_keys=True))
+    return entry[1]
+
+
 def _key(asked: dict[str, Any]) -> str:
-    return json.dumps(asked, sort_keys=True)
+    policies = ("identity", "resourcePolicy")
+    texts = {slot: _text(asked[slot]) for slot in policies if isinstance(asked[slot], dict)}
+    return json.dumps({**asked, **texts}, sort_keys=True)
 
 
 class Unevaluated(AssertionError):
@@ -162,7 +187,7 @@ def request(
 ) -> dict[str, Any]:
     """The request `decide` asks (for `prefetch`)."""
     return {
-        "identity": _renamed(identity),
+        "identity": _once(identity, "", _renamed),
         "resourcePolicy": DEFAULT_KEY_POLICY if action.startswith("kms:") else None,
         "principal": principal,
         "action": action,
@@ -207,7 +232,7 @@ def decide_trust(
     return _ask(
         {
             "identity": None,
-            "resourcePolicy": _claims_renamed(trust, names),
+            "resourcePolicy": given_to_the_library(trust, principal, trust=True),
             "principal": principal,
             "action": action,
             "resource": role,
@@ -228,7 +253,10 @@ def claim_names(principal: str) -> dict[str, str]:
 def given_to_the_library(policy: dict[str, Any], principal: str, trust: bool) -> Any:
     """`policy` as a request hands it to the library: an identity policy with RENAMED keys, a
     trust policy with `principal`'s claims renamed."""
-    return _claims_renamed(policy, claim_names(principal)) if trust else _renamed(policy)
+    if not trust:
+        return _once(policy, "", _renamed)
+    names = claim_names(principal)
+    return _once(policy, json.dumps(names), lambda p: _claims_renamed(p, names))
 
 
 def allowed(

@@ -173,25 +173,21 @@ def _condition_mutants(
                 )
 
 
-def _substituted(
-    asked: dict[str, Any], policy: Policy, mutant: Policy, trust: bool
-) -> dict[str, Any]:
-    """`asked` (a request the checks asked) with `mutant` where it had `policy`, alone or first
-    among statements a check added to it."""
+def _added(asked: dict[str, Any], policy: Policy, trust: bool) -> list[dict[str, Any]] | None:
+    """Whether `asked` (a request the checks asked) is a request of `policy`: the statements a
+    check added after policy's own ([] for none), or None when it is another policy's."""
     slot = "resourcePolicy" if trust else "identity"
-    given, principal = asked[slot], asked["principal"]
+    given = asked[slot]
     if not isinstance(given, dict):
-        return asked
-    real = iam_evaluator.given_to_the_library(policy, principal, trust)
-    statements, real_statements = _listed(given["Statement"]), _listed(real["Statement"])
-    if {**given, "Statement": statements[: len(real_statements)]} != {
-        **real,
-        "Statement": real_statements,
-    }:
-        return asked
-    changed = iam_evaluator.given_to_the_library(mutant, principal, trust)
-    added = statements[len(real_statements) :]
-    return {**asked, slot: {**changed, "Statement": [*_listed(changed["Statement"]), *added]}}
+        return None
+    real = iam_evaluator.given_to_the_library(policy, asked["principal"], trust)
+    if given is real or given == real:
+        return []
+    statements, own = _listed(given["Statement"]), _listed(real["Statement"])
+    rest = {k: v for k, v in given.items() if k != "Statement"}
+    if statements[: len(own)] != own or rest != {k: v for k, v in real.items() if k != "Statement"}:
+        return None
+    return statements[len(own) :]
 
 
 def _actions(policy: Policy, mutant: Policy) -> list[str]:
@@ -216,13 +212,25 @@ def judge(
     caught: dict[str, bool] = {}
     for name, policy in policies.items():
         trust = name.endswith("trust")
+        slot = "resourcePolicy" if trust else "identity"
+        ours = [
+            (real, added) for real in asked if (added := _added(real, policy, trust)) is not None
+        ]
         for change, mutant in mutants(policy, environment):
             patterns = _actions(policy, mutant)
+            documents: dict[tuple[str, int], Any] = {}
             requests = []
-            for real in asked:
-                request = _substituted(real, policy, mutant, trust)
+            for real, added in ours:
+                principal = real["principal"]
+                document = documents.get((principal, id(added)))
+                if document is None:
+                    given = iam_evaluator.given_to_the_library(mutant, principal, trust)
+                    if added:
+                        given = {**given, "Statement": [*_listed(given["Statement"]), *added]}
+                    document = documents[(principal, id(added))] = given
+                request = {**real, slot: document}
                 action = request["action"].lower()
-                if request is real or any(fnmatch.fnmatchcase(action, p) for p in patterns):
+                if any(fnmatch.fnmatchcase(action, p) for p in patterns):
                     requests.append(request)
                 else:
                     iam_evaluator.answered_as(request, real)
