@@ -244,12 +244,3 @@ def judge(
             else:
                 caught[f"{name}: {change}"] = False
     return caught
-
-
-def described(caught: dict[str, bool]) -> str:
-    survivors = sorted(m for m, killed in caught.items() if not killed)
-    return json.dumps(
-        {"mutants": len(caught), "killed": len(caught) - len(survivors), "survived": survivors},
-        indent=1,
-        ensure_ascii=False,
-    )

@@ -63,13 +63,12 @@ def test_apply_builds_both_layers_then_destroys(applied) -> None:  # type: ignor
     """One apply (it takes minutes) checks the groups, instances, templates, roles and state."""
     env, workdir, files = applied
     check_groups_and_instances(workdir, files)
-    policies = iam_policies(workdir)
+    policies, ebs_role = iam_policies(workdir)
     check_policies_with_parliament(
         {"node_secure": policies["secure"], "node_compute": policies["compute"],
          "ebs_policy": policies["ebs"], "ebs_trust": policies["ebs trust"]}
     )  # fmt: skip
     key = boto3.client("kms").describe_key(KeyId=env.kms_master_id)["KeyMetadata"]["Arn"]
-    ebs_role = json.loads(tf(workdir, "output", "-json", "ebs_csi_role").stdout)["arn"]
     check_policies(env, key, ebs_role, policies)
     check_every_policy_mutant_is_caught(env, key, ebs_role, policies)
 
@@ -160,10 +159,10 @@ def check_every_policy_mutant_is_caught(
     assert set(EQUIVALENT_MUTANTS) <= survivors, sorted(set(EQUIVALENT_MUTANTS) - survivors)
 
 
-def iam_policies(workdir: Path) -> dict[str, dict[str, Any]]:
+def iam_policies(workdir: Path) -> tuple[dict[str, dict[str, Any]], str]:
     """Every IAM policy the module makes, by name: each layer's permissions (`secure`,
     `compute`), the EBS CSI driver's (`ebs`), and the trust policies (`secure trust`, `compute
-    trust` as IAM holds them, `ebs trust`)."""
+    trust` as IAM holds them, `ebs trust`); and the EBS CSI driver's role ARN."""
     nodes = json.loads(tf(workdir, "output", "-json", "node_policies").stdout)
     ebs = json.loads(tf(workdir, "output", "-json", "ebs_csi_role").stdout)
     policies = {layer: json.loads(document) for layer, document in nodes.items()}
@@ -172,7 +171,7 @@ def iam_policies(workdir: Path) -> dict[str, dict[str, Any]]:
     for layer in nodes:
         role = iam.get_role(RoleName=f"example-kube-{layer}")["Role"]
         policies[f"{layer} trust"] = role["AssumeRolePolicyDocument"]
-    return policies
+    return policies, ebs["arn"]
 
 
 def check_policies(
