@@ -6,6 +6,8 @@ that name their latest ones (`/aws/service/debian/…`, `/aws/service/canonical/
 `/aws/`, so this module adds them before it serves: an environment that names `node_os` resolves
 its image in the sandbox exactly as it does on AWS. The images are records (nothing boots in the
 emulator); their ids are kubeplat's own, recognisable by their `0deb12…` and `0ab2404…` digits.
+Where moto refuses a call AWS accepts and kubeplat makes, it is made to accept it here, each
+with its reason (`all_ports_need_no_range`).
 
 Run by `kubeplat.sandbox` as `python -m kubeplat.sandbox_world --port-file PATH`: it listens on
 a loopback port the kernel picks (bound here, in the process that serves it, so that no other
@@ -119,6 +121,27 @@ def publish() -> None:
     ssm.ParameterDict._check_loading_status = check_loading_status  # type: ignore[method-assign]
 
 
+def all_ports_need_no_range() -> None:
+    """Let ModifySecurityGroupRules change a rule of every protocol (-1) without a port range,
+    as AWS does (the ports of such a rule are ignored). moto asks for both ports, so Terraform's
+    change of such a rule's description fails in the sandbox: it does when kubeplat adopts the
+    allow-all egress rule AWS gives every new group (a run killed between AWS making a group
+    and Terraform revoking that rule leaves it)."""
+    from moto.ec2.models.security_groups import SecurityGroupBackend
+
+    original = SecurityGroupBackend.modify_security_group_rules
+
+    def modify(self: Any, group_id: str, rules: dict[str, dict[str, Any]]) -> None:
+        for rule in rules.values():
+            if str(rule.get("IpProtocol")) in ("-1", "all"):
+                for port in ("FromPort", "ToPort"):
+                    if rule.get(port) is None:
+                        rule[port] = -1
+        original(self, group_id, rules)
+
+    SecurityGroupBackend.modify_security_group_rules = modify  # type: ignore[method-assign]
+
+
 def serve(port_file: Path) -> None:
     """moto's server (as `moto.server.main` serves it) on a loopback port of the kernel's
     choosing; the port is written to `port_file` (whole, atomically) once it listens."""
@@ -150,11 +173,12 @@ def serve(port_file: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """moto's server, after `publish`."""
+    """moto's server, after `publish` and `all_ports_need_no_range`."""
     from moto import server
 
     args = sys.argv[1:] if argv is None else argv
     publish()
+    all_ports_need_no_range()
     if len(args) == 2 and args[0] == "--port-file":
         serve(Path(args[1]))
         return

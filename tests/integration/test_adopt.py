@@ -4,7 +4,8 @@ what a run stopped hard leaves is made — resources in AWS that the state does 
 (`terraform state rm`, which is exactly what a lost state write leaves), and one made by hand
 with the environment's names and tags — and `up` adopts each (the same AWS id back in the
 state, nothing created twice) and converges. One carrying another environment's tags stops
-the run before anything is applied, with the command that removes it; that command works.
+the run before anything is applied, with the command that removes it; that command works. A
+group left with the allow-all egress rule AWS gives every new group is adopted with that rule.
 """
 
 from __future__ import annotations
@@ -238,5 +239,52 @@ def test_another_environments_resource_in_the_way_stops_the_run_with_the_command
     again = kubeplat(built, "up", "-e", "example", "--auto-approve")
     assert again.returncode == 0, again.stderr[-3000:]
     assert state(built)[address]["id"] != theirs
+    plan = kubeplat(built, "plan", "-e", "example", "--detailed-exitcode")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+
+
+def test_a_group_left_with_the_egress_rule_aws_gives_every_new_group_is_adopted_with_it(
+    built: dict[str, str],
+) -> None:
+    """Terraform killed between AWS making a security group and revoking the allow-all egress
+    rule AWS gives every new group: the group is in AWS, bare but for that rule, and nothing of
+    it is in the state. `up` adopts the group, then that rule as the module's own egress rule
+    (the same rule; only its description differs), creates the rest, and converges."""
+    ec2 = clients(built, "ec2")["ec2"]
+    address = 'aws_security_group.layer["compute"]'
+    before = state(built)
+    group = before[address]["id"]
+    on_it = sorted(
+        a
+        for a, values in before.items()
+        if a.startswith("aws_vpc_security_group_") and values.get("security_group_id") == group
+    )
+    assert 'aws_vpc_security_group_egress_rule.all["compute"]' in on_it
+    forget(built, address, *on_it)
+    rules = ec2.describe_security_group_rules(  # type: ignore[attr-defined]
+        Filters=[{"Name": "group-id", "Values": [group]}]
+    )["SecurityGroupRules"]
+    ingress = [r["SecurityGroupRuleId"] for r in rules if not r["IsEgress"]]
+    egress = [r["SecurityGroupRuleId"] for r in rules if r["IsEgress"]]
+    ec2.revoke_security_group_ingress(GroupId=group, SecurityGroupRuleIds=ingress)  # type: ignore[attr-defined]
+    ec2.revoke_security_group_egress(GroupId=group, SecurityGroupRuleIds=egress)  # type: ignore[attr-defined]
+    ec2.authorize_security_group_egress(  # type: ignore[attr-defined]
+        GroupId=group, IpPermissions=[{"IpProtocol": "-1", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}]
+    )
+    (default,) = [
+        r["SecurityGroupRuleId"]
+        for r in ec2.describe_security_group_rules(  # type: ignore[attr-defined]
+            Filters=[{"Name": "group-id", "Values": [group]}]
+        )["SecurityGroupRules"]
+    ]
+
+    up = kubeplat(built, "up", "-e", "example", "--auto-approve")
+    assert up.returncode == 0, up.stderr[-4000:]
+    rule = 'aws_vpc_security_group_egress_rule.all["compute"]'
+    assert adopted(up.stderr, address) and adopted(up.stderr, rule), up.stderr[-4000:]
+    after = state(built)
+    assert after[address]["id"] == group
+    assert after[rule]["id"] == default
+    assert sorted(a for a, v in after.items() if v.get("security_group_id") == group) == on_it
     plan = kubeplat(built, "plan", "-e", "example", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stderr[-3000:]
