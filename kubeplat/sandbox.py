@@ -66,26 +66,64 @@ def _locked() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _answers(endpoint: str) -> bool:
+# How long a running emulator may take to answer before kubeplat says it does not. moto serves
+# one request at a time in effect (its threads share one interpreter), so a busy emulator (a
+# Terraform apply, a large describe call) can take seconds; one that lives is never replaced by a
+# second, which would start empty and leave the user's environments behind in the first.
+PATIENCE_S = 30.0
+
+
+def _answers(endpoint: str, timeout: float = 2) -> bool:
     try:
-        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):
+        with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=timeout):
             return True
     except OSError:
         return False
 
 
-def current() -> Sandbox | None:
-    """The user's running sandbox, or None."""
+def _is_emulator(pid: int) -> bool:
+    """Whether `pid` runs (and, where /proc tells, is a kubeplat sandbox emulator: a pid the
+    record names may have been given to another program since)."""
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc here: the pid alone
+    return b"kubeplat.sandbox_world" in command
+
+
+def recorded() -> Sandbox | None:
+    """The sandbox the user's record names, when its emulator still runs (answering or not)."""
     try:
         data = json.loads(_record().read_text())
         box = Sandbox(int(data["pid"]), int(data["port"]))
     except (OSError, ValueError, KeyError):
         return None
-    try:
-        os.kill(box.pid, 0)
-    except OSError:
+    return box if _is_emulator(box.pid) else None
+
+
+def current() -> Sandbox | None:
+    """The user's running sandbox, or None. An emulator that runs but does not answer within
+    `PATIENCE_S` is an error, never taken for a stopped one."""
+    box = recorded()
+    if box is None:
         return None
-    return box if _answers(box.endpoint) else None
+    deadline = time.monotonic() + PATIENCE_S
+    while not _answers(box.endpoint, timeout=min(5.0, PATIENCE_S)):
+        if not _is_emulator(box.pid):
+            return None  # it ended meanwhile
+        if time.monotonic() >= deadline:
+            raise KubeplatError(
+                f"the sandbox (pid {box.pid}, {box.endpoint}) runs but has not answered for "
+                f"{PATIENCE_S:.0f} seconds",
+                f"see {state_dir() / 'sandbox.log'}; to start it afresh (every sandbox "
+                "environment's data is lost): kubeplat sandbox stop && kubeplat sandbox start",
+            )
+        time.sleep(0.5)
+    return box
 
 
 class NotStarted(RuntimeError):
@@ -143,17 +181,16 @@ def ensure() -> Sandbox:
 
 
 def stop() -> Sandbox | None:
-    """End the user's sandbox and its data; the one that was running, or None."""
+    """End the user's sandbox and its data; the one that was running, or None. One that runs
+    but does not answer is ended too."""
     with _locked():
-        running = current()
+        running = recorded()
         if running:
             with contextlib.suppress(OSError):
                 os.kill(running.pid, signal.SIGTERM)
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
-                try:
-                    os.kill(running.pid, 0)
-                except OSError:
+                if not _is_emulator(running.pid):  # gone (or a zombie of this process's)
                     break
                 time.sleep(0.1)
             else:
