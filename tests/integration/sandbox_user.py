@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,4 +64,18 @@ def stop_sandbox(user: dict[str, str]) -> None:
         env=user,
         check=False,
         capture_output=True,
+    )
+
+
+def story(user: dict[str, str], stderr: str, tail: int = 3000) -> str:
+    """What a failed run said, for a test's failure message: what it printed before the apply
+    (the adoptions and the plan's summary), its last `tail` characters, and the emulator's own
+    failures (5xx answers, tracebacks) from the user's sandbox log."""
+    head = stderr.split(" applying\n", 1)[0][-3000:]
+    log = Path(user["KUBEPLAT_STATE_DIR"], "sandbox.log")
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    trouble = [line for line in lines if re.search(r'" 5\d\d |Traceback', line)][-20:]
+    return (
+        f"{head}\n[…]\n{stderr[-tail:]}\n"
+        f"the emulator's failures: {chr(10).join(trouble) if trouble else 'none'}"
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.sandbox_user import clients, kubeplat
+from tests.integration.sandbox_user import clients, kubeplat, story
 
 pytestmark = pytest.mark.integration
 
@@ -237,7 +237,7 @@ def test_another_environments_resource_in_the_way_stops_the_run_with_the_command
         lt = argv[argv.index("--launch-template-id") + 1]
         ec2.delete_launch_template(LaunchTemplateId=lt)  # type: ignore[attr-defined]
     again = kubeplat(built, "up", "-e", "example", "--auto-approve")
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, story(built, again.stderr)
     assert state(built)[address]["id"] != theirs
     plan = kubeplat(built, "plan", "-e", "example", "--detailed-exitcode")
     assert plan.returncode == 0, plan.stderr[-3000:]

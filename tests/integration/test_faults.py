@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import fill_disk
-from tests.integration.sandbox_user import clients, kubeplat
+from tests.integration.sandbox_user import clients, kubeplat, story
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def test_kubeplat_killed_mid_apply_terraform_finishes_and_the_next_run_resumes(
     assert time.monotonic() - started < 300
     assert not (workdir(user) / "operation.json").exists()
     resumed = kubeplat(user, "up", "-e", "example", "--auto-approve")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, story(user, resumed.stderr)
     assert counts(aws) == (1, 2)
     assert (workdir(user) / "pki" / "kubeconfig" / "admin.conf").exists()
     assert kubeplat(user, "destroy", "-e", "example", "--auto-approve").returncode == 0
@@ -149,7 +149,7 @@ def test_terraform_killed_mid_apply_is_named_and_the_next_run_resumes(
     released = kubeplat(user, "unlock", "-e", "example", hint.group(1))
     assert released.returncode == 0, released.stderr[-3000:]
     resumed = kubeplat(user, "up", "-e", "example", "--auto-approve")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.returncode == 0, story(user, resumed.stderr)
     assert counts(aws) == (1, 2)
     assert kubeplat(user, "destroy", "-e", "example", "--auto-approve").returncode == 0
 
@@ -285,7 +285,7 @@ def test_another_accounts_credentials_stop_the_plan_that_started_beside_the_chec
     assert STATE_KEY + ".tflock" not in [o["Key"] for o in objects]  # its lock released
     assert not (workdir(user) / "operation.json").exists()
     again = kubeplat(user, "plan", "-e", "example")
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, story(user, again.stderr)
 
 
 def test_a_plan_started_with_the_last_key_is_made_again_when_the_alias_moved(
@@ -306,7 +306,7 @@ def test_a_plan_started_with_the_last_key_is_made_again_when_the_alias_moved(
     try:
         logs = set((workdir(user) / "logs").glob("*.log"))
         again = kubeplat(user, "--debug", "plan", "-e", "example")
-        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.returncode == 0, story(user, again.stderr)
         assert "the early plan's inputs were not the prepared ones" in again.stderr
         after = json.loads(record.read_text())["kms_key_id"]
         assert after == moved["Arn"] != before
