@@ -1,6 +1,7 @@
 """Mutation score of the modules where a silent change would hurt users most.
 
     python bench/mutation.py [--json] [--max-children N] [--only PATH ...] [--survivors]
+    python bench/mutation.py --survivors --tests TEST ... [--only PATH ...]
     python bench/mutation.py --no-run [--json] [--list]
 
 Runs `mutmut run` over the modules `[tool.mutmut] only_mutate` names (pyproject.toml): mutmut
@@ -17,6 +18,12 @@ the record is written back. `--survivors` checks again every mutant the record h
 (after new tests). `--list` prints the survivors with the reason bench/mutation-survivors.toml
 gives for keeping one (an equivalent mutant, a message only subprocess tests read).
 
+`--survivors --tests TEST ...` is the quick way after adding tests: each survivor runs against
+those tests alone (seconds, where mutmut runs every test that reaches its function, up to a
+minute each). A survivor has already outlived every other test, so one these kill is killed, and
+one they do not kill keeps its result. It needs mutmut's mutants of the module as the source is
+now (a run of the module since its last change).
+
 mutmut runs in two copies of the repository (`.mutation/operator`, `.mutation/node`,
 git-ignored), each mutating one group: the node programs apart from the operator's modules. The
 renderer embeds the node programs' source in every node's configuration, and mutated they are
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -35,6 +43,7 @@ import sys
 import tomllib
 from collections import Counter
 from fnmatch import fnmatch
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +209,102 @@ def reasons() -> dict[str, str]:
     return tomllib.loads(REASONS.read_text()) if REASONS.exists() else {}
 
 
+def _exit_code(ran: subprocess.CompletedProcess[bytes] | None) -> int | None:
+    """A quick check's result as mutmut records it: a test failed (1) or it timed out (36);
+    None: it survived, its last result stands."""
+    if ran is None:
+        return 36
+    if ran.returncode in (1, 3):
+        return 1
+    if ran.returncode in (0, 5):
+        return None
+    raise RuntimeError(
+        f"pytest exited {ran.returncode}: {ran.stdout.decode(errors='replace')[-2000:]}"
+    )
+
+
+def _check_one(
+    name: str, *, command: list[str], mutants: Path, timeout_s: float
+) -> tuple[str, int | None]:
+    environment = {**os.environ, "MUTANT_UNDER_TEST": name, "PYTHONPATH": str(mutants)}
+    try:
+        ran = subprocess.run(
+            command, cwd=mutants, env=environment, capture_output=True,
+            timeout=timeout_s, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return name, _exit_code(None)
+    return name, _exit_code(ran)
+
+
+def _generate(copy: Path, module: str) -> None:
+    """mutmut's mutants of one module, made as `mutmut run` makes them, without running any
+    test: again only when the source is newer than them (`prepare` removes a plain copy); the
+    results of every function whose hash is unchanged are kept, a changed one's are not checked
+    (a plain run checks them)."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mutmut.__main__ import create_mutants_for_file\n"
+        "found = create_mutants_for_file(Path(sys.argv[1]), Path('mutants') / sys.argv[1])\n"
+        "if found.error: raise found.error\n"
+    )
+    (copy / "mutants" / module).parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", script, module], cwd=copy, check=True)
+
+
+def recheck(modules_: list[str], tests: list[str], workers: int, timeout_s: float = 300.0) -> int:
+    """Every survivor of these modules (and each one no test reached) run against `tests` alone,
+    in mutmut's copy (`.mutation/GROUP/mutants`); a kill is written to mutmut's results and the
+    record. Returns how many were killed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    missing = [t for t in tests if not (REPO / t.split("::")[0]).exists()]
+    if missing:
+        raise SystemExit(f"--tests {missing[0]}: no such file in the repository")
+    killed = 0
+    for group in sorted({group_of(m) for m in modules_}):
+        mine = [m for m in modules_ if group_of(m) == group]
+        copy = prepare(group, mine)
+        mutants = copy / "mutants"
+        for module in mine:
+            _generate(copy, module)  # as mutmut does: only when the source is newer
+        # The tests and every module mutmut did not mutate, as they are now.
+        shutil.copytree(REPO / "tests", mutants / "tests", dirs_exist_ok=True)
+        for source in (REPO / "kubeplat").rglob("*.py"):
+            name = str(source.relative_to(REPO))
+            if name in mine:
+                continue
+            target = mutants / name
+            if not target.exists() or target.read_bytes() != source.read_bytes():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, target)
+        names = [n for n in survivors() if any(fnmatch(n, mutant_pattern(m)) for m in mine)]
+        config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
+        command = [
+            sys.executable, "-m", "pytest", "-x", "-q", "--rootdir=.", "--tb=no",
+            *config.get("pytest_add_cli_args", []), *tests,
+        ]  # fmt: skip
+        run = partial(_check_one, command=command, mutants=mutants, timeout_s=timeout_s)
+        found: dict[str, int] = {}
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for done, (name, code) in enumerate(pool.map(run, names), start=1):
+                if code is not None:
+                    found[name] = code
+                print(f"\r{done}/{len(names)} checked, {len(found)} killed", end="", flush=True)
+        print()
+        for module in mine:
+            meta = _meta(module)
+            data = json.loads(meta.read_text())
+            for name, code in found.items():
+                if fnmatch(name, mutant_pattern(module)):
+                    data["exit_code_by_key"][name] = code
+            meta.write_text(json.dumps(data))
+        killed += len(found)
+    save_record()
+    return killed
+
+
 def tally(module: str) -> Counter[str]:
     """Killed / survived / no tests / skipped / other for one module, from mutmut's record."""
     return Counter(results(module).values())
@@ -227,12 +332,21 @@ def main() -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="check again every mutant that survived"
     )
+    parser.add_argument(
+        "--tests", nargs="+", default=[], metavar="TEST",
+        help="with --survivors: check them against these tests alone (after adding them)",
+    )  # fmt: skip
     parser.add_argument("--list", action="store_true", help="list the survivors and reasons")
     args = parser.parse_args()
     unknown = sorted(set(args.only) - set(modules()))
     if unknown:
         parser.error(f"--only {unknown[0]}: not a module [tool.mutmut] only_mutate names")
-    if not args.no_run:
+    if args.tests and (not args.survivors or args.no_run):
+        parser.error("--tests checks the survivors again: use it with --survivors")
+    if args.tests:
+        killed = recheck(args.only or modules(), args.tests, args.max_children)
+        print(f"{killed} killed by {' '.join(args.tests)}")
+    elif not args.no_run:
         seed()
         names: list[str] = []  # named mutants are checked again whatever their last result
         if args.survivors:

@@ -462,11 +462,17 @@ def _not_regular(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
+# What a file too big to be what it should be is more likely to be, by what it should be.
+_TOO_BIG_HINTS = {
+    "an environment file": "is this the right file? Each variable is one NAME = VALUE line",
+    "a public key file": (
+        "is this the right file? An OpenSSH public key is one line, e.g. ~/.ssh/id_ed25519.pub"
+    ),
+}
+
+
 def _too_big(shown: str, limit: int, what: str) -> _Unreadable:
-    return _Unreadable(
-        f"is {shown}; {what} is at most {limit:,} bytes",
-        "is this the right file? Each variable is one NAME = VALUE line",
-    )
+    return _Unreadable(f"is {shown}; {what} is at most {limit:,} bytes", _TOO_BIG_HINTS[what])
 
 
 def _file_error(path: Path, message: str, hint: str) -> ConfigError:

@@ -384,7 +384,7 @@ class Terraform:
             report = json.loads(result.output[result.output.find("{") :])
         except ValueError:
             raise TerraformFailed(
-                f"terraform validate failed: {last_error(result.output)}", ""
+                f"terraform validate failed: {last_error(result.output)}"
             ) from None
         return [d for d in report.get("diagnostics", []) if d.get("severity") == "error"]
 
@@ -611,7 +611,7 @@ def last_error(output: str) -> str:
             except ValueError:
                 continue
             if diagnostic.get("severity") == "error":
-                return f"{diagnostic.get('summary')}: {diagnostic.get('detail', '')}".strip()[:400]
+                return _summary_and_detail(diagnostic)[:400]
     lines = [line.strip(" │╷╵") for line in output.splitlines()]
     for index, line in enumerate(lines):
         if line.startswith("Error:"):
@@ -625,7 +625,7 @@ def last_error(output: str) -> str:
             return " ".join(parts)[:400]
     tail = [line for line in lines if line.strip()]
     if tail and tail[-1].startswith("{"):  # a -json stream with no error in it: its last words
-        with contextlib.suppress(ValueError, AttributeError):
+        with contextlib.suppress(ValueError):  # a line cut off mid-document
             return str(json.loads(tail[-1]).get("@message", tail[-1]))[:400]
     return tail[-1] if tail else "no output"
 
@@ -635,6 +635,13 @@ def describe(diagnostics: Sequence[Mapping[str, Any]]) -> str:
     out = []
     for diag in diagnostics:
         rng = diag.get("range") or {}
-        where = f"{rng.get('filename')}:{rng.get('start', {}).get('line')}: " if rng else ""
-        out.append(f"{where}{diag.get('summary')}: {diag.get('detail', '')}".strip())
+        filename, line = rng.get("filename"), (rng.get("start") or {}).get("line")
+        where = f"{filename}:{line}: " if line else f"{filename}: "
+        out.append((where if filename else "") + _summary_and_detail(diag))
     return "\n".join(out)
+
+
+def _summary_and_detail(diagnostic: Mapping[str, Any]) -> str:
+    """A diagnostic as one line: its summary, then its detail where it has one."""
+    parts = [str(diagnostic.get(k) or "").strip() for k in ("summary", "detail")]
+    return ": ".join(part for part in parts if part) or "an error without a summary"

@@ -158,3 +158,37 @@ def test_a_module_copied_plain_by_an_earlier_run_is_mutated_again(
     assert (
         'only_mutate = [\n  "kubeplat/node/etcd.py",\n  "kubeplat/node/agent.py",\n]' in pyproject
     )
+
+
+def test_tests_are_only_for_checking_survivors_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mutation = bench(tmp_path, monkeypatch)
+    monkeypatch.setattr("sys.argv", ["mutation.py", "--tests", "tests/unit/test_pki.py"])
+    with pytest.raises(SystemExit):
+        mutation.main()
+    assert "--tests checks the survivors again: use it with --survivors" in capsys.readouterr().err
+    monkeypatch.setattr(
+        "sys.argv", ["mutation.py", "--survivors", "--tests", "tests/unit/test_nothing_here.py"]
+    )
+    with pytest.raises(SystemExit, match=r"--tests tests/unit/test_nothing_here\.py: no such file"):
+        mutation.main()
+
+
+def test_a_quick_check_counts_a_failed_test_or_a_timeout_as_a_kill() -> None:
+    import subprocess
+
+    spec = importlib.util.spec_from_file_location("mutation", REPO / "bench" / "mutation.py")
+    assert spec is not None and spec.loader is not None
+    mutation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mutation)
+
+    def ran(code: int) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.CompletedProcess([], code, stdout=b"collected 0 items", stderr=b"")
+
+    assert mutation._exit_code(ran(1)) == 1  # a test failed
+    assert mutation._exit_code(None) == 36  # it ran out of time
+    assert mutation._exit_code(ran(0)) is None  # every test passed: it survives
+    assert mutation._exit_code(ran(5)) is None  # no test reached it
+    with pytest.raises(RuntimeError, match="pytest exited 4: collected 0 items"):
+        mutation._exit_code(ran(4))  # a wrong test path: no result at all

@@ -188,7 +188,7 @@ def test_the_first_error_of_a_json_stream_not_its_warnings() -> None:
     said = terraform.last_error(stream)
     assert said.startswith("Invalid count argument: The count value depends on xxx")
     assert len(said) == 400
-    assert terraform.last_error(diagnostic("error", "Only a summary", "")) == "Only a summary:"
+    assert terraform.last_error(diagnostic("error", "Only a summary", "")) == "Only a summary"
     # No error at all: the last line said, or that there was none.
     assert terraform.last_error("Initializing...\n  killed\n\n") == "killed"
     assert terraform.last_error("") == "no output"
@@ -217,7 +217,7 @@ def test_validate_diagnostics_are_one_line_each_with_where() -> None:
         ]
     )  # fmt: skip
     assert said == (
-        'main.tf:7: Unsupported argument: An argument named "x" is not expected.\nNo range:'
+        'main.tf:7: Unsupported argument: An argument named "x" is not expected.\nNo range'
     )
 
 
