@@ -7,8 +7,10 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -167,6 +169,23 @@ def aws(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     return moto_endpoint
+
+
+@contextmanager
+def local_zone(zone: str) -> Iterator[None]:
+    """This process's local time in `zone` (a POSIX TZ value, e.g. "LINT-14" for UTC+14), so
+    that a stamp meant in UTC but made in local time shows; the zone before is put back."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
 
 
 def fill_disk(folder: Path) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import time
 import urllib.error
 import urllib.parse
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ from typing import Any
 import pytest
 
 from kubeplat.node import passes, roller
+from tests.conftest import local_zone
 from tests.unit import test_node_roller as base
 from tests.unit.test_node_roller import (
     NOW,
@@ -186,15 +185,8 @@ def test_after_a_successful_refresh_a_newer_template_starts_without_asking_its_d
 @pytest.fixture
 def elsewhere() -> Iterator[None]:
     """This machine's local time is 5:30 east of UTC."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "XST-05:30"
-    time.tzset()
-    yield
-    if before is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
+    with local_zone("XST-05:30"):
+        yield
 
 
 def test_a_drain_cordons_and_stamps_its_start_in_utc(elsewhere: None) -> None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from kubeplat import config, console, pipeline
 from kubeplat.errors import KubeplatError
 from kubeplat.store import BucketStore
 from kubeplat.terraform import Terraform, found
+from tests.conftest import local_zone
 from tests.unit import test_pipeline_terraform_unit as tfu
 from tests.unit import test_pipeline_unit as pu
 
@@ -129,15 +128,8 @@ def test_an_old_ca_copy_is_deleted_once_and_first(env: config.Environment) -> No
 @pytest.fixture
 def far_east() -> Iterator[None]:
     """The operator's clock on UTC+14 (Kiribati's Line Islands): local time is not UTC."""
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "LINT-14"
-    time.tzset()
-    yield
-    if before is None:
-        del os.environ["TZ"]
-    else:
-        os.environ["TZ"] = before
-    time.tzset()
+    with local_zone("LINT-14"):
+        yield
 
 
 def test_a_new_pkis_marker_says_in_utc_when_it_was_published(

@@ -24,6 +24,7 @@ import pytest
 
 from kubeplat import config, console, process, render, terraform
 from kubeplat.errors import ToolMissing
+from tests.conftest import local_zone
 from tests.unit.test_terraform_runner import seen
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,18 +38,25 @@ printf '%s\\n' "$STANDIN_TEXT"
 """
 
 
-@pytest.fixture
-def binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    """`text` as the Terraform kubeplat runs, its calls logged to tmp_path/standin.log."""
     script = tmp_path / "bin" / "terraform"
-    script.parent.mkdir()
-    script.write_text(VERSION_STANDIN)
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(text)
     script.chmod(0o755)
     monkeypatch.setenv("KUBEPLAT_TERRAFORM", str(script))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "standin.log"))
+    monkeypatch.delenv("KUBEPLAT_TF_MIRROR", raising=False)
+    terraform.found.cache_clear()
+    return script
+
+
+@pytest.fixture
+def binary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    script = standin(tmp_path, monkeypatch, VERSION_STANDIN)
     monkeypatch.setenv("STANDIN_TEXT", "Terraform v1.4.0")
     monkeypatch.delenv("STANDIN_JSON", raising=False)
-    terraform.found.cache_clear()
     yield script
     terraform.found.cache_clear()
 
@@ -247,18 +255,7 @@ def test_the_module_is_staged_file_by_file(packaged: Path, tmp_path: Path) -> No
 def test_a_new_module_means_init_again(
     packaged: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    script = tmp_path / "bin" / "terraform"
-    script.parent.mkdir()
-    script.write_text(
-        "#!/bin/sh\n"
-        'if [ "$1" = version ]; then echo \'{"terraform_version": "1.9.8"}\'; exit 0; fi\n'
-        'mkdir -p "$TF_DATA_DIR"\n'
-    )
-    script.chmod(0o755)
-    monkeypatch.setenv("KUBEPLAT_TERRAFORM", str(script))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.delenv("KUBEPLAT_TF_MIRROR", raising=False)
-    terraform.found.cache_clear()
+    standin(tmp_path, monkeypatch, RUN_STANDIN)
     tf = terraform.Terraform(tmp_path / "work", name="dev")
     tf.init()
     (tf.module / ".terraform.lock.hcl").write_text("# providers\n")
@@ -491,15 +488,7 @@ esac
 
 @pytest.fixture
 def tf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[terraform.Terraform]:
-    script = tmp_path / "bin" / "terraform"
-    script.parent.mkdir()
-    script.write_text(RUN_STANDIN)
-    script.chmod(0o755)
-    monkeypatch.setenv("KUBEPLAT_TERRAFORM", str(script))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "standin.log"))
-    monkeypatch.delenv("KUBEPLAT_TF_MIRROR", raising=False)
-    terraform.found.cache_clear()
+    standin(tmp_path, monkeypatch, RUN_STANDIN)
     yield terraform.Terraform(tmp_path / "work", name="dev")
     terraform.found.cache_clear()
     console.enable_debug(False)
@@ -559,15 +548,10 @@ def test_an_interrupted_run_says_how_to_resume(
 def test_each_runs_log_is_named_by_its_utc_start(
     tf: terraform.Terraform, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: a local stamp would be a day off
-    time.tzset()
-    try:
+    with local_zone("LINT-14"):  # UTC+14: a local stamp would be a day off
         before = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         path = tf.log_path("plan")
         after = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    finally:
-        monkeypatch.delenv("TZ")
-        time.tzset()
     stamp = dt.datetime.strptime(path.name, "%Y%m%dT%H%M%S.%fZ-plan.log")
     assert before <= stamp <= after
 
@@ -612,13 +596,8 @@ def test_the_operation_record_is_readable_json_with_a_utc_start(
     tf: terraform.Terraform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "operation.json"
-    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14
-    time.tzset()
-    try:
+    with local_zone("LINT-14"):  # UTC+14
         terraform._write_operation(path, "apply", os.getpid(), tmp_path / "x.log")
-    finally:
-        monkeypatch.delenv("TZ")
-        time.tzset()
     text = path.read_text()
     assert text.startswith('{\n  "command": "apply",\n') and text.endswith("\n}\n")
     started = dt.datetime.strptime(json.loads(text)["started"], "%Y-%m-%d %H:%M:%S UTC")
