@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import re
 import socket
 import ssl
@@ -57,6 +56,7 @@ from botocore.exceptions import ClientError
 from kubeplat.node import agent as node_agent
 from kubeplat.node import aws, etcd
 from kubeplat.node.etcd import Decision, Member, Seen, decide
+from tests.conftest import local_zone
 
 BUCKET = "kubeplat-dev-secrets"
 PREFIX = "dev"
@@ -1699,17 +1699,8 @@ def test_the_expiry_reported_is_that_of_the_certificate_etcd_serves(tmp_path: Pa
     _certificates(pki, datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC))
     port, server = _serving(pki)
     # Said in UTC, on a machine whose local time is another (5:30 east of UTC here).
-    before = os.environ.get("TZ")
-    os.environ["TZ"] = "XST-05:30"
-    time.tzset()
-    try:
+    with local_zone("XST-05:30"):
         assert etcd.served_expiry("127.0.0.1", port, pki) == EXPIRES
-    finally:
-        if before is None:
-            del os.environ["TZ"]
-        else:
-            os.environ["TZ"] = before
-        time.tzset()
     server.join(10)
     # Nothing answers, or a server the etcd CA did not sign: unknown.
     closed = socket.create_server(("127.0.0.1", 0))

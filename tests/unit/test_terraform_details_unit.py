@@ -25,7 +25,7 @@ import pytest
 from kubeplat import config, console, process, render, terraform
 from kubeplat.errors import ToolMissing
 from tests.conftest import local_zone
-from tests.unit.test_terraform_runner import seen
+from tests.unit.test_terraform_runner import seen, standin
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,20 +36,6 @@ printf 'argv %s\\n' "$*" >> "$STANDIN_LOG"
 if [ "$1 $2" = "version -json" ]; then printf '%s\\n' "$STANDIN_JSON"; exit 0; fi
 printf '%s\\n' "$STANDIN_TEXT"
 """
-
-
-def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
-    """`text` as the Terraform kubeplat runs, its calls logged to tmp_path/standin.log."""
-    script = tmp_path / "bin" / "terraform"
-    script.parent.mkdir(exist_ok=True)
-    script.write_text(text)
-    script.chmod(0o755)
-    monkeypatch.setenv("KUBEPLAT_TERRAFORM", str(script))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "standin.log"))
-    monkeypatch.delenv("KUBEPLAT_TF_MIRROR", raising=False)
-    terraform.found.cache_clear()
-    return script
 
 
 @pytest.fixture

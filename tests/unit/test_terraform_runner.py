@@ -48,18 +48,24 @@ esac
 """
 
 
-@pytest.fixture
-def tf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[terraform.Terraform]:
+def standin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> Path:
+    """`text` as the Terraform kubeplat runs, its calls logged to tmp_path/standin.log."""
     script = tmp_path / "bin" / "terraform"
-    script.parent.mkdir()
-    script.write_text(STANDIN)
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(text)
     script.chmod(0o755)
     monkeypatch.setenv("KUBEPLAT_TERRAFORM", str(script))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "standin.log"))
     monkeypatch.delenv("KUBEPLAT_TF_MIRROR", raising=False)
-    monkeypatch.delenv("STANDIN_MODE", raising=False)
     terraform.found.cache_clear()
+    return script
+
+
+@pytest.fixture
+def tf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[terraform.Terraform]:
+    standin(tmp_path, monkeypatch, STANDIN)
+    monkeypatch.delenv("STANDIN_MODE", raising=False)
     yield terraform.Terraform(tmp_path / "work", name="dev")
     terraform.found.cache_clear()
 
