@@ -290,6 +290,20 @@ def test_the_first_error_of_text_output_with_its_detail_lines() -> None:
         "unexpected EOF"
     )
     assert terraform.last_error("Error: " + "x" * 500) == "x" * 400
+    # Its detail begins on the very next line when Terraform leaves no blank line.
+    assert terraform.last_error("Error: Invalid value\nthe detail\n\nmore\n") == (
+        "Invalid value the detail"
+    )
+
+
+def test_a_diagnostic_cut_off_mid_line_is_passed_over_for_the_next_error() -> None:
+    stream = "\n".join(
+        [
+            '{"@level": "error", "type": "diagnostic", "diagnostic": {"summary": "cut',
+            diagnostic(severity="error", summary="Unsupported argument", detail="x"),
+        ]
+    )
+    assert terraform.last_error(stream) == "Unsupported argument: x"
 
 
 def test_a_json_stream_without_an_error_ends_with_its_last_message() -> None:
