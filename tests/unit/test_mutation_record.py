@@ -132,7 +132,8 @@ def test_a_module_copied_plain_by_an_earlier_run_is_mutated_again(
     """A run of other modules leaves mutmut a plain copy of this one, which mutmut keeps while
     its source is unchanged: every mutant would reach no test, and be recorded so (config.py
     and node/etcd.py were, 3,749 mutants). `prepare` removes such a copy so mutmut makes it
-    again; a mutated copy is kept."""
+    again; a mutated copy is kept. Its stats go too: mutmut then
+    traces every test again, where it would trace new tests only."""
     import shutil
     import subprocess
 
@@ -149,10 +150,13 @@ def test_a_module_copied_plain_by_an_earlier_run_is_mutated_again(
     (made / "etcd.py").write_text('"""plain, as an earlier run copied it"""\n')
     mutated = f"{mutation.TRAMPOLINE} wrap_in_trampoline as _mutmut_mutated, MutantDict\n"
     (made / "agent.py").write_text(mutated)
+    stats = tmp_path / "node" / "mutants" / "mutmut-stats.json"
+    stats.write_text("{}")  # which tests reach which function, as an older run traced it
     copy = mutation.prepare("node", ["kubeplat/node/etcd.py", "kubeplat/node/agent.py"])
     assert copy == tmp_path / "node"
     assert not (made / "etcd.py").exists()
     assert (made / "agent.py").read_text() == mutated
+    assert not stats.exists()  # mutmut traces every test again
     assert (copy / "kubeplat" / "node" / "etcd.py").read_text() == '"""the module"""\n'
     pyproject = (copy / "pyproject.toml").read_text()
     assert (
