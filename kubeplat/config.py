@@ -637,7 +637,7 @@ _PARSE_FORMAT = "1"
 def _parse_text(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """Parse HCL with python-hcl2; return values and the line(s) of each top-level name."""
     import hcl2
-    from lark.exceptions import LarkError, UnexpectedInput
+    from lark.exceptions import LarkError, UnexpectedInput, VisitError
 
     try:
         tree = hcl2.parses_to_tree(text)
@@ -660,6 +660,14 @@ def _parse_text(text: str) -> tuple[dict[str, Any], dict[str, list[int]]]:
     options = hcl2.SerializationOptions(strip_string_quotes=True, with_comments=False)
     try:
         data = hcl2.serialize(hcl2.transform(tree), serialization_options=options)
+    except VisitError as exc:
+        # lark's wrapper ("Error trying to process rule ...") says nothing: the reason is the
+        # exception it wraps, the line that of the part it was turning into a value.
+        reason = str(exc.orig_exc).strip().splitlines() or [type(exc.orig_exc).__name__]
+        err = SyntaxError(reason[0])
+        meta = getattr(exc.obj, "meta", None)
+        err.lineno = getattr(meta, "line", None) or getattr(exc.obj, "line", None)
+        raise err from None
     except (LarkError, ValueError) as exc:
         raise SyntaxError(str(exc).splitlines()[0]) from None
     except RecursionError:

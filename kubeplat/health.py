@@ -102,13 +102,30 @@ def _age(delta: dt.timedelta) -> str:
     return f"{seconds}s ago"
 
 
-def drift(drifted: list[dict[str, Any]], planned: list[dict[str, Any]]) -> Item:
+def built(plan: dict[str, Any]) -> bool:
+    """Whether the state a plan (`terraform show -json`) started from holds any resource:
+    Terraform leaves `prior_state` out when the state is empty."""
+
+    def holds(module: dict[str, Any]) -> bool:
+        return bool(module.get("resources")) or any(
+            holds(child) for child in module.get("child_modules") or []
+        )
+
+    prior = plan.get("prior_state") or {}
+    return holds((prior.get("values") or {}).get("root_module") or {})
+
+
+def drift(drifted: list[dict[str, Any]], planned: list[dict[str, Any]], *, empty: str = "") -> Item:
     """Drift as Terraform itself judges it, from one plan's `terraform show -json`: a resource
     in `resource_drift` (changed outside Terraform since the last apply) whose attributes the
     same plan's `resource_changes` would set back. What the module leaves to others
     (`ignore_changes`: a group's desired capacity) and what AWS computes (tags_all, ARNs…) shows
     in `resource_drift` but the plan does not touch it: not drift. What the environment file
-    changed since the last apply is in the plan but not in `resource_drift`: not drift either."""
+    changed since the last apply is in the plan but not in `resource_drift`: not drift either.
+    `empty` names the environment whose state holds nothing yet: nothing to compare."""
+    if empty:
+        detail = f"not built: its state holds no resource (build it: kubeplat up -e {empty})"
+        return Item("drift", WARN, detail)
     undo: dict[str, dict[str, Any]] = {}
     for change in planned:
         actions = change.get("change", {}).get("actions") or []

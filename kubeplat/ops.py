@@ -1295,7 +1295,9 @@ def _drift(deployed: Any) -> Any:
         plan_file.unlink(missing_ok=True)
     document = json.loads(shown.output[shown.output.find("{") :])
     return checks.drift(
-        document.get("resource_drift") or [], document.get("resource_changes") or []
+        document.get("resource_drift") or [],
+        document.get("resource_changes") or [],
+        empty="" if checks.built(document) else deployed.env.environment,
     )
 
 

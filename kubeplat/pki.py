@@ -638,9 +638,11 @@ def _parse_cert(name: str, data: bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(data)
     except ValueError:
-        raise PKIError(
-            f"{name}.crt is not a PEM certificate", f"reissue it: kubeplat certs --rotate {name}"
-        ) from None
+        if name.endswith((".prev", ".next")):  # a CA's staged copy: `--rotate` takes no such name
+            hint = f"restore it: the secrets bucket keeps earlier versions of ENV/pki/…/{name}.crt"
+        else:
+            hint = f"reissue it: kubeplat certs --rotate {name}"
+        raise PKIError(f"{name}.crt is not a PEM certificate", hint) from None
 
 
 def _parse_key(filename: str, data: bytes, hint: str = "") -> PrivateKey:

@@ -352,10 +352,13 @@ def test_a_file_that_is_not_utf_8(environments: Path) -> None:
     ]
 
 
-def test_a_template_directive_the_parser_cannot_finish(environments: Path) -> None:
-    assert whole_file_error(environments, 'x = "%{ if a }b"\n') == [
-        f'{SHOWN}: not a valid tfvars file: Error trying to process rule "string":'
-        " (hint: every line is NAME = VALUE, strings in double quotes)"
+@pytest.mark.parametrize("directive", ["if a", "for x in y"])
+def test_a_template_directive_the_parser_cannot_finish(environments: Path, directive: str) -> None:
+    """The parser's own reason and line, not lark's wrapper ("Error trying to process rule")."""
+    text = f'aws_region = "eu-west-1"\n\nx = "%{{ {directive} }}b"\n'
+    assert whole_file_error(environments, text) == [
+        f"{SHOWN}:3: not a valid tfvars file: Unterminated template {directive.split()[0]}"
+        " directive (hint: every line is NAME = VALUE, strings in double quotes)"
     ]
 
 

@@ -56,6 +56,23 @@ def test_drift_is_what_the_plan_would_set_back() -> None:
     )
 
 
+def test_an_environment_whose_state_holds_nothing_has_no_drift_to_show() -> None:
+    """A bucket but no apply yet (an `up` stopped early, or a destroy): every resource would be
+    created, none drifted; `health` says so instead of "none"."""
+    # `terraform show -json` of a plan over an empty state has no prior_state at all.
+    assert not health.built({"format_version": "1.2", "resource_changes": []})
+    assert not health.built({"prior_state": {"values": {"root_module": {}}}})
+    resource = {"address": "aws_vpc.main", "mode": "managed", "type": "aws_vpc"}
+    assert health.built({"prior_state": {"values": {"root_module": {"resources": [resource]}}}})
+    nested = {"root_module": {"child_modules": [{"child_modules": [{"resources": [resource]}]}]}}
+    assert health.built({"prior_state": {"values": nested}})
+    item = health.drift([], [], empty="dev")
+    assert (item.level, item.detail) == (
+        "warn",
+        "not built: its state holds no resource (build it: kubeplat up -e dev)",
+    )
+
+
 def test_certificate_expiry_levels() -> None:
     assert health.expiry("c", NOW + dt.timedelta(days=3), NOW, 30, "served").level == "red"
     assert health.expiry("c", NOW + dt.timedelta(days=20), NOW, 30, "served").level == "warn"

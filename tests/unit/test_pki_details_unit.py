@@ -101,9 +101,10 @@ def test_an_unreadable_old_ca_copy_is_named_when_a_leaf_needs_it(
     # A leaf the current CA did not sign is checked against the old CA's copy (`ca.prev.crt`).
     files = with_apiserver_of_another_set()
     files["ca.prev.crt"] = b"not a certificate\n"
-    assert (
-        refused(pki.ensure, env, files, now=ISSUED).message
-        == "ca.prev.crt is not a PEM certificate"
+    # A staged copy is restored, never reissued: `--rotate ca.prev` is no command kubeplat takes.
+    assert words(refused(pki.ensure, env, files, now=ISSUED)) == (
+        "ca.prev.crt is not a PEM certificate",
+        "restore it: the secrets bucket keeps earlier versions of ENV/pki/…/ca.prev.crt",
     )
 
 
@@ -135,6 +136,11 @@ def test_kubeplat_certs_names_a_certificate_it_cannot_read() -> None:
     assert words(refused(pki.describe, {"etcd/ca.crt": b"not a certificate\n"})) == (
         "etcd/ca.crt is not a PEM certificate",
         "reissue it: kubeplat certs --rotate etcd/ca",
+    )
+    staged = {**full_set(), "etcd/ca.next.crt": b"not a certificate\n"}
+    assert words(refused(pki.describe, staged)) == (
+        "etcd/ca.next.crt is not a PEM certificate",
+        "restore it: the secrets bucket keeps earlier versions of ENV/pki/…/etcd/ca.next.crt",
     )
 
 
