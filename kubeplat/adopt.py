@@ -933,11 +933,13 @@ def import_blocks(adopted: Iterable[Candidate]) -> str:
 
 
 def _show(tf: Terraform, plan_file: Path) -> dict[str, Any]:
+    from kubeplat import terraform
+
     result = tf.run("show", "-json", str(plan_file), on_line=lambda _line: None, check=False)
     if result.returncode != 0:
         raise tf.failure("show", result)
     try:
-        document = json.loads(result.output[result.output.find("{") :])
+        document = terraform.json_document(result.output)
     except ValueError:
         raise tf.failure("show", result) from None
     return document if isinstance(document, dict) else {}

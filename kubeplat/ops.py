@@ -1274,8 +1274,6 @@ def _lock(deployed: Any, now: dt.datetime) -> Any:
 def _drift(deployed: Any) -> Any:
     """A plan (no lock taken, its plan file thrown away) judges what changed outside Terraform:
     what it refreshed differently and would set back (`health.drift`)."""
-    import json
-
     from kubeplat import health as checks
     from kubeplat import pipeline, render, terraform
 
@@ -1293,7 +1291,7 @@ def _drift(deployed: Any) -> Any:
         shown = tf.run("show", "-json", str(plan_file), on_line=lambda _line: None)
     finally:
         plan_file.unlink(missing_ok=True)
-    document = json.loads(shown.output[shown.output.find("{") :])
+    document = terraform.json_document(shown.output)
     return checks.drift(
         document.get("resource_drift") or [],
         document.get("resource_changes") or [],

@@ -690,11 +690,13 @@ def summarize(lines: Iterable[str]) -> PlanSummary:
 def explain(summary: PlanSummary, tf: Terraform, plan_file: Path) -> PlanSummary:
     """The attributes forcing each replacement (`replace_paths` of `terraform show -json`),
     read only when the plan replaces something."""
+    from kubeplat import terraform
+
     if not any(r["action"] == "replace" for r in summary.removals):
         return summary
     result = tf.run("show", "-json", str(plan_file), on_line=lambda _line: None, check=False)
     try:
-        document = json.loads(result.output[result.output.find("{") :])
+        document = terraform.json_document(result.output)
     except ValueError:
         return summary  # the summary still names every replacement, without its attributes
     paths = {
@@ -1018,8 +1020,10 @@ def planned_outputs(plan_file: Path) -> dict[str, Any] | None:
 
 def parse_outputs(text: str) -> dict[str, Any]:
     """The values of `terraform output -json`."""
-    start = text.find("{")
-    raw = json.loads(text[start:] if start >= 0 else "{}")  # nothing (no outputs yet): none
+    from kubeplat import terraform
+
+    # Nothing at all (no outputs yet): none.
+    raw = terraform.json_document(text) if "{" in text else {}
     return {name: item.get("value") for name, item in raw.items()}
 
 

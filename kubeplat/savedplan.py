@@ -139,8 +139,14 @@ def _prior_state(plan_file: Path) -> tuple[str, int]:
 
 def _current_state(tf: Terraform) -> tuple[str, int]:
     """(lineage, serial) of the environment's state now (`terraform state pull`)."""
+    from kubeplat import terraform
+
     pulled = tf.run("state", "pull", on_line=lambda _line: None).output
-    return _lineage(pulled[pulled.find("{") :] if "{" in pulled else "")
+    try:
+        state = terraform.json_document(pulled) if "{" in pulled else {}
+    except ValueError:
+        return ("?", -1)
+    return (str(state.get("lineage", "")), int(state.get("serial", 0)))
 
 
 def _lineage(text: str) -> tuple[str, int]:

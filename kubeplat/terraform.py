@@ -143,7 +143,7 @@ def _ask_version(path: str) -> tuple[int, int, int]:
     result = process.run([path, "version", "-json"])
     try:
         # Warnings about the CLI configuration may come before the JSON document.
-        text = json.loads(result.output[result.output.find("{") :])["terraform_version"]
+        text = json_document(result.output)["terraform_version"]
     except (ValueError, KeyError):
         match = re.search(r"v(\d+\.\d+\.\d+)", result.output)
         if not match:
@@ -381,7 +381,7 @@ class Terraform:
         """`terraform validate -json`; the error diagnostics (empty when valid)."""
         result = self.run("validate", "-json", check=False)
         try:
-            report = json.loads(result.output[result.output.find("{") :])
+            report = json_document(result.output)
         except ValueError:
             raise TerraformFailed(
                 f"terraform validate failed: {last_error(result.output)}"
@@ -628,6 +628,20 @@ def last_error(output: str) -> str:
         with contextlib.suppress(ValueError):  # a line cut off mid-document
             return str(json.loads(tail[-1]).get("@message", tail[-1]))[:400]
     return tail[-1] if tail else "no output"
+
+
+def json_document(output: str) -> Any:
+    """The JSON document in a Terraform command's output. Its stderr comes merged in, and a
+    warning (about the CLI configuration, say) may stand before or after the document and hold
+    braces of its own: the document is the first one that begins a line and reads whole.
+    ValueError when there is none."""
+    decoder = json.JSONDecoder()
+    for start in re.finditer(r"(?m)^\{", output):
+        try:
+            return decoder.raw_decode(output, start.start())[0]
+        except ValueError:
+            continue
+    raise ValueError("no JSON document in Terraform's output")
 
 
 def describe(diagnostics: Sequence[Mapping[str, Any]]) -> str:

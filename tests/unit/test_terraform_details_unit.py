@@ -58,7 +58,9 @@ def calls(tmp_path: Path) -> list[str]:
 def test_the_version_is_asked_as_json_and_read_with_its_prerelease(
     binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("STANDIN_JSON", '{"terraform_version": "1.10.0-rc1", "platform": "x"}')
+    # A warning about the user's CLI configuration, braces and all, comes first (stderr merged).
+    document = json.dumps({"terraform_version": "1.10.0-rc1", "platform": "x"}, indent=2)
+    monkeypatch.setenv("STANDIN_JSON", WARNING_WITH_BRACES + document)
     assert terraform.version(str(binary)) == (1, 10, 0)
     assert calls(tmp_path) == ["argv version -json"]
 
@@ -294,6 +296,26 @@ def test_the_first_error_of_text_output_with_its_detail_lines() -> None:
     assert terraform.last_error("Error: Invalid value\nthe detail\n\nmore\n") == (
         "Invalid value the detail"
     )
+
+
+WARNING_WITH_BRACES = (
+    "╷\n│ Warning: Deprecated attribute\n│\n│ use provider_installation { filesystem_mirror {} }\n"
+    "╵\n"
+)
+
+
+def test_the_json_document_is_found_among_warnings_that_hold_braces_of_their_own() -> None:
+    """stderr comes merged into the output: a warning may stand before the document (and hold
+    `{`) or after it; `version -json` spreads its document over lines."""
+    plan = {"format_version": "1.2", "resource_changes": [{"address": "aws_vpc.main"}]}
+    assert terraform.json_document(WARNING_WITH_BRACES + json.dumps(plan) + "\n") == plan
+    assert terraform.json_document(json.dumps(plan) + "\n" + WARNING_WITH_BRACES) == plan
+    version = json.dumps({"terraform_version": "1.9.8", "platform": "linux_amd64"}, indent=2)
+    assert terraform.json_document(WARNING_WITH_BRACES + version)["terraform_version"] == "1.9.8"
+    assert terraform.json_document('{"cut": \n{"whole": 1}\n') == {"whole": 1}
+    for nothing in ("", "Error: no state\n", WARNING_WITH_BRACES, '{"cut": '):
+        with pytest.raises(ValueError, match=r"^no JSON document in Terraform's output$"):
+            terraform.json_document(nothing)
 
 
 def test_a_diagnostic_cut_off_mid_line_is_passed_over_for_the_next_error() -> None:
