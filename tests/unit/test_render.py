@@ -54,20 +54,22 @@ def test_same_inputs_same_bytes(env: config.Environment, files: dict[str, bytes]
 
 
 def test_userdata_small_and_secret_free(env: config.Environment, files: dict[str, bytes]) -> None:
-    out = render.bundle(env, files)
-    for layer in ("secure", "compute"):
-        data = out[f"userdata/{layer}"]
-        print(f"userdata/{layer}: {len(data)} bytes (limit {render.USERDATA_LIMIT})")
-        assert len(data) < render.USERDATA_LIMIT
-        assert b"PRIVATE KEY" not in data
-        assert files["bootstrap-token"] not in data
-    # What the README says of its size holds (to the nearest kilobyte).
     readme = (REPO / "README.md").read_text()
     said = re.search(r"the stub each instance boots with \(about (\d+) KB\)", readme)
     assert said, "README.md no longer says how big the stub is"
-    for layer in ("secure", "compute"):
-        assert round(len(out[f"userdata/{layer}"]) / 1000) == int(said.group(1)), layer
-        assert data.startswith(b"#!/bin/sh\n")
+    separate = dataclasses.replace(env, topology="separate")
+    for layout in (env, separate):
+        out = render.bundle(layout, files)
+        stubs = {name: data for name, data in out.items() if name.startswith("userdata/")}
+        assert len(stubs) == len(render.layers(layout))
+        for name, data in stubs.items():
+            print(f"{name}: {len(data)} bytes (limit {render.USERDATA_LIMIT})")
+            assert len(data) < render.USERDATA_LIMIT
+            assert b"PRIVATE KEY" not in data
+            assert files["bootstrap-token"] not in data
+            assert data.startswith(b"#!/bin/sh\n"), name
+            # What the README says of its size holds (to the nearest kilobyte).
+            assert round(len(data) / 1000) == int(said.group(1)), name
 
 
 def test_cloudconfigs_are_standard_and_hold_no_secret(

@@ -6,7 +6,8 @@ returns at once); python3 is the real interpreter with `time.sleep` made instant
 stub's bounded waits end in moments. The node-boot tier runs the same stub for real.
 
 What a user would notice: a node that gets its configuration and PKI (and only its own), starts
-its bootstrap, keeps the configuration its launch template names when a newer one is in the
+its bootstrap, waits for a configuration not uploaded yet, keeps the configuration its launch
+template names when a newer one is in the
 bucket, retries a package install that fails, and powers itself off (so that its group
 replaces it) when it cannot get what it needs, saying why."""
 
@@ -27,10 +28,24 @@ from kubeplat import config, pki, render
 BUCKET = "kubeplat-example-secrets"
 RECORDER = '#!/bin/sh\necho "$(basename "$0") $*" >> "$STUB_LOG"\n'
 # python3's sleeps: recorded, and instant.
+# At the STUB_PUBLISH_AT-th sleep, what waits under STUB_PENDING is uploaded (a bucket that gets
+# the configuration only while the node waits for it).
 SITE = """import os, time
+_slept = [0]
 def _sleep(seconds):
     with open(os.environ["STUB_LOG"], "a") as log:
         log.write("python sleep %g\\n" % seconds)
+    _slept[0] += 1
+    if str(_slept[0]) == os.environ.get("STUB_PUBLISH_AT"):
+        import boto3
+        s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="eu-west-1")
+        pending = os.environ["STUB_PENDING"]
+        for folder, _dirs, names in os.walk(pending):
+            for name in names:
+                path = os.path.join(folder, name)
+                key = os.path.relpath(path, pending)
+                with open(path, "rb") as handle:
+                    s3.put_object(Bucket=os.environ["STUB_BUCKET"], Key=key, Body=handle.read())
 time.sleep = _sleep
 """
 
@@ -67,6 +82,7 @@ class Node:
 
     def __init__(self, root: Path, endpoint: str, bundle: dict[str, bytes]) -> None:
         self.root, self.endpoint, self.bundle = root, endpoint, bundle
+        self.environ: dict[str, str] = {}
         self.log = root / "calls.log"
         self.bin = root / "bin"
         self.bin.mkdir(parents=True)
@@ -110,6 +126,23 @@ class Node:
             if name.startswith("layout/") and not name.startswith("layout/locked/"):
                 self.put("pki/" + name.removeprefix("layout/"), data)
 
+    def publish_while_waiting(self, at_sleep: int) -> None:
+        """Publish only at the stub's `at_sleep`-th wait: the node booted before `up` had
+        uploaded its configuration (an instance launched early, an upload still under way)."""
+        pending = self.root / "pending"
+        put, self.put = self.put, lambda key, body: self._pend(pending, key, body)
+        try:
+            self.publish()
+        finally:
+            self.put = put  # type: ignore[method-assign]
+        self.environ.update({"STUB_PUBLISH_AT": str(at_sleep), "STUB_PENDING": str(pending)})
+
+    @staticmethod
+    def _pend(pending: Path, key: str, body: bytes) -> None:
+        path = pending / "example" / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+
     def run(self) -> subprocess.CompletedProcess[str]:
         text = self.bundle["userdata/compute"].decode()
         text = text.replace(BUCKET, self.bucket)
@@ -125,6 +158,8 @@ class Node:
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
+            "STUB_BUCKET": self.bucket,
+            **self.environ,
         }
         return subprocess.run(
             ["sh", str(program)], env=environment, capture_output=True, text=True, timeout=120
@@ -189,6 +224,24 @@ def test_a_node_keeps_the_configuration_its_launch_template_names(node: Node) ->
     assert done.returncode == 0, done.stdout + done.stderr
     written = node.file("/var/lib/kubeplat/cloud-config.yaml").read_bytes()
     assert written == node.bundle["cloudconfig/worker"]
+
+
+def test_a_node_that_boots_before_its_configuration_is_uploaded_waits_for_it(node: Node) -> None:
+    """The bucket answers NoSuchKey at first: the node says what it waits for, waits, and boots
+    once the configuration and its PKI are there."""
+    node.publish_while_waiting(at_sleep=3)
+    done = node.run()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stderr.count("kubeplat: waiting for cloudconfig/worker:") == 3
+    assert "NoSuchKey" in done.stderr
+    assert node.calls().count("python sleep 10") == 3
+    assert "poweroff " not in node.calls()
+    written = node.file("/var/lib/kubeplat/cloud-config.yaml").read_bytes()
+    assert written == node.bundle["cloudconfig/worker"]
+    assert node.file("/etc/kubernetes/pki/ca.crt").read_bytes() == (
+        node.bundle["layout/common/ca.crt"]
+    )
+    assert "systemctl start --no-block kubeplat-bootstrap.service" in node.calls()
 
 
 def test_a_node_whose_configuration_never_comes_powers_off(node: Node) -> None:
