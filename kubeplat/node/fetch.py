@@ -129,7 +129,8 @@ def _install(source: Path, install: dict[str, Any]) -> None:
     only = set(install.get("only", []))
     with tarfile.open(source) as archive:
         for member in archive.getmembers():
-            parts = [p for p in Path(member.name).parts if p not in (".", "")]
+            # A leading "/" is dropped (as tar does): an absolute member lands under `dest` too.
+            parts = [p for p in Path(member.name).parts if p not in (".", "", "/")]
             if not member.isfile() or len(parts) <= strip or ".." in parts:
                 continue
             relative = Path(*parts[strip:])

@@ -1,0 +1,761 @@
+"""The node's pinned binaries (kubeplat/node/fetch.py): downloaded, checked against their
+sha256, installed and recorded, run in-process against REAL servers on loopback: an HTTP
+artifact mirror (`http.server`, scripted per path: a damaged body, a transfer cut short, an
+error status, a redirect) that records every request, and moto's S3 server for `s3://` mirrors.
+Everything is written under the test's temporary directory (install destinations, the record
+file, and the downloads' scratch folders); only `platform.machine` is the test's (amd64 unless
+a test says otherwise).
+
+What a node and its operator would notice: the binary in place, executable, replaced
+atomically (a running binary is never written over); the record of what is installed; how
+many downloads were made (none on a second run); a damaged download fetched once more and
+never installed when damaged twice; a tarball that lands only its wanted files, nothing
+outside its destination; the exact message of a failure that another attempt cannot fix
+(`steps.Permanent`) and of one that it may (`fetch.Transient`); the lines said on the journal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.server
+import io
+import json
+import os
+import platform
+import re
+import socket
+import tarfile
+import tempfile
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from kubeplat.node import aws, fetch, steps
+
+REGION = "eu-west-1"
+BUCKET = "kubeplat-artifacts"
+
+
+@dataclass
+class Answer:
+    """One scripted response. `length` is the Content-Length announced when it is not the
+    body's (more than the body: a transfer cut short)."""
+
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    length: int | None = None
+
+
+class Mirror:
+    """An HTTP artifact mirror on 127.0.0.1. Each path answers from its queue of scripted
+    responses first, then with its file (200), else 404; every request path is recorded."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.queued: dict[str, deque[Answer]] = {}
+        self.requests: list[str] = []
+        self.lock = threading.Lock()
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                answer = mirror.answer(self.path)
+                self.send_response(answer.status)
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                length = len(answer.body) if answer.length is None else answer.length
+                self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.write(answer.body)
+                if length != len(answer.body):
+                    self.close_connection = True
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        # A short poll: shutting the server down (each test's teardown) waits for one.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
+        )
+        self.thread.start()
+        self.closed = False
+
+    def answer(self, path: str) -> Answer:
+        with self.lock:
+            self.requests.append(path)
+            queue = self.queued.get(path)
+            if queue:
+                return queue.popleft()
+            if path in self.files:
+                return Answer(200, self.files[path])
+            return Answer(404, b"not here")
+
+    def put(self, path: str, body: bytes) -> str:
+        """Serve `body` at `path` from now on; its URL."""
+        self.files[path] = body
+        return self.url(path)
+
+    def queue(self, path: str, *answers: Answer) -> str:
+        """Answer the next requests of `path` with `answers`, in order; its URL."""
+        self.queued.setdefault(path, deque()).extend(answers)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join()
+
+
+@pytest.fixture(autouse=True)
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An amd64 machine without proxies, whose scratch folders are the test's to inspect."""
+    for name in list(os.environ):
+        if name.lower().endswith("_proxy"):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+@pytest.fixture
+def mirror() -> Iterator[Mirror]:
+    served = Mirror()
+    yield served
+    served.close()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    server_module = pytest.importorskip(
+        "moto.server", reason="the sandbox extra (moto[server]) is not installed"
+    )
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The node's AWS pointed at moto's S3, with the artifact bucket; a client to fill it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setattr(aws, "_session", None)
+    client = boto3.client("s3", region_name=REGION, endpoint_url=s3_endpoint)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
+        client.create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": REGION}
+        )
+    return client
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def artifact(name: str, url: str, data: bytes, install: dict[str, Any]) -> dict[str, Any]:
+    """An artifact pinned, for amd64, to `data` at `url`."""
+    return {
+        "name": name,
+        "urls": {"amd64": url},
+        "sha256": {"amd64": sha(data)},
+        "install": install,
+    }
+
+
+def binary(name: str, url: str, data: bytes, dest: Path) -> dict[str, Any]:
+    return artifact(name, url, data, {"kind": "bin", "dest": str(dest)})
+
+
+def tarball(members: dict[str, bytes | None], links: dict[str, str] | None = None) -> bytes:
+    """A gzipped tarball: files (mode 0644), folders (a None body), symbolic links."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+                continue
+            info.size, info.mode = len(data), 0o644
+            archive.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            archive.addfile(info)
+    return buffer.getvalue()
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (dot files too), by relative path."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def recorded(record: Path) -> dict[str, str]:
+    data: dict[str, str] = json.loads(record.read_text())
+    return data
+
+
+# -- binaries -----------------------------------------------------------------------------------
+
+
+def test_a_pinned_binary_is_downloaded_installed_executable_and_recorded(
+    mirror: Mirror, tmp_path: Path, node: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = b"\x7fELF kubelet v1.33"
+    dest = tmp_path / "root/usr/local/bin/kubelet"  # its folder does not exist yet
+    record = tmp_path / "state/artifacts.json"
+    kubelet = binary("kubelet", mirror.put("/kubelet", data), data, dest)
+
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert dest.read_bytes() == data
+    assert mode(dest) == 0o755
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["kubelet"]  # no temporary file
+    assert recorded(record) == {"kubelet": sha(data)}
+    assert sorted(p.name for p in record.parent.iterdir()) == ["artifacts.json"]
+    assert mirror.requests == ["/kubelet"]
+    assert list(node.iterdir()) == []  # the download's scratch folder is gone
+    assert capsys.readouterr().out == ""  # a clean download says nothing
+
+
+def test_a_second_run_downloads_nothing_and_leaves_the_binary_alone(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    data = b"\x7fELF kubectl"
+    dest = tmp_path / "bin/kubectl"
+    record = tmp_path / "artifacts.json"
+    kubectl = binary("kubectl", mirror.put("/kubectl", data), data, dest)
+    assert fetch.ensure(kubectl, REGION, record=record) is True
+    installed = dest.stat()
+    record_text = record.read_text()
+
+    assert fetch.ensure(kubectl, REGION, record=record) is False
+    assert fetch.ensure(kubectl, REGION, record=record) is False
+    assert mirror.requests == ["/kubectl"]
+    assert (dest.stat().st_ino, dest.stat().st_mtime_ns) == (
+        installed.st_ino,
+        installed.st_mtime_ns,
+    )
+    assert record.read_text() == record_text
+
+
+def test_a_recorded_binary_whose_file_was_deleted_is_downloaded_again(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    data = b"\x7fELF runc"
+    dest = tmp_path / "sbin/runc"
+    record = tmp_path / "artifacts.json"
+    runc = binary("runc", mirror.put("/runc.amd64", data), data, dest)
+    assert fetch.ensure(runc, REGION, record=record) is True
+    dest.unlink()
+
+    assert fetch.ensure(runc, REGION, record=record) is True
+    assert dest.read_bytes() == data
+    assert mode(dest) == 0o755
+    assert mirror.requests == ["/runc.amd64", "/runc.amd64"]
+    assert recorded(record) == {"runc": sha(data)}
+
+
+def test_a_new_pin_replaces_the_installed_binary_and_keeps_the_other_records(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    old, new = b"\x7fELF kubelet v1.32", b"\x7fELF kubelet v1.33"
+    dest = tmp_path / "bin/kubelet"
+    dest.parent.mkdir()
+    dest.write_bytes(old)
+    record = tmp_path / "artifacts.json"
+    record.write_text(json.dumps({"kubelet": sha(old), "runc": "1" * 64}))
+
+    kubelet = binary("kubelet", mirror.put("/v1.33/kubelet", new), new, dest)
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert dest.read_bytes() == new
+    assert recorded(record) == {"kubelet": sha(new), "runc": "1" * 64}
+    assert mirror.requests == ["/v1.33/kubelet"]
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [b"{not json", b"", b"\xff\xfe\x00", b"[]", b'[["kubelet", "PIN"]]', b'"kubelet"'],
+    ids=["not-json", "empty", "not-text", "empty-list", "list-of-pairs", "a-string"],
+)
+def test_a_damaged_record_file_means_downloading_again(
+    mirror: Mirror, tmp_path: Path, damaged: bytes
+) -> None:
+    data = b"\x7fELF kubelet"
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    kubelet = binary("kubelet", mirror.put("/kubelet", data), data, dest)
+    assert fetch.ensure(kubelet, REGION, record=record) is True  # in place, recorded
+    record.write_bytes(damaged.replace(b"PIN", sha(data).encode()))
+
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+    assert dest.read_bytes() == data
+    assert recorded(record) == {"kubelet": sha(data)}  # written whole again
+
+
+def test_an_install_that_fails_records_nothing_and_the_next_run_installs(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    data = b"\x7fELF kubelet"
+    (tmp_path / "usr").write_text("a file where the folder should be")
+    dest = tmp_path / "usr/bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    record.write_text('{"runc": "' + "1" * 64 + '"}\n')
+    kubelet = binary("kubelet", mirror.put("/kubelet", data), data, dest)
+
+    with pytest.raises(OSError):
+        fetch.ensure(kubelet, REGION, record=record)
+    assert record.read_text() == '{"runc": "' + "1" * 64 + '"}\n'
+
+    (tmp_path / "usr").unlink()
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert dest.read_bytes() == data
+    assert recorded(record) == {"kubelet": sha(data), "runc": "1" * 64}
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+
+
+def test_installing_over_a_binary_replaces_it_atomically_never_writing_over_it(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    old, new = b"\x7fELF kubelet v1.32", b"\x7fELF kubelet v1.33"
+    dest = tmp_path / "bin/kubelet"
+    dest.parent.mkdir()
+    dest.write_bytes(old)
+    dest.chmod(0o755)
+    before = dest.stat().st_ino
+    kubelet = binary("kubelet", mirror.put("/kubelet", new), new, dest)
+
+    with dest.open("rb") as running:  # the old binary, as a running process holds it
+        assert fetch.ensure(kubelet, REGION, record=tmp_path / "artifacts.json") is True
+        assert running.read() == old
+    assert dest.stat().st_ino != before
+    assert dest.read_bytes() == new
+    assert mode(dest) == 0o755
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["kubelet"]  # no .kubelet.kubeplat-new
+
+
+# -- damaged downloads --------------------------------------------------------------------------
+
+
+def test_a_body_damaged_once_is_downloaded_again_and_installed(
+    mirror: Mirror, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, damaged = b"\x7fELF kubelet", b"\x7fELF kubelXt"
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    mirror.queue("/kubelet", Answer(200, damaged))
+    kubelet = binary("kubelet", mirror.put("/kubelet", data), data, dest)
+
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert capsys.readouterr().out == (
+        f"kubeplat: kubelet: sha256 {sha(damaged)} is not the pinned {sha(data)}; "
+        "downloading again\n"
+    )
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+    assert dest.read_bytes() == data
+    assert mode(dest) == 0o755
+    assert recorded(record) == {"kubelet": sha(data)}
+
+
+def test_a_transfer_cut_short_is_downloaded_again_and_installed(
+    mirror: Mirror, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = bytes(range(256)) * 64
+    dest = tmp_path / "bin/kubelet"
+    mirror.queue("/kubelet", Answer(200, data[:1000], length=len(data)))
+    kubelet = binary("kubelet", mirror.put("/kubelet", data), data, dest)
+
+    assert fetch.ensure(kubelet, REGION, record=tmp_path / "artifacts.json") is True
+    assert capsys.readouterr().out == (
+        f"kubeplat: kubelet: sha256 {sha(data[:1000])} is not the pinned {sha(data)}; "
+        "downloading again\n"
+    )
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+    assert dest.read_bytes() == data
+
+
+def test_a_body_damaged_twice_is_refused_and_nothing_is_installed(
+    mirror: Mirror, tmp_path: Path, node: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = b"\x7fELF kubelet v1.32", b"\x7fELF kubelet v1.33"
+    first, second = b"<html>proxy error</html>", b"\x7fELF kubelet v1.3"
+    dest = tmp_path / "bin/kubelet"
+    dest.parent.mkdir()
+    dest.write_bytes(old)  # the version in place keeps running
+    record = tmp_path / "artifacts.json"
+    record.write_text(json.dumps({"kubelet": sha(old), "runc": "1" * 64}))
+    record_text = record.read_text()
+    url = mirror.queue("/kubelet", Answer(200, first), Answer(200, second))
+    mirror.put("/kubelet", new)  # a third download would get the right file
+    kubelet = binary("kubelet", url, new, dest)
+
+    with pytest.raises(steps.Permanent) as refused:
+        fetch.ensure(kubelet, REGION, record=record)
+    assert str(refused.value) == (
+        f"kubelet from {url}: sha256 {sha(second)} does not match the pinned {sha(new)}"
+    )
+    assert capsys.readouterr().out == (
+        f"kubeplat: kubelet: sha256 {sha(first)} is not the pinned {sha(new)}; downloading again\n"
+    )
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+    assert dest.read_bytes() == old
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["kubelet"]
+    assert record.read_text() == record_text
+    assert list(node.iterdir()) == []  # the refused download is not left on disk
+
+
+# -- tarballs -----------------------------------------------------------------------------------
+
+
+def test_a_tarball_lands_only_its_wanted_files_minus_strip_and_nothing_escapes(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    etcd = tarball(
+        {
+            "etcd-v3.5.21-linux-amd64/": None,
+            "etcd-v3.5.21-linux-amd64/etcd": b"etcd",
+            "etcd-v3.5.21-linux-amd64/etcdctl": b"etcdctl",
+            "etcd-v3.5.21-linux-amd64/README.md": b"docs",
+            "etcd-v3.5.21-linux-amd64/Documentation/": None,
+            "etcd-v3.5.21-linux-amd64/Documentation/dev-guide.md": b"docs",
+            "etcd": b"shorter than strip",
+            "etcd-v3.5.21-linux-amd64/../../../etcdctl": b"escaped",
+            "../etcd": b"escaped",
+        },
+        links={"etcd-v3.5.21-linux-amd64/etcdutl": "/etc/shadow"},
+    )
+    root = tmp_path / "root"
+    bindir = root / "usr/local/bin"
+    record = tmp_path / "artifacts.json"
+    install = {
+        "kind": "tar",
+        "dest": str(bindir),
+        "strip": 1,
+        "only": ["etcd", "etcdctl", "etcdutl"],
+        "check": ["etcd", "etcdctl"],
+    }
+    wanted = artifact("etcd", mirror.put("/etcd.tar.gz", etcd), etcd, install)
+
+    assert fetch.ensure(wanted, REGION, record=record) is True
+    assert files_under(root) == {"usr/local/bin/etcd": b"etcd", "usr/local/bin/etcdctl": b"etcdctl"}
+    assert [p for p in root.rglob("*") if p.is_symlink()] == []
+    assert (mode(bindir / "etcd"), mode(bindir / "etcdctl")) == (0o755, 0o755)
+    assert files_under(tmp_path) == {
+        "artifacts.json": record.read_bytes(),
+        "root/usr/local/bin/etcd": b"etcd",
+        "root/usr/local/bin/etcdctl": b"etcdctl",
+    }
+    assert recorded(record) == {"etcd": sha(etcd)}
+
+
+def test_a_tarball_without_only_lands_every_regular_file_below_its_folders(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    containerd = tarball(
+        {
+            "bin/": None,
+            "bin/containerd": b"containerd",
+            "bin/ctr": b"ctr",
+            "./bin/containerd-shim-runc-v2": b"shim",
+            "README": b"shorter than strip",
+            "bin/../../escape": b"escaped",
+        },
+        links={"bin/runc": "../../../usr/sbin/runc"},
+    )
+    dest = tmp_path / "root/usr/local/lib"
+    install = {"kind": "tar", "dest": str(dest), "strip": 1, "check": ["containerd"]}
+    wanted = artifact("containerd", mirror.put("/containerd.tgz", containerd), containerd, install)
+
+    assert fetch.ensure(wanted, REGION, record=tmp_path / "artifacts.json") is True
+    assert files_under(tmp_path / "root") == {
+        "usr/local/lib/containerd": b"containerd",
+        "usr/local/lib/ctr": b"ctr",
+        "usr/local/lib/containerd-shim-runc-v2": b"shim",
+    }
+    assert {mode(p) for p in dest.iterdir()} == {0o755}
+    assert not (tmp_path / "escape").exists() and not (tmp_path / "root/usr/escape").exists()
+
+
+def test_a_member_with_an_absolute_name_lands_under_the_destination(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    """Without `strip`, as containerd and the CNI plugins are installed: an absolute member
+    name is taken below `dest`, as tar takes it, never written where it points."""
+    outside = tmp_path / "outside" / "evil"
+    plugins = tarball({"./bridge": b"bridge", str(outside): b"evil"})
+    dest = tmp_path / "opt/cni/bin"
+    install = {"kind": "tar", "dest": str(dest), "check": ["bridge"]}
+    cni = artifact("cni-plugins", mirror.put("/cni.tgz", plugins), plugins, install)
+    assert fetch.ensure(cni, REGION, record=tmp_path / "artifacts.json") is True
+    assert not outside.exists()
+    assert (dest / str(outside).lstrip("/")).read_bytes() == b"evil"
+    assert (dest / "bridge").read_bytes() == b"bridge"
+
+
+def test_the_check_list_decides_whether_a_tarball_counts_as_installed(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    plugins = tarball({"./bridge": b"bridge", "./loopback": b"loopback", "./LICENSE": b"text"})
+    dest = tmp_path / "opt/cni/bin"
+    record = tmp_path / "artifacts.json"
+    install = {"kind": "tar", "dest": str(dest), "check": ["bridge", "loopback"]}
+    cni = artifact("cni-plugins", mirror.put("/cni.tgz", plugins), plugins, install)
+    assert fetch.ensure(cni, REGION, record=record) is True
+    assert sorted(p.name for p in dest.iterdir()) == ["LICENSE", "bridge", "loopback"]
+
+    (dest / "LICENSE").unlink()  # not in `check`: still installed
+    assert fetch.ensure(cni, REGION, record=record) is False
+    assert mirror.requests == ["/cni.tgz"]
+
+    (dest / "loopback").unlink()  # in `check`: installed again
+    assert fetch.ensure(cni, REGION, record=record) is True
+    assert mirror.requests == ["/cni.tgz", "/cni.tgz"]
+    assert files_under(dest) == {"LICENSE": b"text", "bridge": b"bridge", "loopback": b"loopback"}
+
+    # No `check`: the record alone says it is installed.
+    unchecked = artifact("cni-plugins", cni["urls"]["amd64"], plugins, {**install, "check": []})
+    (dest / "bridge").unlink()
+    assert fetch.ensure(unchecked, REGION, record=record) is False
+    assert mirror.requests == ["/cni.tgz", "/cni.tgz"]
+
+
+def test_a_tarball_over_installed_files_replaces_them_atomically(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    etcd = tarball({"etcd-v3.5.22/etcd": b"etcd v3.5.22"})
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "etcd").write_bytes(b"etcd v3.5.21")
+    before = (bindir / "etcd").stat().st_ino
+    install = {"kind": "tar", "dest": str(bindir), "strip": 1, "check": ["etcd"]}
+    wanted = artifact("etcd", mirror.put("/etcd.tgz", etcd), etcd, install)
+
+    with (bindir / "etcd").open("rb") as running:
+        assert fetch.ensure(wanted, REGION, record=tmp_path / "artifacts.json") is True
+        assert running.read() == b"etcd v3.5.21"
+    assert (bindir / "etcd").stat().st_ino != before
+    assert files_under(bindir) == {"etcd": b"etcd v3.5.22"}  # no .etcd.kubeplat-new
+
+
+# -- HTTP answers -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [404, 403, 401, 410])
+def test_a_file_the_mirror_refuses_or_does_not_have_is_a_permanent_failure(
+    mirror: Mirror, tmp_path: Path, status: int
+) -> None:
+    url = mirror.queue("/kubelet", Answer(status, b"no"))
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+
+    with pytest.raises(steps.Permanent) as refused:
+        fetch.ensure(binary("kubelet", url, b"x", dest), REGION, record=record)
+    assert str(refused.value) == f"{url}: HTTP {status}"
+    assert mirror.requests == ["/kubelet"]
+    assert not dest.exists() and not record.exists()
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_a_mirror_in_trouble_is_a_transient_failure(
+    mirror: Mirror, tmp_path: Path, status: int
+) -> None:
+    data = b"\x7fELF kubelet"
+    url = mirror.queue("/kubelet", Answer(status, b"busy"))
+    mirror.put("/kubelet", data)
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    kubelet = binary("kubelet", url, data, dest)
+
+    with pytest.raises(fetch.Transient) as trouble:
+        fetch.ensure(kubelet, REGION, record=record)
+    assert str(trouble.value) == f"{url}: HTTP {status}"
+    assert not isinstance(trouble.value, steps.Permanent)
+    assert not dest.exists() and not record.exists()
+    # The next attempt (the step's retry) gets it.
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert dest.read_bytes() == data
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+
+
+def test_a_refused_connection_is_a_transient_failure(mirror: Mirror, tmp_path: Path) -> None:
+    url = mirror.put("/kubelet", b"x")
+    mirror.close()  # nothing listens on its port any more
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", mirror.server.server_address[1])) != 0
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+
+    with pytest.raises(fetch.Transient) as trouble:
+        fetch.ensure(binary("kubelet", url, b"x", dest), REGION, record=record)
+    assert re.fullmatch(re.escape(url) + r": .*Connection refused", str(trouble.value))
+    assert not isinstance(trouble.value, steps.Permanent)
+    assert not dest.exists() and not record.exists()
+
+
+def test_a_redirect_is_followed_to_the_file(mirror: Mirror, tmp_path: Path) -> None:
+    data = b"\x7fELF kubectl"
+    url = mirror.queue("/releases/kubectl", Answer(302, b"", {"Location": "/objects/kubectl"}))
+    mirror.put("/objects/kubectl", data)
+    dest = tmp_path / "bin/kubectl"
+
+    assert fetch.ensure(binary("kubectl", url, data, dest), REGION, tmp_path / "a.json") is True
+    assert dest.read_bytes() == data
+    assert mirror.requests == ["/releases/kubectl", "/objects/kubectl"]
+
+
+# -- S3 mirrors ---------------------------------------------------------------------------------
+
+
+def test_an_s3_mirror_is_read_with_the_node_role(s3: Any, tmp_path: Path) -> None:
+    data = b"\x7fELF runc"
+    key = "kubeplat/github.com/opencontainers/runc/releases/download/v1.3.2/runc.amd64"
+    s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    dest = tmp_path / "sbin/runc"
+    record = tmp_path / "artifacts.json"
+    runc = binary("runc", f"s3://{BUCKET}/{key}", data, dest)
+
+    assert fetch.ensure(runc, REGION, record=record) is True
+    assert dest.read_bytes() == data
+    assert mode(dest) == 0o755
+    assert recorded(record) == {"runc": sha(data)}
+    assert fetch.ensure(runc, REGION, record=record) is False
+
+
+def test_a_damaged_s3_object_is_refused_after_a_second_download(
+    s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, stored = b"\x7fELF runc", b"\x7fELF runc, another build"
+    s3.put_object(Bucket=BUCKET, Key="runc.damaged", Body=stored)
+    url = f"s3://{BUCKET}/runc.damaged"
+    dest = tmp_path / "sbin/runc"
+
+    with pytest.raises(steps.Permanent) as refused:
+        fetch.ensure(binary("runc", url, data, dest), REGION, record=tmp_path / "a.json")
+    assert str(refused.value) == (
+        f"runc from {url}: sha256 {sha(stored)} does not match the pinned {sha(data)}"
+    )
+    assert capsys.readouterr().out == (
+        f"kubeplat: runc: sha256 {sha(stored)} is not the pinned {sha(data)}; downloading again\n"
+    )
+    assert not dest.exists() and not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [(f"{BUCKET}/kubeplat/nothing", "NoSuchKey"), ("kubeplat-no-such-bucket/runc", "NoSuchBucket")],
+)
+def test_a_missing_s3_object_or_bucket_is_a_permanent_failure(
+    s3: Any, tmp_path: Path, where: str, code: str
+) -> None:
+    dest = tmp_path / "sbin/runc"
+    record = tmp_path / "artifacts.json"
+
+    with pytest.raises(steps.Permanent) as refused:
+        fetch.ensure(binary("runc", f"s3://{where}", b"x", dest), REGION, record=record)
+    assert str(refused.value) == f"s3://{where}: {code}"
+    assert not dest.exists() and not record.exists()
+
+
+def test_an_s3_object_larger_than_a_chunk_arrives_whole(s3: Any, tmp_path: Path) -> None:
+    data = hashlib.sha256(b"seed").digest() * (5 * fetch.CHUNK // 64)  # 2.5 chunks
+    s3.put_object(Bucket=BUCKET, Key="big", Body=data)
+    target = tmp_path / "download"
+
+    assert fetch.download(f"s3://{BUCKET}/big", target, REGION) == sha(data)
+    assert target.read_bytes() == data
+
+
+# -- architecture and download ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("machine", "name"),
+    [("x86_64", "amd64"), ("amd64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64")],
+)
+def test_the_architecture_is_named_as_release_files_name_it(
+    monkeypatch: pytest.MonkeyPatch, machine: str, name: str
+) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    assert fetch.arch() == name
+
+
+@pytest.mark.parametrize("machine", ["riscv64", "i686", "armv7l", "ppc64le", ""])
+def test_an_unsupported_architecture_is_refused_before_any_download(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine: str
+) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    message = f"unsupported architecture {machine} (amd64 and arm64 are)"
+    with pytest.raises(steps.Permanent) as refused:
+        fetch.arch()
+    assert str(refused.value) == message
+
+    kubelet = binary("kubelet", mirror.put("/kubelet", b"x"), b"x", tmp_path / "kubelet")
+    with pytest.raises(steps.Permanent) as refused:
+        fetch.ensure(kubelet, REGION, record=tmp_path / "artifacts.json")
+    assert str(refused.value) == message
+    assert mirror.requests == []
+
+
+def test_an_arm64_machine_gets_the_arm64_file_and_pin(
+    mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    amd64, arm64 = b"\x7fELF kubelet x86-64", b"\x7fELF kubelet aarch64"
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    kubelet = {
+        "name": "kubelet",
+        "urls": {
+            "amd64": mirror.put("/amd64/kubelet", amd64),
+            "arm64": mirror.put("/arm64/kubelet", arm64),
+        },
+        "sha256": {"amd64": sha(amd64), "arm64": sha(arm64)},
+        "install": {"kind": "bin", "dest": str(dest)},
+    }
+
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert dest.read_bytes() == arm64
+    assert recorded(record) == {"kubelet": sha(arm64)}
+    assert mirror.requests == ["/arm64/kubelet"]
+
+
+def test_download_returns_the_sha256_of_everything_that_arrived(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    data = hashlib.sha256(b"seed").digest() * (5 * fetch.CHUNK // 64)  # 2.5 MiB: 3 chunks
+    assert len(data) == 5 * fetch.CHUNK // 2
+    target = tmp_path / "download"
+    target.write_bytes(b"an older, longer download" * (fetch.CHUNK // 8))
+
+    assert fetch.download(mirror.put("/big", data), target, REGION) == sha(data)
+    assert target.read_bytes() == data
+    assert mirror.requests == ["/big"]
