@@ -238,8 +238,9 @@ def test_a_node_that_boots_before_its_configuration_is_uploaded_waits_for_it(nod
     assert "poweroff " not in node.calls()
     written = node.file("/var/lib/kubeplat/cloud-config.yaml").read_bytes()
     assert written == node.bundle["cloudconfig/worker"]
-    assert node.file("/etc/kubernetes/pki/ca.crt").read_bytes() == (
-        node.bundle["layout/common/ca.crt"]
+    assert (
+        node.file("/etc/kubernetes/pki/ca.crt").read_bytes()
+        == (node.bundle["layout/common/ca.crt"])
     )
     assert "systemctl start --no-block kubeplat-bootstrap.service" in node.calls()
 
