@@ -10,6 +10,7 @@ sha256. What was installed is recorded in `/var/lib/kubeplat/artifacts.json`, so
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import platform
@@ -62,7 +63,18 @@ def _chunks(url: str, region: str) -> Any:
             if code in ("NoSuchKey", "NoSuchBucket", "AccessDenied", "403", "404"):
                 raise Permanent(f"{url}: {code}") from None
             raise Transient(f"{url}: {exc}") from None
-        return iter(lambda: body.read(CHUNK), b"")
+
+        def read_object() -> Any:
+            while True:
+                try:
+                    chunk = body.read(CHUNK)
+                except Exception as exc:  # a read timeout, a body cut short (botocore's own)
+                    raise Transient(f"{url}: {exc}") from None
+                if not chunk:
+                    return
+                yield chunk
+
+        return read_object()
     try:
         answer = urllib.request.urlopen(url, timeout=30)
     except urllib.error.HTTPError as exc:
@@ -71,13 +83,15 @@ def _chunks(url: str, region: str) -> Any:
         raise Transient(f"{url}: HTTP {exc.code}") from None
     except OSError as exc:
         raise Transient(f"{url}: {getattr(exc, 'reason', exc)}") from None
+    except http.client.HTTPException as exc:  # an answer that is not HTTP (a captive proxy…)
+        raise Transient(f"{url}: not an HTTP answer ({exc!r})") from None
 
     def read() -> Any:
         with answer:
             while True:
                 try:
                     chunk = answer.read(CHUNK)
-                except OSError as exc:
+                except (OSError, http.client.HTTPException) as exc:
                     raise Transient(f"{url}: {exc}") from None
                 if not chunk:
                     return

@@ -1,7 +1,9 @@
 """The node's pinned binaries (kubeplat/node/fetch.py): downloaded, checked against their
 sha256, installed and recorded, run in-process against REAL servers on loopback: an HTTP
 artifact mirror (`http.server`, scripted per path: a damaged body, a transfer cut short, an
-error status, a redirect) that records every request, and moto's S3 server for `s3://` mirrors.
+error status, a redirect, a hang-up, a reset) that records every request, moto's S3 server for
+`s3://` mirrors, and a scripted S3 (`BucketS3`) for what moto does not do: refuse a request
+signed for another region, or refuse the node's role.
 Everything is written under the test's temporary directory (install destinations, the record
 file, and the downloads' scratch folders); only `platform.machine` is the test's (amd64 unless
 a test says otherwise).
@@ -25,6 +27,7 @@ import os
 import platform
 import re
 import socket
+import struct
 import tarfile
 import tempfile
 import threading
@@ -46,12 +49,16 @@ BUCKET = "kubeplat-artifacts"
 @dataclass
 class Answer:
     """One scripted response. `length` is the Content-Length announced when it is not the
-    body's (more than the body: a transfer cut short)."""
+    body's (more than the body: a transfer cut short); `hangup` closes the connection before
+    any answer, `reset` resets it after the body (a link or a proxy dropping it mid-transfer)."""
 
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     length: int | None = None
+    hangup: bool = False  # close the connection without a word
+    raw: bytes = b""  # instead of an HTTP answer, these bytes, then close
+    reset: bool = False  # after the body, reset the connection (TCP RST) instead of closing it
 
 
 class Mirror:
@@ -67,7 +74,14 @@ class Mirror:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                answer = mirror.answer(self.path)
+                answer = mirror.answer(self.path, self.headers)
+                if answer.hangup:
+                    self.close_connection = True
+                    return
+                if answer.raw:
+                    self.wfile.write(answer.raw)
+                    self.close_connection = True
+                    return
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
@@ -76,6 +90,14 @@ class Mirror:
                 self.end_headers()
                 self.wfile.write(answer.body)
                 if length != len(answer.body):
+                    self.close_connection = True
+                if answer.reset:
+                    # Closed with a zero linger: an RST, not a FIN (the socket is really closed
+                    # when the handler lets go of it, before the server would shut it down).
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
                     self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
@@ -90,7 +112,7 @@ class Mirror:
         self.thread.start()
         self.closed = False
 
-    def answer(self, path: str) -> Answer:
+    def answer(self, path: str, headers: Any = None) -> Answer:
         with self.lock:
             self.requests.append(path)
             queue = self.queued.get(path)
@@ -119,6 +141,37 @@ class Mirror:
             self.server.shutdown()
             self.server.server_close()
             self.thread.join()
+
+
+class BucketS3(Mirror):
+    """S3 on 127.0.0.1 (path-style: /BUCKET/KEY) as a bucket in `region` answers: a request
+    signed for another region is refused as S3 refuses it (400 AuthorizationHeaderMalformed,
+    naming the bucket's region); others are answered as by a Mirror. Each request's path and
+    the region it was signed for are recorded."""
+
+    def __init__(self, region: str) -> None:
+        super().__init__()
+        self.region = region
+        self.signed: list[tuple[str, str]] = []
+
+    def answer(self, path: str, headers: Any = None) -> Answer:
+        path = path.partition("?")[0]  # botocore adds ?x-id=GetObject
+        scope = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/s3/", headers.get("Authorization", ""))
+        region = scope.group(1) if scope else ""
+        with self.lock:
+            self.signed.append((path, region))
+        if region == self.region:
+            return super().answer(path)
+        return Answer(
+            400,
+            (
+                "<?xml version='1.0' encoding='UTF-8'?>\n<Error>"
+                "<Code>AuthorizationHeaderMalformed</Code><Message>The authorization header "
+                f"is malformed; the region '{region}' is wrong; expecting '{self.region}'"
+                f"</Message><Region>{self.region}</Region><RequestId>0</RequestId></Error>"
+            ).encode(),
+            {"Content-Type": "application/xml"},
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -154,15 +207,38 @@ def s3_endpoint() -> Iterator[str]:
 
 
 @pytest.fixture
-def s3(s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The node's AWS pointed at moto's S3, with the artifact bucket; a client to fill it."""
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's AWS as on an instance without a role: no credentials anywhere (the metadata
+    service off), no region but the one kubeplat passes, a fresh session."""
+    for name in list(os.environ):
+        if name.startswith("AWS_") and name != "AWS_CA_BUNDLE":
+            monkeypatch.delenv(name)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setattr(aws, "_session", None)
+
+
+@pytest.fixture
+def node_role(no_credentials: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's AWS with the instance role's credentials."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+
+
+@pytest.fixture
+def bucket(node_role: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[BucketS3]:
+    """The node's AWS pointed at a scripted S3 whose bucket is in REGION."""
+    served = BucketS3(REGION)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", served.base)
+    yield served
+    served.close()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str, node_role: None, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The node's AWS pointed at moto's S3, with the artifact bucket; a client to fill it."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     client = boto3.client("s3", region_name=REGION, endpoint_url=s3_endpoint)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
         client.create_bucket(
@@ -232,7 +308,7 @@ def test_a_pinned_binary_is_downloaded_installed_executable_and_recorded(
 ) -> None:
     data = b"\x7fELF kubelet v1.33"
     dest = tmp_path / "root/usr/local/bin/kubelet"  # its folder does not exist yet
-    record = tmp_path / "state/artifacts.json"
+    record = tmp_path / "var/lib/kubeplat/artifacts.json"  # its folders do not exist yet
     kubelet = binary("kubelet", mirror.put("/kubelet", data), data, dest)
 
     assert fetch.ensure(kubelet, REGION, record=record) is True
@@ -244,6 +320,46 @@ def test_a_pinned_binary_is_downloaded_installed_executable_and_recorded(
     assert mirror.requests == ["/kubelet"]
     assert list(node.iterdir()) == []  # the download's scratch folder is gone
     assert capsys.readouterr().out == ""  # a clean download says nothing
+
+
+def test_the_record_names_one_artifact_a_line_in_order_of_name(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    """Whatever order they were installed in: two nodes with the same pins have the same
+    record, byte for byte (`sha256sum`, `diff` across nodes)."""
+    runc, kubelet = b"\x7fELF runc", b"\x7fELF kubelet"
+    record = tmp_path / "artifacts.json"
+    for name, data in (("runc", runc), ("kubelet", kubelet)):
+        pinned = binary(name, mirror.put(f"/{name}", data), data, tmp_path / "bin" / name)
+        assert fetch.ensure(pinned, REGION, record=record) is True
+
+    assert record.read_text() == (
+        f'{{\n "kubelet": "{sha(kubelet)}",\n "runc": "{sha(runc)}"\n}}\n'
+    )
+
+
+def test_a_download_in_progress_sits_in_its_own_scratch_folder(
+    mirror: Mirror, tmp_path: Path, node: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an operator finds in /tmp while a download runs (or after the process was
+    killed): a folder that says whose it is, with the partial download in it."""
+    data = b"\x7fELF kubelet"
+    kubelet = binary("kubelet", mirror.put("/kubelet", data), data, tmp_path / "bin/kubelet")
+    during: list[list[str]] = []
+    answer = mirror.answer
+
+    def looking(path: str, headers: Any = None) -> Answer:
+        during.append(sorted(str(p.relative_to(node)) for p in node.rglob("*")))
+        return answer(path, headers)
+
+    monkeypatch.setattr(mirror, "answer", looking)
+
+    assert fetch.ensure(kubelet, REGION, record=tmp_path / "artifacts.json") is True
+    assert len(during) == 1
+    folder, download = during[0]
+    assert re.fullmatch(r"kubeplat-fetch\.[a-z0-9_]+", folder)
+    assert download == f"{folder}/download"
+    assert list(node.iterdir()) == []
 
 
 def test_a_second_run_downloads_nothing_and_leaves_the_binary_alone(
@@ -477,6 +593,27 @@ def test_a_tarball_lands_only_its_wanted_files_minus_strip_and_nothing_escapes(
     assert recorded(record) == {"etcd": sha(etcd)}
 
 
+def test_unwanted_files_before_the_wanted_ones_do_not_stop_the_extraction(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    """As etcd's release tarballs are laid out: the documentation comes first."""
+    etcd = tarball(
+        {
+            "etcd-v3.5.21-linux-amd64/Documentation/README.md": b"docs",
+            "etcd-v3.5.21-linux-amd64/README.md": b"docs",
+            "etcd-v3.5.21-linux-amd64/etcd": b"etcd",
+            "etcd-v3.5.21-linux-amd64/README-etcdctl.md": b"docs",
+            "etcd-v3.5.21-linux-amd64/etcdctl": b"etcdctl",
+        }
+    )
+    bindir = tmp_path / "bin"
+    install = {"kind": "tar", "dest": str(bindir), "strip": 1, "only": ["etcd", "etcdctl"]}
+    wanted = artifact("etcd", mirror.put("/etcd.tgz", etcd), etcd, install)
+
+    assert fetch.ensure(wanted, REGION, record=tmp_path / "artifacts.json") is True
+    assert files_under(bindir) == {"etcd": b"etcd", "etcdctl": b"etcdctl"}
+
+
 def test_a_tarball_without_only_lands_every_regular_file_below_its_folders(
     mirror: Mirror, tmp_path: Path
 ) -> None:
@@ -546,6 +683,22 @@ def test_the_check_list_decides_whether_a_tarball_counts_as_installed(
     (dest / "bridge").unlink()
     assert fetch.ensure(unchecked, REGION, record=record) is False
     assert mirror.requests == ["/cni.tgz", "/cni.tgz"]
+
+
+def test_a_tarball_without_a_check_list_counts_as_installed_by_its_record(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    plugins = tarball({"./bridge": b"bridge"})
+    dest = tmp_path / "opt/cni/bin"
+    record = tmp_path / "artifacts.json"
+    cni = artifact(
+        "cni", mirror.put("/cni.tgz", plugins), plugins, {"kind": "tar", "dest": str(dest)}
+    )
+    assert fetch.ensure(cni, REGION, record=record) is True
+    assert files_under(dest) == {"bridge": b"bridge"}
+
+    assert fetch.ensure(cni, REGION, record=record) is False
+    assert mirror.requests == ["/cni.tgz"]
 
 
 def test_a_tarball_over_installed_files_replaces_them_atomically(
@@ -621,6 +774,46 @@ def test_a_refused_connection_is_a_transient_failure(mirror: Mirror, tmp_path: P
     assert not dest.exists() and not record.exists()
 
 
+def test_a_mirror_that_hangs_up_without_answering_is_a_transient_failure(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    data = b"\x7fELF kubelet"
+    url = mirror.queue("/kubelet", Answer(hangup=True))
+    mirror.put("/kubelet", data)
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    kubelet = binary("kubelet", url, data, dest)
+
+    with pytest.raises(fetch.Transient) as trouble:
+        fetch.ensure(kubelet, REGION, record=record)
+    assert str(trouble.value) == f"{url}: Remote end closed connection without response"
+    assert not isinstance(trouble.value, steps.Permanent)
+    assert not dest.exists() and not record.exists()
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+
+
+def test_a_connection_reset_mid_transfer_is_a_transient_failure(
+    mirror: Mirror, tmp_path: Path, node: Path
+) -> None:
+    data = bytes(range(256)) * 64
+    url = mirror.queue("/kubelet", Answer(200, data[:1000], length=len(data), reset=True))
+    mirror.put("/kubelet", data)
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    kubelet = binary("kubelet", url, data, dest)
+
+    with pytest.raises(fetch.Transient) as trouble:
+        fetch.ensure(kubelet, REGION, record=record)
+    assert re.fullmatch(re.escape(url) + r": .*Connection reset by peer", str(trouble.value))
+    assert not isinstance(trouble.value, steps.Permanent)
+    assert not dest.exists() and not record.exists()
+    assert list(node.iterdir()) == []  # the partial download is not left on disk
+    assert fetch.ensure(kubelet, REGION, record=record) is True
+    assert dest.read_bytes() == data
+    assert mirror.requests == ["/kubelet", "/kubelet"]
+
+
 def test_a_redirect_is_followed_to_the_file(mirror: Mirror, tmp_path: Path) -> None:
     data = b"\x7fELF kubectl"
     url = mirror.queue("/releases/kubectl", Answer(302, b"", {"Location": "/objects/kubectl"}))
@@ -682,6 +875,78 @@ def test_a_missing_s3_object_or_bucket_is_a_permanent_failure(
     with pytest.raises(steps.Permanent) as refused:
         fetch.ensure(binary("runc", f"s3://{where}", b"x", dest), REGION, record=record)
     assert str(refused.value) == f"s3://{where}: {code}"
+    assert not dest.exists() and not record.exists()
+
+
+def test_an_s3_mirror_is_asked_in_the_nodes_region_the_second_download_too(
+    bucket: BucketS3, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Signed for another region, S3 refuses a request (and outside the region, a node in a
+    private subnet may not reach S3 at all): every download is asked in the node's region."""
+    data = b"\x7fELF runc"
+    bucket.queue(f"/{BUCKET}/runc", Answer(200, data[:5]))  # a first download cut short
+    bucket.put(f"/{BUCKET}/runc", data)
+    dest = tmp_path / "sbin/runc"
+    runc = binary("runc", f"s3://{BUCKET}/runc", data, dest)
+
+    assert fetch.ensure(runc, REGION, record=tmp_path / "artifacts.json") is True
+    assert dest.read_bytes() == data
+    assert bucket.signed == [(f"/{BUCKET}/runc", REGION), (f"/{BUCKET}/runc", REGION)]
+    assert "downloading again" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("answer", "code"),
+    [
+        (
+            Answer(
+                403,
+                b"<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>AccessDenied</Code>"
+                b"<Message>Access Denied</Message><RequestId>0</RequestId></Error>",
+                {"Content-Type": "application/xml"},
+            ),
+            "AccessDenied",
+        ),
+        (Answer(403), "403"),
+        (Answer(404), "404"),
+    ],
+    ids=["access-denied", "403-without-a-body", "404-without-a-body"],
+)
+def test_an_s3_mirror_that_refuses_the_node_is_a_permanent_failure(
+    bucket: BucketS3, tmp_path: Path, answer: Answer, code: str
+) -> None:
+    """The role is not allowed the object (or a proxy on the way refuses it without a word):
+    another attempt would be refused the same."""
+    url = f"s3://{BUCKET}/runc"
+    bucket.queue(f"/{BUCKET}/runc", answer)
+    bucket.put(f"/{BUCKET}/runc", b"x")
+    dest = tmp_path / "sbin/runc"
+    record = tmp_path / "artifacts.json"
+
+    with pytest.raises(steps.Permanent) as refused:
+        fetch.ensure(binary("runc", url, b"x", dest), REGION, record=record)
+    assert str(refused.value) == f"{url}: {code}"
+    assert bucket.signed == [(f"/{BUCKET}/runc", REGION)]
+    assert not dest.exists() and not record.exists()
+
+
+def test_a_node_without_credentials_for_its_s3_mirror_is_a_transient_failure(
+    no_credentials: None, mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance profile is not attached yet (or the metadata service is slow): the
+    step's next attempt asks for credentials again."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", mirror.base)
+    url = f"s3://{BUCKET}/runc"
+    dest = tmp_path / "sbin/runc"
+    record = tmp_path / "artifacts.json"
+
+    with pytest.raises(fetch.Transient) as trouble:
+        fetch.ensure(binary("runc", url, b"x", dest), REGION, record=record)
+    assert str(trouble.value).startswith(
+        f"{url}: no AWS credentials: the metadata service gave none for the instance role"
+    )
+    assert not isinstance(trouble.value, steps.Permanent)
+    assert mirror.requests == []
     assert not dest.exists() and not record.exists()
 
 
@@ -759,3 +1024,46 @@ def test_download_returns_the_sha256_of_everything_that_arrived(
     assert fetch.download(mirror.put("/big", data), target, REGION) == sha(data)
     assert target.read_bytes() == data
     assert mirror.requests == ["/big"]
+
+
+def test_an_answer_that_is_not_http_is_a_transient_failure_naming_the_url(
+    mirror: Mirror, tmp_path: Path
+) -> None:
+    """A captive proxy or another service on the mirror's port: the failure names the URL (the
+    bootstrap's journal line and status say which mirror), and the next attempt installs."""
+    data = b"\x7fELF kubelet"
+    url = mirror.queue("/kubelet", Answer(raw=b"garbage\r\n"))
+    mirror.put("/kubelet", data)
+    dest = tmp_path / "bin/kubelet"
+    record = tmp_path / "artifacts.json"
+    with pytest.raises(fetch.Transient) as trouble:
+        fetch.ensure(binary("kubelet", url, data, dest), REGION, record=record)
+    # One line: the answer's own line ends are shown escaped.
+    assert str(trouble.value) == f"{url}: not an HTTP answer (BadStatusLine('garbage\\r\\n'))"
+    assert not dest.exists() and not record.exists()
+    assert fetch.ensure(binary("kubelet", url, data, dest), REGION, record=record) is True
+    assert dest.read_bytes() == data
+
+
+def test_an_s3_object_cut_short_is_a_transient_failure_naming_the_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The S3 body ends before its announced length (a dropped connection): botocore's own
+    error becomes a failure another attempt may fix, naming the object."""
+    bucket = BucketS3(REGION)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.base)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        monkeypatch.setattr(aws, "_session", None, raising=False)
+        data = bytes(range(256)) * 16
+        bucket.queue(f"/{BUCKET}/runc", Answer(200, data[:100], length=len(data)))
+        url = f"s3://{BUCKET}/runc"
+        dest = tmp_path / "bin/runc"
+        with pytest.raises(fetch.Transient) as trouble:
+            fetch.ensure(binary("runc", url, data, dest), REGION, record=tmp_path / "a.json")
+        assert str(trouble.value).startswith(f"{url}: ")
+        assert "100" in str(trouble.value) and str(len(data)) in str(trouble.value)
+        assert not dest.exists()
+    finally:
+        bucket.close()
