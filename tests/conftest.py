@@ -89,6 +89,20 @@ def terraform_cli_config(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     yield config
 
 
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's server in this process, on a free loopback port, for a module's tests: S3 and
+    the rest of the emulated APIs, without the sandbox's publishers' images."""
+    server_module = pytest.importorskip(
+        "moto.server", reason="the sandbox extra (moto[server]) is not installed"
+    )
+    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 def start_emulator(log: Path | None = None) -> tuple[subprocess.Popen[bytes], str]:
     """The sandbox's emulator (moto's server with the publishers' images) on a free loopback
     port, answering; (its process, its endpoint). The caller terminates it."""

@@ -194,18 +194,6 @@ def mirror() -> Iterator[Mirror]:
     served.close()
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server_module = pytest.importorskip(
-        "moto.server", reason="the sandbox extra (moto[server]) is not installed"
-    )
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
 @pytest.fixture
 def no_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The node's AWS as on an instance without a role: no credentials anywhere (the metadata
@@ -737,26 +725,34 @@ def test_a_file_the_mirror_refuses_or_does_not_have_is_a_permanent_failure(
     assert not dest.exists() and not record.exists()
 
 
-@pytest.mark.parametrize("status", [500, 502, 503, 429])
-def test_a_mirror_in_trouble_is_a_transient_failure(
-    mirror: Mirror, tmp_path: Path, status: int
-) -> None:
-    data = b"\x7fELF kubelet"
-    url = mirror.queue("/kubelet", Answer(status, b"busy"))
+def fails_once_then_installs(mirror: Mirror, tmp_path: Path, first: Answer, data: bytes) -> str:
+    """The mirror answers `first`, then the file: the first attempt is a failure another attempt
+    may fix (`Transient`) that installs and records nothing and leaves no download behind; the
+    next (the step's retry) installs. The first failure's message."""
+    url = mirror.queue("/kubelet", first)
     mirror.put("/kubelet", data)
     dest = tmp_path / "bin/kubelet"
     record = tmp_path / "artifacts.json"
     kubelet = binary("kubelet", url, data, dest)
-
     with pytest.raises(fetch.Transient) as trouble:
         fetch.ensure(kubelet, REGION, record=record)
-    assert str(trouble.value) == f"{url}: HTTP {status}"
     assert not isinstance(trouble.value, steps.Permanent)
     assert not dest.exists() and not record.exists()
-    # The next attempt (the step's retry) gets it.
+    assert list((tmp_path / "scratch").iterdir()) == []  # no partial download left on disk
     assert fetch.ensure(kubelet, REGION, record=record) is True
     assert dest.read_bytes() == data
     assert mirror.requests == ["/kubelet", "/kubelet"]
+    return str(trouble.value).removeprefix(url + ": ")
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 429])
+def test_a_mirror_in_trouble_is_a_transient_failure(
+    mirror: Mirror, tmp_path: Path, status: int
+) -> None:
+    answer = Answer(status, b"busy")
+    assert fails_once_then_installs(mirror, tmp_path, answer, b"\x7fELF kubelet") == (
+        f"HTTP {status}"
+    )
 
 
 def test_a_refused_connection_is_a_transient_failure(mirror: Mirror, tmp_path: Path) -> None:
@@ -777,41 +773,18 @@ def test_a_refused_connection_is_a_transient_failure(mirror: Mirror, tmp_path: P
 def test_a_mirror_that_hangs_up_without_answering_is_a_transient_failure(
     mirror: Mirror, tmp_path: Path
 ) -> None:
-    data = b"\x7fELF kubelet"
-    url = mirror.queue("/kubelet", Answer(hangup=True))
-    mirror.put("/kubelet", data)
-    dest = tmp_path / "bin/kubelet"
-    record = tmp_path / "artifacts.json"
-    kubelet = binary("kubelet", url, data, dest)
-
-    with pytest.raises(fetch.Transient) as trouble:
-        fetch.ensure(kubelet, REGION, record=record)
-    assert str(trouble.value) == f"{url}: Remote end closed connection without response"
-    assert not isinstance(trouble.value, steps.Permanent)
-    assert not dest.exists() and not record.exists()
-    assert fetch.ensure(kubelet, REGION, record=record) is True
-    assert mirror.requests == ["/kubelet", "/kubelet"]
+    said = fails_once_then_installs(mirror, tmp_path, Answer(hangup=True), b"\x7fELF kubelet")
+    assert said == "Remote end closed connection without response"
 
 
 def test_a_connection_reset_mid_transfer_is_a_transient_failure(
-    mirror: Mirror, tmp_path: Path, node: Path
+    mirror: Mirror, tmp_path: Path
 ) -> None:
     data = bytes(range(256)) * 64
-    url = mirror.queue("/kubelet", Answer(200, data[:1000], length=len(data), reset=True))
-    mirror.put("/kubelet", data)
-    dest = tmp_path / "bin/kubelet"
-    record = tmp_path / "artifacts.json"
-    kubelet = binary("kubelet", url, data, dest)
-
-    with pytest.raises(fetch.Transient) as trouble:
-        fetch.ensure(kubelet, REGION, record=record)
-    assert re.fullmatch(re.escape(url) + r": .*Connection reset by peer", str(trouble.value))
-    assert not isinstance(trouble.value, steps.Permanent)
-    assert not dest.exists() and not record.exists()
-    assert list(node.iterdir()) == []  # the partial download is not left on disk
-    assert fetch.ensure(kubelet, REGION, record=record) is True
-    assert dest.read_bytes() == data
-    assert mirror.requests == ["/kubelet", "/kubelet"]
+    first = Answer(200, data[:1000], length=len(data), reset=True)
+    assert re.fullmatch(
+        r".*Connection reset by peer", fails_once_then_installs(mirror, tmp_path, first, data)
+    )
 
 
 def test_a_redirect_is_followed_to_the_file(mirror: Mirror, tmp_path: Path) -> None:
@@ -1031,18 +1004,9 @@ def test_an_answer_that_is_not_http_is_a_transient_failure_naming_the_url(
 ) -> None:
     """A captive proxy or another service on the mirror's port: the failure names the URL (the
     bootstrap's journal line and status say which mirror), and the next attempt installs."""
-    data = b"\x7fELF kubelet"
-    url = mirror.queue("/kubelet", Answer(raw=b"garbage\r\n"))
-    mirror.put("/kubelet", data)
-    dest = tmp_path / "bin/kubelet"
-    record = tmp_path / "artifacts.json"
-    with pytest.raises(fetch.Transient) as trouble:
-        fetch.ensure(binary("kubelet", url, data, dest), REGION, record=record)
+    said = fails_once_then_installs(mirror, tmp_path, Answer(raw=b"garbage\r\n"), b"\x7fELF")
     # One line: the answer's own line ends are shown escaped.
-    assert str(trouble.value) == f"{url}: not an HTTP answer (BadStatusLine('garbage\\r\\n'))"
-    assert not dest.exists() and not record.exists()
-    assert fetch.ensure(binary("kubelet", url, data, dest), REGION, record=record) is True
-    assert dest.read_bytes() == data
+    assert said == "not an HTTP answer (BadStatusLine('garbage\\r\\n'))"
 
 
 def test_an_s3_object_cut_short_is_a_transient_failure_naming_the_url(

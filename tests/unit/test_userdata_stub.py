@@ -17,7 +17,6 @@ import hashlib
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -48,18 +47,6 @@ def _sleep(seconds):
                     s3.put_object(Bucket=os.environ["STUB_BUCKET"], Key=key, Body=handle.read())
 time.sleep = _sleep
 """
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    server_module = pytest.importorskip(
-        "moto.server", reason="the sandbox extra (moto[server]) is not installed"
-    )
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture(scope="module")
