@@ -24,17 +24,22 @@ else:
 """
 
 
+def apart() -> dict[str, str]:
+    """This environment without the measuring of the run around the test (CI measures every
+    process of its run: its data file and its start must not reach the test's, nor the test's
+    data CI's), and with this interpreter's `python` first on PATH, as .ci/run has it."""
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_")
+    }
+    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return environment
+
+
 def gate(folder: Path, floor: str) -> subprocess.CompletedProcess[str]:
     (folder / "floor").write_text(floor + "\n")
-    environment = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-    }
-    environment.pop("COVERAGE_PROCESS_START", None)
-    environment.pop("COVERAGE_FILE", None)
     return subprocess.run(
         ["bash", str(REPO / ".ci" / "coverage-gate"), "floor"],
-        cwd=folder, env=environment, capture_output=True, text=True, timeout=120, check=False,
+        cwd=folder, env=apart(), capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
 
@@ -44,7 +49,7 @@ def measured(tmp_path: Path) -> Path:
     (tmp_path / "module.py").write_text(MODULE)
     subprocess.run(
         [sys.executable, "-m", "coverage", "run", "--branch", "--parallel-mode", "module.py", "x"],
-        cwd=tmp_path, capture_output=True, check=True, timeout=120,
+        cwd=tmp_path, env=apart(), capture_output=True, check=True, timeout=120,
     )  # fmt: skip
     assert list(tmp_path.glob(".coverage.*"))
     return tmp_path
