@@ -1010,24 +1010,16 @@ def test_an_answer_that_is_not_http_is_a_transient_failure_naming_the_url(
 
 
 def test_an_s3_object_cut_short_is_a_transient_failure_naming_the_url(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    bucket: BucketS3, tmp_path: Path
 ) -> None:
     """The S3 body ends before its announced length (a dropped connection): botocore's own
     error becomes a failure another attempt may fix, naming the object."""
-    bucket = BucketS3(REGION)
-    try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", bucket.base)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        monkeypatch.setattr(aws, "_session", None, raising=False)
-        data = bytes(range(256)) * 16
-        bucket.queue(f"/{BUCKET}/runc", Answer(200, data[:100], length=len(data)))
-        url = f"s3://{BUCKET}/runc"
-        dest = tmp_path / "bin/runc"
-        with pytest.raises(fetch.Transient) as trouble:
-            fetch.ensure(binary("runc", url, data, dest), REGION, record=tmp_path / "a.json")
-        assert str(trouble.value).startswith(f"{url}: ")
-        assert "100" in str(trouble.value) and str(len(data)) in str(trouble.value)
-        assert not dest.exists()
-    finally:
-        bucket.close()
+    data = bytes(range(256)) * 16
+    bucket.queue(f"/{BUCKET}/runc", Answer(200, data[:100], length=len(data)))
+    url = f"s3://{BUCKET}/runc"
+    dest = tmp_path / "bin/runc"
+    with pytest.raises(fetch.Transient) as trouble:
+        fetch.ensure(binary("runc", url, data, dest), REGION, record=tmp_path / "a.json")
+    assert str(trouble.value).startswith(f"{url}: ")
+    assert "100" in str(trouble.value) and str(len(data)) in str(trouble.value)
+    assert not dest.exists()
